@@ -1,0 +1,48 @@
+"""The streaming ASR engine interface.
+
+An :class:`AsrEngine` is a loaded model, shared by any number of pipelines; each pipeline opens
+its own :class:`AsrSession` (all per-stream state lives there). Heavy compute must run off the
+event loop — engines use a :class:`voiceloop.compute.ComputeLane`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import numpy as np
+
+from ..frames import FinalTranscript, PartialTranscript
+
+
+class AsrSession(ABC):
+    """Per-stream recognition state for one utterance at a time.
+
+    The stage calls :meth:`reset` at speech start, :meth:`accept` for every 20 ms int16 16 kHz
+    frame of the utterance, and :meth:`finalize` at speech end. Transcript times are stream-time
+    seconds; the stage fills in turn ids.
+    """
+
+    @abstractmethod
+    async def accept(self, samples: np.ndarray) -> PartialTranscript | None:
+        """Feed one frame; return a new partial transcript when the hypothesis changed."""
+
+    @abstractmethod
+    async def finalize(self) -> FinalTranscript:
+        """End of utterance: decode what is left and return the final transcript, then reset."""
+
+    @abstractmethod
+    def reset(self) -> None:
+        """Forget the current utterance (also used for discarded, too-short speech)."""
+
+    async def aclose(self) -> None:
+        """Release per-session resources."""
+
+
+class AsrEngine(ABC):
+    """A loaded recognition model; ``session()`` is cheap and may be called per pipeline."""
+
+    sample_rate: int = 16_000
+
+    @abstractmethod
+    def session(self) -> AsrSession:
+        """A new independent stream on this model."""

@@ -1,0 +1,61 @@
+"""The ASR stage: adapts an :class:`AsrSession` to the graph (VAD events in, transcripts out)."""
+
+from __future__ import annotations
+
+from ..clock import now
+from ..frames import AudioFrame, Frame, SpeechEnded, SpeechStarted
+from ..pipeline import Stage
+from .base import AsrEngine, AsrSession
+
+
+class AsrStage(Stage):
+    """Feeds utterance audio to a streaming session; emits partial and final transcripts.
+
+    Consumes audio and speech start/end; forwards nothing else it does not understand.
+    """
+
+    name = "asr"
+
+    def __init__(self, engine: AsrEngine) -> None:
+        super().__init__()
+        self.engine = engine
+        self.session: AsrSession | None = None
+        self.turn_id: int | None = None
+
+    async def start(self) -> None:
+        self.session = self.engine.session()
+
+    async def process(self, frame: Frame) -> None:
+        session = self.session
+        assert session is not None
+        if isinstance(frame, AudioFrame):
+            if self.turn_id is None:
+                return  # audio outside an utterance carries no speech for us
+            partial = await session.accept(frame.samples)
+            if partial is not None:
+                partial.turn_id = self.turn_id
+                self.metrics.stamp(self.turn_id, "first_partial", now())
+                await self.emit(partial)
+        elif isinstance(frame, SpeechStarted):
+            session.reset()
+            self.turn_id = frame.turn_id
+        elif isinstance(frame, SpeechEnded):
+            turn_id, self.turn_id = frame.turn_id, None
+            if frame.discarded:
+                session.reset()
+                return
+            final = await session.finalize()
+            final.turn_id = turn_id
+            self.metrics.stamp(turn_id, "final_transcript", now())
+            self.metrics.turn(turn_id).transcript = final.text
+            await self.emit(final)
+        else:
+            await self.emit(frame)
+
+    async def finish(self) -> None:
+        if self.turn_id is not None and self.session is not None:
+            self.session.reset()  # the VAD closes utterances at end of stream; this is a guard
+
+    async def stop(self) -> None:
+        if self.session is not None:
+            await self.session.aclose()

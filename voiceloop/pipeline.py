@@ -1,0 +1,376 @@
+"""The stage graph: stages in a line, bounded queues between them, one interruption mechanism.
+
+Queue policy (one queue in front of every stage but the first):
+
+* the queue after a *live* source (microphone, WebRTC) never blocks the capture side: when full,
+  the oldest frame is dropped and counted as ``dropped.<queue>`` in the metrics;
+* every other queue — including the one after a file source — applies backpressure: a producer
+  waits for space, so a slow TTS or output slows generation down instead of growing memory.
+
+Interruption (barge-in) is one mechanism, :meth:`Pipeline.interrupt`: it cancels the work in
+progress in every *interruptible* stage (dialogue, TTS, output), drops the queued frames whose
+class does not survive an interruption (reply text, synthesized audio), lets each stage clean up
+from the output backwards (the output flushes its sink and reports what was actually played, the
+dialogue stage then truncates its history to that text) and emits an ``Interruption`` event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from .clock import now
+from .frames import EndOfStream, Frame, Interruption, SpeechStarted, TurnMetrics
+from .timeline import Metrics
+
+log = logging.getLogger("voiceloop")
+
+Observer = Callable[[Frame], None]
+
+
+class StageError(RuntimeError):
+    """A stage raised: the pipeline was stopped; ``stage`` names the culprit."""
+
+    def __init__(self, stage: str, error: BaseException) -> None:
+        super().__init__(f"stage {stage!r} failed: {type(error).__name__}: {error}")
+        self.stage = stage
+        self.error = error
+
+
+class Channel:
+    """A bounded FIFO between two stages (cheaper than ``asyncio.Queue``; one consumer).
+
+    ``drop_oldest=True`` makes ``put_nowait`` evict the oldest frame when full (counted in
+    ``dropped``); otherwise producers ``await put()`` for space.
+    """
+
+    __slots__ = ("_getter", "_items", "_loop", "_putters", "drop_oldest", "dropped", "maxsize", "name")
+
+    def __init__(self, name: str, maxsize: int, *, drop_oldest: bool = False) -> None:
+        if maxsize < 1:
+            raise ValueError(f"queue {name!r}: maxsize must be >= 1, got {maxsize}")
+        self.name = name
+        self.maxsize = maxsize
+        self.drop_oldest = drop_oldest
+        self.dropped = 0
+        self._items: deque[Frame] = deque()
+        self._getter: asyncio.Future[None] | None = None
+        self._putters: deque[asyncio.Future[None]] = deque()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def _wake_getter(self) -> None:
+        getter = self._getter
+        if getter is not None and not getter.done():
+            getter.set_result(None)
+
+    def put_nowait(self, frame: Frame) -> None:
+        """Enqueue without waiting. Full: drop the oldest (drop_oldest) or raise ``QueueFull``."""
+        if len(self._items) >= self.maxsize:
+            if not self.drop_oldest:
+                raise asyncio.QueueFull(self.name)
+            self._items.popleft()
+            self.dropped += 1
+        self._items.append(frame)
+        self._wake_getter()
+
+    async def put(self, frame: Frame) -> None:
+        """Enqueue, waiting for space (backpressure) unless the channel drops the oldest."""
+        while len(self._items) >= self.maxsize and not self.drop_oldest:
+            waiter = asyncio.get_running_loop().create_future()
+            self._putters.append(waiter)
+            try:
+                await waiter
+            finally:
+                if waiter in self._putters:
+                    self._putters.remove(waiter)
+        self.put_nowait(frame)
+
+    async def get(self) -> Frame:
+        while not self._items:
+            self._getter = asyncio.get_running_loop().create_future()
+            try:
+                await self._getter
+            finally:
+                self._getter = None
+        frame = self._items.popleft()
+        if self._putters:
+            putter = self._putters.popleft()
+            if not putter.done():
+                putter.set_result(None)
+        return frame
+
+    def discard(self, drop: Callable[[Frame], bool]) -> int:
+        """Remove queued frames for which ``drop(frame)`` is true; returns how many."""
+        kept = [f for f in self._items if not drop(f)]
+        removed = len(self._items) - len(kept)
+        if removed:
+            self._items = deque(kept)
+            while self._putters:
+                putter = self._putters.popleft()
+                if not putter.done():
+                    putter.set_result(None)
+        return removed
+
+
+class Stage:
+    """One step of the graph. Subclasses override :meth:`process` (and the lifecycle hooks).
+
+    A stage reads frames from ``inbox`` one at a time and :meth:`emit`s frames downstream.
+    Frames it does not handle should be forwarded (the default :meth:`process` does that).
+    Stages with ``interruptible = True`` produce bot output: a barge-in cancels their current
+    :meth:`process` call and drops their queued bot-output frames (see :meth:`Pipeline.interrupt`).
+    """
+
+    name: str = "stage"
+    interruptible: bool = False
+    #: True for sources whose producer must never block (microphone, WebRTC track).
+    live: bool = False
+
+    def __init__(self) -> None:
+        self.pipeline: Pipeline | None = None
+        self.inbox: Channel | None = None
+        self.outbox: Channel | None = None
+        self._current: Frame | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    # -- lifecycle hooks -------------------------------------------------------------------
+    async def start(self) -> None:
+        """Called once before any frame flows (open devices, create engine sessions)."""
+
+    async def process(self, frame: Frame) -> None:
+        await self.emit(frame)
+
+    async def finish(self) -> None:
+        """End of stream reached this stage: complete pending work before it is forwarded."""
+
+    async def stop(self) -> None:
+        """Always called when the pipeline ends, however it ends (release resources)."""
+
+    def on_interrupt(self, interruption: Interruption) -> None:
+        """Barge-in cleanup after the current work was cancelled (synchronous, runs in order
+        output → … → dialogue; the output fills ``interruption.played_text``)."""
+
+    def bot_active(self) -> bool:
+        """Whether this stage holds bot output for the current turn (for barge-in decisions)."""
+        return self.interruptible and (self._current is not None or bool(self.inbox))
+
+    async def produce(self) -> None:
+        """Sources only (stages without an inbox): emit frames, then ``EndOfStream``."""
+        raise NotImplementedError(f"{self.name} has no inbox and no produce()")
+
+    # -- helpers ---------------------------------------------------------------------------
+    @property
+    def metrics(self) -> Metrics:
+        assert self.pipeline is not None, "stage is not part of a pipeline"
+        return self.pipeline.metrics
+
+    async def emit(self, frame: Frame) -> None:
+        """Send a frame downstream (observers see it first if it is an event)."""
+        if frame.is_event:
+            self.pipeline._observe(frame, self)  # type: ignore[union-attr]
+        if self.outbox is not None:
+            await self.outbox.put(frame)
+
+    def emit_nowait(self, frame: Frame) -> None:
+        """For live sources: never waits (drop-oldest queue)."""
+        if frame.is_event:
+            self.pipeline._observe(frame, self)  # type: ignore[union-attr]
+        if self.outbox is not None:
+            self.outbox.put_nowait(frame)
+
+    async def _consume(self) -> None:
+        inbox = self.inbox
+        assert inbox is not None
+        process = self.process
+        while True:
+            frame = await inbox.get()
+            if frame.__class__ is EndOfStream:
+                await self.finish()
+                await self.emit(frame)
+                return
+            self._current = frame
+            await process(frame)
+            self._current = None
+
+
+@dataclass
+class BargeInOptions:
+    """When user speech interrupts the bot.
+
+    ``enabled``: interrupt at all (False = half duplex: the bot always finishes its reply).
+    ``allow``: an optional filter ``(SpeechStarted) -> bool`` consulted while the bot is active
+    (echo gates and minimum-loudness rules plug in here).
+    """
+
+    enabled: bool = True
+    allow: Callable[[SpeechStarted], bool] | None = None
+
+
+class Pipeline:
+    """Runs stages in a line: ``Pipeline([source, vad, asr, dialogue, tts, output]).run()``."""
+
+    def __init__(
+        self,
+        stages: Iterable[Stage],
+        *,
+        queue_size: int = 64,
+        capture_queue_size: int = 50,
+        metrics: Metrics | None = None,
+        barge_in: BargeInOptions | None = None,
+    ) -> None:
+        self.stages = list(stages)
+        if not self.stages:
+            raise ValueError("a pipeline needs at least one stage")
+        self.metrics = metrics if metrics is not None else Metrics()
+        self.barge_in = barge_in if barge_in is not None else BargeInOptions()
+        self._observers: list[Observer] = []
+        #: the user turn whose reply is being generated or played (None when the bot is idle)
+        self.reply_turn: int | None = None
+        self._done: asyncio.Future[None] | None = None
+        self._running = False
+        self.queues: list[Channel] = []
+        for upstream, stage in zip(self.stages, self.stages[1:], strict=False):
+            drop = upstream.live
+            size = capture_queue_size if drop else queue_size
+            channel = Channel(f"{upstream.name}->{stage.name}", size, drop_oldest=drop)
+            upstream.outbox = channel
+            stage.inbox = channel
+            self.queues.append(channel)
+        for stage in self.stages:
+            stage.pipeline = self
+
+    # -- observers -------------------------------------------------------------------------
+    def add_observer(self, observer: Observer) -> None:
+        """Call ``observer(frame)`` for every event frame (must be quick and not raise)."""
+        self._observers.append(observer)
+
+    def _observe(self, frame: Frame, source: Stage | None) -> None:
+        if frame.__class__ is SpeechStarted and self._should_interrupt(frame):  # type: ignore[arg-type]
+            self.interrupt(reason="user_speech")
+        for observer in self._observers:
+            try:
+                observer(frame)
+            except Exception:  # an observer must not take the pipeline down
+                log.exception("observer %r failed on %s", observer, type(frame).__name__)
+                self.metrics.count("observer_errors")
+
+    # -- interruption ----------------------------------------------------------------------
+    def bot_active(self) -> bool:
+        return self.reply_turn is not None or any(stage.bot_active() for stage in self.stages)
+
+    def finish_turn(self, turn_id: int) -> None:
+        """Close a turn's timeline and publish it as a :class:`TurnMetrics` event."""
+        if self.reply_turn == turn_id:
+            self.reply_turn = None
+        timeline = self.metrics.finish_turn(turn_id)
+        if timeline is not None:
+            self._observe(TurnMetrics(timeline), None)
+
+    def _should_interrupt(self, started: SpeechStarted) -> bool:
+        if not self.barge_in.enabled or not self.bot_active():
+            return False
+        return self.barge_in.allow is None or self.barge_in.allow(started)
+
+    def interrupt(self, reason: str = "user_speech") -> Interruption:
+        """Cut the bot off: cancel, drop queued bot output, flush the sink, truncate history."""
+        turn_id = self.reply_turn if self.reply_turn is not None else -1
+        interruption = Interruption(turn_id=turn_id, time=now(), reason=reason)
+        flushable = _is_flushable
+        for stage in self.stages:
+            if not stage.interruptible:
+                continue
+            if stage.inbox is not None:
+                dropped = stage.inbox.discard(flushable)
+                if dropped:
+                    self.metrics.count(f"flushed.{stage.name}", dropped)
+            if stage._current is not None and stage._task is not None and self._running:
+                stage._task.cancel()
+                stage._current = None
+                stage._task = asyncio.get_running_loop().create_task(self._guard(stage))
+        for stage in reversed(self.stages):
+            if stage.interruptible:
+                stage.on_interrupt(interruption)
+        self.metrics.count("interruptions")
+        self._observe(interruption, None)
+        if turn_id >= 0:
+            timeline = self.metrics.turn(turn_id)
+            timeline.interrupted = True
+            timeline.played_text = interruption.played_text
+            self.finish_turn(turn_id)
+        return interruption
+
+    # -- running ---------------------------------------------------------------------------
+    async def _guard(self, stage: Stage) -> None:
+        """Run a stage's worker; report a failure (with the stage's name) and stop everything."""
+        try:
+            if stage.inbox is None:
+                await stage.produce()
+            else:
+                await stage._consume()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.error("stage %s failed: %s: %s", stage.name, type(exc).__name__, exc)
+            self.metrics.count(f"stage_errors.{stage.name}")
+            if self._done is not None and not self._done.done():
+                self._done.set_exception(StageError(stage.name, exc))
+            return
+        if stage is self.stages[-1] and self._done is not None and not self._done.done():
+            self._done.set_result(None)
+
+    async def run(self) -> Metrics:
+        """Start every stage, run until end of stream reaches the last stage, then stop.
+
+        Raises :class:`StageError` if a stage failed. Cancelling ``run`` cancels every stage.
+        No task outlives this call.
+        """
+        if self._running:
+            raise RuntimeError("pipeline is already running")
+        loop = asyncio.get_running_loop()
+        self._done = loop.create_future()
+        self._running = True
+        started: list[Stage] = []
+        try:
+            for stage in self.stages:
+                await stage.start()
+                started.append(stage)
+            for stage in self.stages:
+                stage._task = loop.create_task(self._guard(stage), name=f"voiceloop:{stage.name}")
+            await self._done
+        finally:
+            self._running = False
+            await self._cancel_all()
+            for stage in reversed(started):
+                try:
+                    await stage.stop()
+                except Exception:
+                    log.exception("stage %s failed to stop", stage.name)
+            for queue in self.queues:
+                if queue.dropped:
+                    self.metrics.counters[f"dropped.{queue.name}"] = queue.dropped
+        return self.metrics
+
+    async def _cancel_all(self) -> None:
+        tasks = [s._task for s in self.stages if s._task is not None]
+        for task in tasks:
+            task.cancel()
+        # Interrupt may have replaced a task while we waited; loop until all are gone.
+        while tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+            tasks = [s._task for s in self.stages if s._task is not None and not s._task.done()]
+            for task in tasks:
+                task.cancel()
+
+    def dropped(self) -> dict[str, int]:
+        """Frames dropped so far per drop-oldest queue (live view; also in metrics at the end)."""
+        return {q.name: q.dropped for q in self.queues if q.drop_oldest}
+
+
+def _is_flushable(frame: Frame) -> bool:
+    return not frame.survives_interrupt

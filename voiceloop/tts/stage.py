@@ -1,0 +1,54 @@
+"""The TTS stage: reply text pieces in, synthesized audio chunks out (interruptible)."""
+
+from __future__ import annotations
+
+from contextlib import aclosing
+
+import numpy as np
+
+from ..clock import now
+from ..frames import AudioChunk, Frame, Interruption, ReplyText
+from ..pipeline import Stage
+from .base import TtsEngine, TtsSession
+
+_EMPTY = np.zeros(0, dtype=np.int16)
+
+
+class TtsStage(Stage):
+    """Synthesizes each :class:`ReplyText` piece; a barge-in cancels between chunks."""
+
+    name = "tts"
+    interruptible = True
+
+    def __init__(self, engine: TtsEngine, voice: str | None = None) -> None:
+        super().__init__()
+        self.engine = engine
+        self.voice = voice
+        self.session: TtsSession | None = None
+
+    async def start(self) -> None:
+        self.session = self.engine.session(self.voice)
+
+    async def process(self, frame: Frame) -> None:
+        if not isinstance(frame, ReplyText):
+            await self.emit(frame)
+            return
+        session = self.session
+        assert session is not None
+        rate = self.engine.sample_rate
+        async with aclosing(session.synthesize(frame.text)) as chunks:
+            async for samples in chunks:
+                if len(samples) == 0:
+                    continue
+                self.metrics.stamp(frame.turn_id, "tts_first_audio", now())
+                await self.emit(AudioChunk(frame.turn_id, samples, rate, frame.text))
+        # A zero-length marker closes the piece, so chunks never wait for their successor.
+        await self.emit(AudioChunk(frame.turn_id, _EMPTY, rate, frame.text, piece_end=True))
+
+    def on_interrupt(self, interruption: Interruption) -> None:
+        if self.session is not None:
+            self.session.cancel()
+
+    async def stop(self) -> None:
+        if self.session is not None:
+            await self.session.aclose()
