@@ -122,7 +122,8 @@ class Stage:
     """One step of the graph. Subclasses override :meth:`process` (and the lifecycle hooks).
 
     A stage reads frames from ``inbox`` one at a time and :meth:`emit`s frames downstream.
-    Frames it does not handle should be forwarded (the default :meth:`process` does that).
+    Frames it does not handle should be passed on with :meth:`forward` (the default
+    :meth:`process` does that); observers see each event once, when a stage first emits it.
     Stages with ``interruptible = True`` produce bot output: a barge-in cancels their current
     :meth:`process` call and drops their queued bot-output frames (see :meth:`Pipeline.interrupt`).
     """
@@ -144,7 +145,7 @@ class Stage:
         """Called once before any frame flows (open devices, create engine sessions)."""
 
     async def process(self, frame: Frame) -> None:
-        await self.emit(frame)
+        await self.forward(frame)
 
     async def finish(self) -> None:
         """End of stream reached this stage: complete pending work before it is forwarded."""
@@ -177,6 +178,11 @@ class Stage:
         if self.outbox is not None:
             await self.outbox.put(frame)
 
+    async def forward(self, frame: Frame) -> None:
+        """Pass on a frame another stage emitted (observers already saw it)."""
+        if self.outbox is not None:
+            await self.outbox.put(frame)
+
     def emit_nowait(self, frame: Frame) -> None:
         """For live sources: never waits (drop-oldest queue)."""
         if frame.is_event:
@@ -192,7 +198,7 @@ class Stage:
             frame = await inbox.get()
             if frame.__class__ is EndOfStream:
                 await self.finish()
-                await self.emit(frame)
+                await self.forward(frame)
                 return
             self._current = frame
             await process(frame)

@@ -50,7 +50,7 @@ class AsrStage(Stage):
             self.metrics.turn(turn_id).transcript = final.text
             await self.emit(final)
         else:
-            await self.emit(frame)
+            await self.forward(frame)
 
     async def finish(self) -> None:
         if self.turn_id is not None and self.session is not None:

@@ -76,16 +76,14 @@ class FileSource(Stage):
         step = FRAME_MS / 1000
         start = now()
         for seq, samples in enumerate(self.frames):
-            if self.pace:
-                due = start + seq * step
-                delay = due - now()
+            if self.pace:  # like a microphone, a frame is delivered once its last sample is in
+                captured = start + seq * step
+                delay = captured + step - now()
                 if delay > 0:
                     await asyncio.sleep(delay)
-                self.emit_nowait(AudioFrame(samples, capture_time=due, seq=seq))
+                self.emit_nowait(AudioFrame(samples, capture_time=captured, seq=seq))
             else:
                 await self.emit(AudioFrame(samples, capture_time=now(), seq=seq))
-        if self.pace:  # the last frame is complete only one frame later
-            await asyncio.sleep(max(0.0, start + len(self.frames) * step - now()))
         await self.emit(EndOfStream())
 
 

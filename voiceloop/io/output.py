@@ -131,7 +131,7 @@ class OutputStage(Stage):
             self._turn, self._piece_open = None, False
             self.pipeline.finish_turn(frame.turn_id)  # type: ignore[union-attr]
         else:
-            await self.emit(frame)
+            await self.forward(frame)
 
     async def _play(self, chunk: AudioChunk) -> None:
         if chunk.turn_id != self._turn:

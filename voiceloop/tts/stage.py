@@ -31,7 +31,7 @@ class TtsStage(Stage):
 
     async def process(self, frame: Frame) -> None:
         if not isinstance(frame, ReplyText):
-            await self.emit(frame)
+            await self.forward(frame)
             return
         session = self.session
         assert session is not None
