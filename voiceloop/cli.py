@@ -1,0 +1,100 @@
+"""The ``voiceloop`` command line.
+
+Subcommands are small functions registered in :func:`build_parser`; errors a user can fix (a
+missing file, undecodable audio, bad options) print one line and exit with status 2, never a
+traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict, fields
+
+import numpy as np
+
+from . import __version__
+from .audio import InputAdapter
+from .io.files import read_audio
+from .vad import VadOptions, detect_segments
+
+
+def _vad_options(args: argparse.Namespace) -> VadOptions:
+    given = {f.name: getattr(args, f.name) for f in fields(VadOptions) if getattr(args, f.name, None) is not None}
+    return VadOptions(**given)
+
+
+def cmd_vad(args: argparse.Namespace) -> int:
+    """Print the speech segments of audio files (also a check of the VAD settings)."""
+    options = _vad_options(args)
+    results = []
+    for path in args.files:
+        data, rate = read_audio(path)
+        adapter = InputAdapter(rate, data.shape[1])
+        frames = adapter.push(data) + adapter.flush()
+        samples = np.concatenate(frames) if frames else np.zeros(0, np.int16)
+        segments = detect_segments(samples, options)
+        results.append({
+            "file": str(path),
+            "duration": round(len(data) / rate, 3),
+            "segments": [
+                {**asdict(s), "start": round(s.start, 3), "end": round(s.end, 3)} for s in segments
+            ],
+        })
+    if args.json:
+        print(json.dumps(results if len(results) > 1 else results[0], ensure_ascii=False, indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    for result in results:
+        table = Table(title=f"{result['file']} ({result['duration']:.2f} s)")
+        for column in ("#", "start s", "end s", "length s", "note"):
+            table.add_column(column, justify="right" if column != "note" else "left")
+        for i, seg in enumerate(result["segments"], 1):
+            note = "discarded (too short)" if seg["discarded"] else ("" if seg["reason"] == "silence" else seg["reason"])
+            table.add_row(str(i), f"{seg['start']:.2f}", f"{seg['end']:.2f}", f"{seg['end'] - seg['start']:.2f}", note)
+        console.print(table)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="voiceloop",
+        description="Real-time voice agents: VAD → streaming ASR → your handler → streaming TTS.",
+    )
+    parser.add_argument("--version", action="version", version=f"voiceloop {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    vad = sub.add_parser("vad", help="print the speech segments of audio files (WAV/FLAC/OGG)")
+    vad.add_argument("files", nargs="+", metavar="FILE")
+    vad.add_argument("--json", action="store_true", help="machine-readable output")
+    defaults = VadOptions()
+    for name in ("aggressiveness", "start_window_ms", "start_voiced_ms", "end_silence_ms", "pre_roll_ms",
+                 "min_speech_ms", "max_utterance_ms"):
+        vad.add_argument(f"--{name.replace('_', '-')}", dest=name, type=int, default=None,
+                         help=f"default {getattr(defaults, name)}")
+    vad.set_defaults(func=cmd_vad)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    try:
+        return int(args.func(args) or 0)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"voiceloop {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
