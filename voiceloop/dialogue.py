@@ -89,14 +89,25 @@ def _wants_context(fn: Handler) -> bool:
     return len(positional) >= 2 or any(p.kind is p.VAR_POSITIONAL for p in params)
 
 
+def _kind(fn: Handler) -> str:
+    """"asyncgen", "coroutine" or "sync" — also for callable objects with an async ``__call__``."""
+    for target in (fn, getattr(fn, "__call__", None)):
+        if inspect.isasyncgenfunction(target):
+            return "asyncgen"
+        if inspect.iscoroutinefunction(target):
+            return "coroutine"
+    return "sync"
+
+
 async def call_handler(fn: Handler, text: str, ctx: TurnContext) -> AsyncIterator[str]:
     """Run any kind of handler and yield its text as it comes."""
     args = (text, ctx) if _wants_context(fn) else (text,)
-    if inspect.isasyncgenfunction(fn):
+    kind = _kind(fn)
+    if kind == "asyncgen":
         async with aclosing(fn(*args)) as pieces:
             async for piece in pieces:
                 yield piece
-    elif inspect.iscoroutinefunction(fn):
+    elif kind == "coroutine":
         result = await fn(*args)
         if result is not None:
             yield result
