@@ -182,3 +182,19 @@ def test_barge_in_can_be_disabled() -> None:
     run(pipeline.run(), clock="virtual")
     assert not [e for e in events if isinstance(e, Interruption)]
     assert all(not t.interrupted for t in pipeline.metrics.finished)
+
+
+def test_barge_in_during_speech_only_spares_a_reply_still_being_generated() -> None:
+    async def slow(text: str) -> str:
+        await asyncio.sleep(1.5)
+        return f"answer to {text}."
+
+    # turn 2 starts while turn 1's handler is still thinking (ends 1.0 + 0.3 + 0.1, answers at ~2.9)
+    for during, interrupted in (("reply", True), ("speech", False)):
+        pipeline, events, _, _ = build(slow, [(0.4, 1.0), (1.8, 2.2)], 9.0, texts=["one", "two"])
+        pipeline.barge_in = BargeInOptions(during=during)
+        run(pipeline.run(), clock="virtual")
+        turn1 = next(t for t in pipeline.metrics.finished if t.turn_id == 1)
+        assert turn1.interrupted is interrupted, during
+    with pytest.raises(ValueError, match="during must be"):
+        BargeInOptions(during="always")

@@ -161,6 +161,10 @@ class Stage:
         """Whether this stage holds bot output for the current turn (for barge-in decisions)."""
         return self.interruptible and (self._current is not None or bool(self.inbox))
 
+    def bot_speaking(self) -> bool:
+        """Whether this stage is playing bot audio right now (output stages)."""
+        return False
+
     async def produce(self) -> None:
         """Sources only (stages without an inbox): emit frames, then ``EndOfStream``."""
         raise NotImplementedError(f"{self.name} has no inbox and no produce()")
@@ -216,6 +220,13 @@ class BargeInOptions:
 
     enabled: bool = True
     allow: Callable[[SpeechStarted], bool] | None = None
+    #: "reply": user speech cuts the bot from the moment its reply is being generated (a stale
+    #: answer is never spoken over a user who kept talking); "speech": only while audio plays.
+    during: str = "reply"
+
+    def __post_init__(self) -> None:
+        if self.during not in ("reply", "speech"):
+            raise ValueError(f"BargeInOptions.during must be 'reply' or 'speech', got {self.during!r}")
 
 
 class Pipeline:
@@ -278,10 +289,16 @@ class Pipeline:
         if timeline is not None:
             self._observe(TurnMetrics(timeline), None)
 
+    def bot_speaking(self) -> bool:
+        return any(stage.bot_speaking() for stage in self.stages)
+
     def _should_interrupt(self, started: SpeechStarted) -> bool:
-        if not self.barge_in.enabled or not self.bot_active():
+        options = self.barge_in
+        if not options.enabled:
             return False
-        return self.barge_in.allow is None or self.barge_in.allow(started)
+        if not (self.bot_speaking() if options.during == "speech" else self.bot_active()):
+            return False
+        return options.allow is None or options.allow(started)
 
     def interrupt(self, reason: str = "user_speech") -> Interruption:
         """Cut the bot off: cancel, drop queued bot output, flush the sink, truncate history."""

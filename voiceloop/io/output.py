@@ -121,6 +121,9 @@ class OutputStage(Stage):
     def bot_active(self) -> bool:
         return self._current is not None or bool(self.inbox) or self.sink.buffered() > 0
 
+    def bot_speaking(self) -> bool:
+        return self.sink.buffered() > 0
+
     async def process(self, frame: Frame) -> None:
         if isinstance(frame, AudioChunk):
             await self._play(frame)
