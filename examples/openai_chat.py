@@ -44,7 +44,9 @@ class OpenAIChat:
         timeout_s: float = 30.0,
     ) -> None:
         self.model = model or os.environ.get("OPENAI_MODEL", "gpt-4o-mini")
-        self.base_url = (base_url or os.environ.get("OPENAI_BASE_URL", "https://api.openai.com/v1")).rstrip("/")
+        self.base_url = (base_url or os.environ.get("OPENAI_BASE_URL", "https://api.openai.com/v1")).rstrip(
+            "/"
+        )
         self.api_key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY", "")
         self.system = system
         self.temperature = temperature

@@ -147,7 +147,9 @@ def test_a_hanging_async_handler_times_out_and_costs_one_turn() -> None:
         yield "ok."
 
     options = DialogueOptions(first_text_timeout_s=2.0)
-    pipeline, events, _, _ = build(handler, [(0.4, 1.0), (4.0, 4.6)], 8.0, texts=["hang", "hi"], options=options)
+    pipeline, events, _, _ = build(
+        handler, [(0.4, 1.0), (4.0, 4.6)], 8.0, texts=["hang", "hi"], options=options
+    )
     run(pipeline.run(), clock="virtual")
     errors = [e for e in events if isinstance(e, TurnError)]
     assert len(errors) == 1 and errors[0].turn_id == 1 and "no text within 2 s" in errors[0].error
@@ -166,7 +168,9 @@ def test_a_hanging_sync_handler_is_abandoned_without_blocking_the_session() -> N
         return "ok."
 
     options = DialogueOptions(first_text_timeout_s=0.3)
-    pipeline, events, _, _ = build(handler, [(0.2, 0.6), (2.0, 2.4)], 4.5, texts=["hang", "hi"], options=options)
+    pipeline, events, _, _ = build(
+        handler, [(0.2, 0.6), (2.0, 2.4)], 4.5, texts=["hang", "hi"], options=options
+    )
     try:
         run(pipeline.run(), clock="fast")
     finally:
@@ -191,7 +195,7 @@ def test_barge_in_during_speech_only_spares_a_reply_still_being_generated() -> N
 
     # turn 2 starts while turn 1's handler is still thinking (ends 1.0 + 0.3 + 0.1, answers at ~2.9)
     for during, interrupted in (("reply", True), ("speech", False)):
-        pipeline, events, _, _ = build(slow, [(0.4, 1.0), (1.8, 2.2)], 9.0, texts=["one", "two"])
+        pipeline, _, _, _ = build(slow, [(0.4, 1.0), (1.8, 2.2)], 9.0, texts=["one", "two"])
         pipeline.barge_in = BargeInOptions(during=during)
         run(pipeline.run(), clock="virtual")
         turn1 = next(t for t in pipeline.metrics.finished if t.turn_id == 1)

@@ -12,7 +12,15 @@ from aiohttp import web
 
 from voiceloop.clock import run
 from voiceloop.dialogue import DialogueStage, Message, TurnContext, call_handler
-from voiceloop.frames import EndOfStream, FinalTranscript, Frame, PartialTranscript, ReplyEnd, ReplyText, TurnError
+from voiceloop.frames import (
+    EndOfStream,
+    FinalTranscript,
+    Frame,
+    PartialTranscript,
+    ReplyEnd,
+    ReplyText,
+    TurnError,
+)
 from voiceloop.pipeline import Pipeline, Stage
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "examples"))
@@ -45,7 +53,9 @@ class Collect(Stage):
         self.frames.append(frame)
 
 
-def converse(handler, texts: list[str], clock: str = "virtual", **kwargs) -> tuple[list[Frame], DialogueStage]:
+def converse(
+    handler, texts: list[str], clock: str = "virtual", **kwargs
+) -> tuple[list[Frame], DialogueStage]:
     finals = [FinalTranscript(text=t, turn_id=i) for i, t in enumerate(texts, 1)]
     dialogue, sink = DialogueStage(handler, **kwargs), Collect()
     run(Pipeline([Script(finals), dialogue, sink]).run(), clock=clock)
@@ -147,8 +157,11 @@ def test_partial_hook_sees_partials_and_its_failures_are_contained() -> None:
         if text == "bad":
             raise ValueError("hook bug")
 
-    script = [PartialTranscript(text="he", turn_id=1), PartialTranscript(text="bad", turn_id=1),
-              FinalTranscript(text="hello", turn_id=1)]
+    script = [
+        PartialTranscript(text="he", turn_id=1),
+        PartialTranscript(text="bad", turn_id=1),
+        FinalTranscript(text="hello", turn_id=1),
+    ]
     dialogue, sink = DialogueStage(lambda t: "ok.", on_partial=on_partial), Collect()
     pipeline = Pipeline([Script(script, gap=0.1), dialogue, sink])
     run(pipeline.run(), clock="fast")
@@ -158,8 +171,12 @@ def test_partial_hook_sees_partials_and_its_failures_are_contained() -> None:
 
 
 def test_history_is_bounded() -> None:
-    _, dialogue = converse(lambda t: "r.", [str(i) for i in range(8)], clock="fast",
-                           options=__import__("voiceloop").DialogueOptions(max_history=5))
+    _, dialogue = converse(
+        lambda t: "r.",
+        [str(i) for i in range(8)],
+        clock="fast",
+        options=__import__("voiceloop").DialogueOptions(max_history=5),
+    )
     assert len(dialogue.history) == 5 and dialogue.history[-1] == Message("assistant", "r.", 8)
 
 
@@ -188,7 +205,9 @@ def test_openai_compatible_client_streams_from_a_local_server() -> None:
         port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         try:
             client = OpenAIChat(base_url=f"http://127.0.0.1:{port}/v1", model="m", api_key="k", system="sys")
-            ctx = TurnContext(1, FinalTranscript("hi"), [Message("user", "早"), Message("assistant", "早上好")])
+            ctx = TurnContext(
+                1, FinalTranscript("hi"), [Message("user", "早"), Message("assistant", "早上好")]
+            )
             return [piece async for piece in call_handler(client, "你是谁", ctx)]
         finally:
             await runner.cleanup()

@@ -144,7 +144,9 @@ def _tone(seconds: float, rate: int, channels: int = 1) -> np.ndarray:
     return np.stack([mono] * channels, axis=1).astype(np.float32)
 
 
-@pytest.mark.parametrize(("suffix", "rate", "channels"), [(".wav", 44_100, 2), (".flac", 48_000, 1), (".wav", 8_000, 1)])
+@pytest.mark.parametrize(
+    ("suffix", "rate", "channels"), [(".wav", 44_100, 2), (".flac", 48_000, 1), (".wav", 8_000, 1)]
+)
 def test_file_source_reads_wav_and_flac_into_canonical_frames(tmp_path, suffix, rate, channels) -> None:
     path = tmp_path / f"in{suffix}"
     soundfile.write(str(path), _tone(1.0, rate, channels), rate)
@@ -152,7 +154,9 @@ def test_file_source_reads_wav_and_flac_into_canonical_frames(tmp_path, suffix, 
     pipeline = Pipeline([FileSource(path, pace=True), sink])
     run(pipeline.run(), clock="virtual")
     audio = [f for f in sink.frames if isinstance(f, AudioFrame)]
-    assert len(audio) in (50, 51) and all(len(f.samples) == 320 and f.samples.dtype == np.int16 for f in audio)
+    assert len(audio) in (50, 51) and all(
+        len(f.samples) == 320 and f.samples.dtype == np.int16 for f in audio
+    )
     assert [f.seq for f in audio] == list(range(len(audio)))
     steps = np.diff([f.capture_time for f in audio])
     assert np.allclose(steps, 0.02), "paced frames are 20 ms apart on the clock"
@@ -216,20 +220,31 @@ def test_cli_help_and_vad_json(tmp_path) -> None:
     assert help_text.returncode == 0 and "vad" in help_text.stdout
     rate = 16_000
     noise = np.random.default_rng(0).normal(0, 0.3, rate).astype(np.float32)
-    signal = np.concatenate([np.zeros(rate, np.float32), noise * np.hanning(rate), np.zeros(rate, np.float32)])
+    signal = np.concatenate(
+        [np.zeros(rate, np.float32), noise * np.hanning(rate), np.zeros(rate, np.float32)]
+    )
     soundfile.write(str(tmp_path / "x.wav"), signal, rate)
-    out = subprocess.run([sys.executable, "-m", "voiceloop", "vad", str(tmp_path / "x.wav"), "--json"],
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "voiceloop", "vad", str(tmp_path / "x.wav"), "--json"],
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
     assert result["duration"] == 3.0 and isinstance(result["segments"], list)
 
 
 def test_cli_errors_are_one_line_without_traceback(tmp_path) -> None:
-    out = subprocess.run([sys.executable, "-m", "voiceloop", "vad", str(tmp_path / "nope.wav")],
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "voiceloop", "vad", str(tmp_path / "nope.wav")], capture_output=True, text=True
+    )
     assert out.returncode == 2
     assert out.stderr.strip() == f"voiceloop vad: error: audio file not found: {tmp_path / 'nope.wav'}"
-    out = subprocess.run([sys.executable, "-m", "voiceloop", "vad", "x.wav", "--aggressiveness", "7"],
-                         capture_output=True, text=True)
-    assert out.returncode == 2 and "aggressiveness must be 0..3" in out.stderr and "Traceback" not in out.stderr
+    out = subprocess.run(
+        [sys.executable, "-m", "voiceloop", "vad", "x.wav", "--aggressiveness", "7"],
+        capture_output=True,
+        text=True,
+    )
+    assert (
+        out.returncode == 2 and "aggressiveness must be 0..3" in out.stderr and "Traceback" not in out.stderr
+    )

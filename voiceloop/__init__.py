@@ -54,4 +54,5 @@ __all__ = [
     "VadOptions",
     "VadStage",
     "__version__",
+    "echo",
 ]

@@ -22,7 +22,9 @@ from .vad import VadOptions, detect_segments
 
 
 def _vad_options(args: argparse.Namespace) -> VadOptions:
-    given = {f.name: getattr(args, f.name) for f in fields(VadOptions) if getattr(args, f.name, None) is not None}
+    given = {
+        f.name: getattr(args, f.name) for f in fields(VadOptions) if getattr(args, f.name, None) is not None
+    }
     return VadOptions(**given)
 
 
@@ -36,13 +38,15 @@ def cmd_vad(args: argparse.Namespace) -> int:
         frames = adapter.push(data) + adapter.flush()
         samples = np.concatenate(frames) if frames else np.zeros(0, np.int16)
         segments = detect_segments(samples, options)
-        results.append({
-            "file": str(path),
-            "duration": round(len(data) / rate, 3),
-            "segments": [
-                {**asdict(s), "start": round(s.start, 3), "end": round(s.end, 3)} for s in segments
-            ],
-        })
+        results.append(
+            {
+                "file": str(path),
+                "duration": round(len(data) / rate, 3),
+                "segments": [
+                    {**asdict(s), "start": round(s.start, 3), "end": round(s.end, 3)} for s in segments
+                ],
+            }
+        )
     if args.json:
         print(json.dumps(results if len(results) > 1 else results[0], ensure_ascii=False, indent=2))
         return 0
@@ -55,8 +59,14 @@ def cmd_vad(args: argparse.Namespace) -> int:
         for column in ("#", "start s", "end s", "length s", "note"):
             table.add_column(column, justify="right" if column != "note" else "left")
         for i, seg in enumerate(result["segments"], 1):
-            note = "discarded (too short)" if seg["discarded"] else ("" if seg["reason"] == "silence" else seg["reason"])
-            table.add_row(str(i), f"{seg['start']:.2f}", f"{seg['end']:.2f}", f"{seg['end'] - seg['start']:.2f}", note)
+            note = (
+                "discarded (too short)"
+                if seg["discarded"]
+                else ("" if seg["reason"] == "silence" else seg["reason"])
+            )
+            table.add_row(
+                str(i), f"{seg['start']:.2f}", f"{seg['end']:.2f}", f"{seg['end'] - seg['start']:.2f}", note
+            )
         console.print(table)
     return 0
 
@@ -73,10 +83,22 @@ def build_parser() -> argparse.ArgumentParser:
     vad.add_argument("files", nargs="+", metavar="FILE")
     vad.add_argument("--json", action="store_true", help="machine-readable output")
     defaults = VadOptions()
-    for name in ("aggressiveness", "start_window_ms", "start_voiced_ms", "end_silence_ms", "pre_roll_ms",
-                 "min_speech_ms", "max_utterance_ms"):
-        vad.add_argument(f"--{name.replace('_', '-')}", dest=name, type=int, default=None,
-                         help=f"default {getattr(defaults, name)}")
+    for name in (
+        "aggressiveness",
+        "start_window_ms",
+        "start_voiced_ms",
+        "end_silence_ms",
+        "pre_roll_ms",
+        "min_speech_ms",
+        "max_utterance_ms",
+    ):
+        vad.add_argument(
+            f"--{name.replace('_', '-')}",
+            dest=name,
+            type=int,
+            default=None,
+            help=f"default {getattr(defaults, name)}",
+        )
     vad.set_defaults(func=cmd_vad)
     return parser
 

@@ -90,8 +90,8 @@ def _wants_context(fn: Handler) -> bool:
 
 
 def _kind(fn: Handler) -> str:
-    """"asyncgen", "coroutine" or "sync" — also for callable objects with an async ``__call__``."""
-    for target in (fn, getattr(fn, "__call__", None)):
+    """ "asyncgen", "coroutine" or "sync" — also for callable objects with an async ``__call__``."""
+    for target in (fn, type(fn).__call__ if not inspect.isroutine(fn) else None):
         if inspect.isasyncgenfunction(target):
             return "asyncgen"
         if inspect.iscoroutinefunction(target):

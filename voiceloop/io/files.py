@@ -117,8 +117,10 @@ class WavSink(PacedSink):
 
     def recording(self, until: float | None = None) -> np.ndarray:
         """The recording so far (to ``until`` on the clock, default now) as int16."""
-        end = max([self._index(until if until is not None else now())]
-                  + [first + len(s) for first, s in self._segments])
+        end = max(
+            [self._index(until if until is not None else now())]
+            + [first + len(s) for first, s in self._segments]
+        )
         out = np.zeros(max(0, end), dtype=np.int16)
         for first, samples in self._segments:
             out[first : first + len(samples)] = samples
@@ -128,4 +130,3 @@ class WavSink(PacedSink):
         audio = self.recording()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         soundfile.write(str(self.path), audio, self.sample_rate, subtype="PCM_16")
-
