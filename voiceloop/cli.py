@@ -91,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
         "pre_roll_ms",
         "min_speech_ms",
         "max_utterance_ms",
+        "warmup_ms",
     ):
         vad.add_argument(
             f"--{name.replace('_', '-')}",
