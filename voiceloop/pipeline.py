@@ -91,14 +91,20 @@ class Channel:
                     self._putters.remove(waiter)
         self.put_nowait(frame)
 
+    def bind(self, loop: asyncio.AbstractEventLoop | None) -> None:
+        """Remember the running loop (saves a lookup per frame; unbound channels look it up)."""
+        self._loop = loop
+
     async def get(self) -> Frame:
-        while not self._items:
-            self._getter = asyncio.get_running_loop().create_future()
+        items = self._items
+        while not items:
+            getter = self._getter = (self._loop or asyncio.get_running_loop()).create_future()
             try:
-                await self._getter
+                await getter
             finally:
                 self._getter = None
-        frame = self._items.popleft()
+            items = self._items  # discard() may have replaced the deque
+        frame = items.popleft()
         if self._putters:
             putter = self._putters.popleft()
             if not putter.done():
@@ -179,13 +185,17 @@ class Stage:
         """Send a frame downstream (observers see it first if it is an event)."""
         if frame.is_event:
             self.pipeline._observe(frame, self)  # type: ignore[union-attr]
-        if self.outbox is not None:
-            await self.outbox.put(frame)
+        await self.forward(frame)
 
     async def forward(self, frame: Frame) -> None:
         """Pass on a frame another stage emitted (observers already saw it)."""
-        if self.outbox is not None:
-            await self.outbox.put(frame)
+        outbox = self.outbox
+        if outbox is None:
+            return
+        if outbox.drop_oldest or len(outbox) < outbox.maxsize:
+            outbox.put_nowait(frame)  # room (or drop-oldest): no need to suspend
+        else:
+            await outbox.put(frame)
 
     def emit_nowait(self, frame: Frame) -> None:
         """For live sources: never waits (drop-oldest queue)."""
@@ -358,6 +368,8 @@ class Pipeline:
         loop = asyncio.get_running_loop()
         self._done = loop.create_future()
         self._running = True
+        for queue in self.queues:
+            queue.bind(loop)
         started: list[Stage] = []
         try:
             for stage in self.stages:
@@ -375,6 +387,7 @@ class Pipeline:
                 except Exception:
                     log.exception("stage %s failed to stop", stage.name)
             for queue in self.queues:
+                queue.bind(None)
                 if queue.dropped:
                     self.metrics.counters[f"dropped.{queue.name}"] = queue.dropped
         return self.metrics
