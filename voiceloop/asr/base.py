@@ -13,6 +13,9 @@ import numpy as np
 
 from ..frames import FinalTranscript, PartialTranscript
 
+#: The default checkpoint: XLSR-53 large fine-tuned on Mandarin (Common Voice zh-CN, CER 19 %).
+DEFAULT_MODEL = "jonatasgrosman/wav2vec2-large-xlsr-53-chinese-zh-cn"
+
 
 class AsrSession(ABC):
     """Per-stream recognition state for one utterance at a time.

@@ -3,7 +3,15 @@
 from __future__ import annotations
 
 from ..clock import now
-from ..frames import AudioFrame, Frame, SpeechEnded, SpeechStarted
+from ..frames import (
+    AudioFrame,
+    CharInfo,
+    FinalTranscript,
+    Frame,
+    PartialTranscript,
+    SpeechEnded,
+    SpeechStarted,
+)
 from ..pipeline import Stage
 from .base import AsrEngine, AsrSession
 
@@ -11,7 +19,8 @@ from .base import AsrEngine, AsrSession
 class AsrStage(Stage):
     """Feeds utterance audio to a streaming session; emits partial and final transcripts.
 
-    Consumes audio and speech start/end; forwards nothing else it does not understand.
+    Consumes audio and speech start/end; passes on other frames. Engines report times from the
+    start of the utterance audio they were fed; the stage shifts them to stream time.
     """
 
     name = "asr"
@@ -21,6 +30,7 @@ class AsrStage(Stage):
         self.engine = engine
         self.session: AsrSession | None = None
         self.turn_id: int | None = None
+        self.offset: float | None = None  # stream time of the utterance's first fed sample
 
     async def start(self) -> None:
         self.session = self.engine.session()
@@ -31,20 +41,24 @@ class AsrStage(Stage):
         if isinstance(frame, AudioFrame):
             if self.turn_id is None:
                 return  # audio outside an utterance carries no speech for us
+            if self.offset is None:
+                self.offset = frame.stream_time
             partial = await session.accept(frame.samples)
             if partial is not None:
+                _shift(partial, self.offset)
                 partial.turn_id = self.turn_id
                 self.metrics.stamp(self.turn_id, "first_partial", now())
                 await self.emit(partial)
         elif isinstance(frame, SpeechStarted):
             session.reset()
-            self.turn_id = frame.turn_id
+            self.turn_id, self.offset = frame.turn_id, None
         elif isinstance(frame, SpeechEnded):
-            turn_id, self.turn_id = frame.turn_id, None
+            turn_id, offset, self.turn_id, self.offset = frame.turn_id, self.offset or 0.0, None, None
             if frame.discarded:
                 session.reset()
                 return
             final = await session.finalize()
+            _shift(final, offset)
             final.turn_id = turn_id
             self.metrics.stamp(turn_id, "final_transcript", now())
             self.metrics.turn(turn_id).transcript = final.text
@@ -59,3 +73,13 @@ class AsrStage(Stage):
     async def stop(self) -> None:
         if self.session is not None:
             await self.session.aclose()
+
+
+def _shift(transcript: PartialTranscript | FinalTranscript, offset: float) -> None:
+    """Move utterance-relative times to stream time (new CharInfo objects: engines may share them)."""
+    if offset:
+        transcript.chars = [
+            CharInfo(c.char, c.confidence, c.start + offset, c.end + offset) for c in transcript.chars
+        ]
+        transcript.start += offset
+        transcript.end += offset

@@ -1,0 +1,362 @@
+"""A wav2vec2 CTC checkpoint split into the stages streaming needs: conv -> projection -> encoder.
+
+Streaming caches the strictly local conv features and re-encodes only the transformer part per
+window, so the stock ``Wav2Vec2ForCTC`` is driven stage by stage here (its own submodules, no
+re-implementation). Everything — geometry, vocabulary, normalisation — is read from the checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import threading
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import transformers
+from huggingface_hub import HfApi
+from huggingface_hub.errors import HfHubHTTPError, HFValidationError
+from packaging.version import Version
+from torch import nn
+from transformers import Wav2Vec2ForCTC, Wav2Vec2Processor
+
+from .base import DEFAULT_MODEL
+
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+_DEVICE_RE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+# transformers renamed `torch_dtype` to `dtype` in 4.56.
+_DTYPE_KW = "dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype"
+
+
+class ModelNotAvailable(RuntimeError):
+    """The checkpoint can't be found locally and the hub can't (or may not) be reached."""
+
+
+def _guidance(name: str, reason: str, exc: BaseException | None = None) -> str:
+    if exc is not None:  # keep the first line: transformers' messages run long
+        reason += ": " + (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    hub_id = DEFAULT_MODEL if _looks_like_path(name) else name
+    return (
+        f"model {name!r} is not available: {reason}. To use a local directory instead, download it "
+        f"elsewhere with `hf download {hub_id} --local-dir DIR` (older huggingface_hub: "
+        f"`huggingface-cli download ...`), copy DIR here and pass --model DIR"
+    )
+
+
+def _looks_like_path(name: str) -> bool:
+    """Hub ids are ``name`` or ``owner/name``; anything else is meant as a filesystem path."""
+    return Path(name).is_absolute() or name.startswith((".", "~")) or name.count("/") > 1 or "\\" in name
+
+
+def _hub_offline() -> bool:
+    """Read the offline switches now: huggingface_hub only reads them at import time."""
+    flags = (os.environ.get(k, "").strip().upper() for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return any(flag in {"1", "ON", "YES", "TRUE"} for flag in flags)
+
+
+@dataclass
+class ModelOptions:
+    """Where and how the model computes; validated early so a bad CLI flag fails before loading."""
+
+    device: str = "auto"  # auto (cuda -> mps -> cpu) | cpu | cuda | cuda:N | mps
+    dtype: str = "fp32"  # fp32 | bf16 | fp16 (fp16 needs cuda/mps)
+    quantize: str | None = None  # None | "int8" (dynamic int8 nn.Linear, CPU only)
+    threads: int | None = None  # torch intra-op threads for this model's compute (None: leave as is)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.device, str) or not _DEVICE_RE.fullmatch(self.device):
+            raise ValueError(f"device must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}")
+        if self.dtype not in _DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(_DTYPES)}, got {self.dtype!r}")
+        if self.quantize not in (None, "int8"):
+            raise ValueError(f"quantize must be None or 'int8', got {self.quantize!r}")
+        threads = self.threads
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+            raise ValueError(f"threads must be a positive integer or None, got {self.threads!r}")
+        if self.quantize == "int8":
+            if self.device not in ("auto", "cpu"):
+                raise ValueError(f"quantize='int8' runs on the CPU only, not on {self.device!r}")
+            if self.dtype != "fp32":
+                raise ValueError("quantize='int8' needs dtype='fp32' (the unquantized layers stay float32)")
+        if self.dtype == "fp16" and self.device == "cpu":
+            raise ValueError("dtype='fp16' is for cuda/mps; on the CPU use 'bf16' or 'fp32'")
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return _DTYPES[self.dtype]
+
+    def resolve_device(self) -> torch.device:
+        """The concrete device; "auto" prefers cuda, then mps, then cpu (always cpu for int8)."""
+        cuda, mps = torch.cuda.is_available(), torch.backends.mps.is_available()
+        if self.device == "auto":
+            name = "cpu" if self.quantize else "cuda" if cuda else "mps" if mps else "cpu"
+        else:
+            name = self.device
+        if name.startswith("cuda") and not cuda:
+            raise ValueError(f"device {name!r} requested but CUDA is not available")
+        if name == "mps" and not mps:
+            raise ValueError("device 'mps' requested but MPS is not available")
+        if self.dtype == "fp16" and name == "cpu":
+            raise ValueError("dtype='fp16' is for cuda/mps but the device resolved to cpu; use bf16 or fp32")
+        return torch.device(name)
+
+
+@dataclass
+class Vocabulary:
+    """CTC output ids -> text; specials never print, the word delimiter prints as a space."""
+
+    tokens: list[str]
+    blank_id: int
+    delimiter: str | None
+    special_ids: frozenset[int]
+
+    def text(self, token_id: int) -> str:
+        token = self.tokens[token_id]
+        if self.delimiter is not None and token == self.delimiter:
+            return " "
+        return "" if token_id in self.special_ids else token
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    @classmethod
+    def from_processor(cls, tokenizer: Any, *, size: int = 0, blank_id: int | None = None) -> Vocabulary:
+        """Build from a ``Wav2Vec2CTCTokenizer``.
+
+        ``size`` pads to the CTC head's width and ``blank_id`` overrides the pad token (the model
+        config's ``pad_token_id`` is what CTC training used); unused ids become silent specials.
+        """
+        vocab: dict[str, int] = tokenizer.get_vocab()
+        tokens = [""] * max(max(vocab.values()) + 1, size)
+        for token, index in vocab.items():
+            tokens[index] = token
+        delimiter = getattr(tokenizer, "word_delimiter_token", None)
+        delimiter = delimiter if delimiter in vocab else None
+        blank = blank_id if blank_id is not None else tokenizer.pad_token_id or 0
+        specials = {i for i in tokenizer.all_special_ids if i is not None} | {blank}
+        specials |= {i for i, token in enumerate(tokens) if not token}
+        if delimiter is not None:
+            specials.discard(vocab[delimiter])
+        return cls(tokens=tokens, blank_id=blank, delimiter=delimiter, special_ids=frozenset(specials))
+
+
+class Wav2Vec2Checkpoint:
+    """A loaded CTC model, shareable by many streams (stateless methods, inference_mode)."""
+
+    def __init__(
+        self,
+        model: Wav2Vec2ForCTC,
+        vocab: Vocabulary,
+        *,
+        name: str,
+        sample_rate: int = 16000,
+        do_normalize: bool = True,
+        threads: int | None = None,
+    ) -> None:
+        self.model = model.eval()
+        self.vocab = vocab
+        self.name = name
+        self.sample_rate = int(sample_rate)
+        self.do_normalize = bool(do_normalize)
+        self.threads = threads
+        config = model.config
+        first = next(model.wav2vec2.feature_extractor.parameters())  # the conv encoder is never quantized
+        self.device: torch.device = first.device
+        self.dtype: torch.dtype = first.dtype
+        self.conv_stride = math.prod(config.conv_stride)
+        field, jump = 1, 1
+        for kernel, stride in zip(config.conv_kernel, config.conv_stride, strict=True):
+            field, jump = field + (kernel - 1) * jump, jump * stride
+        self.conv_receptive_field = field
+        # GroupNorm ("group") normalises the first conv layer over time, so frames see the whole input.
+        self.local_conv = config.feat_extract_norm == "layer"
+        self.conv_dim = int(config.conv_dim[-1])
+        self.hidden_size = int(config.hidden_size)
+        self.num_layers = int(config.num_hidden_layers)
+        self.vocab_size = int(config.vocab_size)
+
+    @classmethod
+    def from_pretrained(
+        cls, name_or_path: str = DEFAULT_MODEL, options: ModelOptions | None = None
+    ) -> Wav2Vec2Checkpoint:
+        """Load a local directory or hub id.
+
+        Hub ids come from the local cache when complete (no network round trip); otherwise one quick
+        reachability check precedes the download, because huggingface_hub retries an unreachable
+        hub for minutes. HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE mean cache only.
+        """
+        options = options or ModelOptions()
+        device = options.resolve_device()
+        source, is_local = _resolve_source(name_or_path)
+        try:
+            processor, loaded = _load(source, options, local_only=True)
+        except _LOAD_ERRORS as exc:
+            if is_local:
+                raise ModelNotAvailable(_guidance(name_or_path, "cannot load the directory", exc)) from exc
+            if _hub_offline():
+                reason = "not in the Hugging Face cache and offline mode is on (HF_HUB_OFFLINE)"
+                raise ModelNotAvailable(_guidance(name_or_path, reason)) from exc
+            _probe_hub(name_or_path)
+            try:
+                processor, loaded = _load(source, options, local_only=False)
+            except _LOAD_ERRORS as exc2:
+                raise ModelNotAvailable(_guidance(name_or_path, "download failed", exc2)) from exc2
+        model, info = loaded
+        _check_loading_info(name_or_path, info)
+        model = model.to(device).eval().requires_grad_(False)
+        if options.quantize == "int8":
+            with warnings.catch_warnings():  # quantize_dynamic and qint8 tensors are deprecated (torchao)
+                warnings.simplefilter("ignore", DeprecationWarning)
+                warnings.filterwarnings("ignore", ".*quantized tensor creation functions", UserWarning)
+                torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8, inplace=True)
+        head, pad = model.config.vocab_size, model.config.pad_token_id
+        vocab = Vocabulary.from_processor(processor.tokenizer, size=head, blank_id=pad)
+        fe = processor.feature_extractor
+        rate, norm, threads = fe.sampling_rate, fe.do_normalize, options.threads
+        return cls(model, vocab, name=name_or_path, sample_rate=rate, do_normalize=norm, threads=threads)
+
+    def apply_threads(self) -> None:
+        """Set torch's intra-op threads for the calling compute thread (no-op when not configured)."""
+        if self.threads is not None:
+            torch.set_num_threads(self.threads)
+
+    def normalize(self, audio: np.ndarray) -> np.ndarray:
+        """Zero-mean unit-variance like ``Wav2Vec2FeatureExtractor`` (the model was trained on that)."""
+        samples = np.asarray(audio, dtype=np.float32)
+        if not self.do_normalize or samples.size == 0:
+            return samples
+        wide = samples.astype(np.float64)
+        return ((wide - wide.mean()) / np.sqrt(wide.var() + 1e-7)).astype(np.float32)
+
+    def frames_for(self, n_samples: int) -> int:
+        """Conv output frames for ``n_samples`` (the conv layers are unpadded)."""
+        if n_samples < self.conv_receptive_field:
+            return 0
+        return (n_samples - self.conv_receptive_field) // self.conv_stride + 1
+
+    @torch.inference_mode()
+    def conv_features(self, audio: np.ndarray) -> torch.Tensor:
+        """Normalised 1-D samples -> ``[T, conv_dim]`` conv features on the model's device/dtype."""
+        samples = np.ascontiguousarray(audio, dtype=np.float32)
+        if samples.ndim != 1:
+            raise ValueError(f"audio must be 1-D, got shape {samples.shape}")
+        if self.frames_for(len(samples)) == 0:
+            return torch.empty(0, self.conv_dim, device=self.device, dtype=self.dtype)
+        batch = torch.from_numpy(samples).to(self.device, self.dtype)[None]
+        return self.model.wav2vec2.feature_extractor(batch)[0].transpose(0, 1)
+
+    @torch.inference_mode()
+    def project(self, conv: torch.Tensor) -> torch.Tensor:
+        """``[T, conv_dim]`` -> ``[T, hidden]`` (per frame: LayerNorm + Linear, so slices project alike)."""
+        conv = conv.to(self.device, self.dtype)
+        if conv.shape[0] == 0:
+            return torch.empty(0, self.hidden_size, device=self.device, dtype=self.dtype)
+        return self.model.wav2vec2.feature_projection(conv[None])[0][0]
+
+    @torch.inference_mode()
+    def encode(
+        self, hidden: torch.Tensor, *, layer: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``[T, hidden]`` -> (float32 CPU log-probs ``[T, V]``, optional hidden state of ``layer``).
+
+        ``layer`` uses transformers' ``hidden_states`` numbering: 0 is the encoder's input to its
+        first block (after the positional conv), ``i`` the output of block ``i`` (1-based, before any
+        final encoder LayerNorm), negative values count from the end (-1 = output of the last block).
+        """
+        index = None if layer is None else self._layer_index(layer)
+        if hidden.shape[0] == 0:
+            empty = None if index is None else torch.empty(0, self.hidden_size)
+            return torch.empty(0, self.vocab_size), empty
+        captured: list[torch.Tensor] = []
+        handle = None if index is None else self._capture(index, captured)
+        try:
+            states = self.model.wav2vec2.encoder(hidden.to(self.device, self.dtype)[None])[0]
+        finally:
+            if handle is not None:
+                handle.remove()
+        if self.model.wav2vec2.adapter is not None:
+            states = self.model.wav2vec2.adapter(states)
+        logits = self.model.lm_head(states)[0]
+        log_probs = torch.log_softmax(logits.float(), dim=-1).cpu()
+        layer_state = captured[0][0].float().cpu() if captured else None
+        return log_probs, layer_state
+
+    def log_probs(self, audio: np.ndarray) -> np.ndarray:
+        """Offline one pass over a whole utterance: float32 ``[T, V]`` log-probabilities."""
+        hidden = self.project(self.conv_features(self.normalize(audio)))
+        return self.encode(hidden)[0].numpy()
+
+    def _layer_index(self, layer: int) -> int:
+        count = self.num_layers + 1
+        if isinstance(layer, bool) or not isinstance(layer, int) or not -count <= layer < count:
+            raise ValueError(f"layer must be an int in [{-count}, {count - 1}], got {layer!r}")
+        return layer % count
+
+    def _capture(self, index: int, sink: list[torch.Tensor]) -> torch.utils.hooks.RemovableHandle:
+        """Hook the stock encoder to record one hidden state, only for this thread's forward pass."""
+        thread = threading.get_ident()
+        blocks = self.model.wav2vec2.encoder.layers
+        if index == 0:
+
+            def before(_module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+                if threading.get_ident() == thread and not sink:
+                    sink.append(args[0] if args else kwargs["hidden_states"])
+
+            return blocks[0].register_forward_pre_hook(before, with_kwargs=True)
+
+        def after(_module: nn.Module, _args: tuple[Any, ...], output: Any) -> None:
+            if threading.get_ident() == thread and not sink:
+                sink.append(output[0] if isinstance(output, tuple) else output)
+
+        return blocks[index - 1].register_forward_hook(after)
+
+
+def _resolve_source(name: str) -> tuple[str, bool]:
+    """(what to hand transformers, whether it is a local directory); paths are checked here."""
+    path = Path(name).expanduser()
+    if path.is_dir():
+        missing = [f for f in ("config.json", "vocab.json") if not (path / f).is_file()]
+        if missing:  # without vocab.json the tokenizer fails with a bare TypeError
+            raise ModelNotAvailable(_guidance(name, f"directory {str(path)!r} lacks {', '.join(missing)}"))
+        return str(path), True
+    if path.exists() or _looks_like_path(name):
+        raise ModelNotAvailable(_guidance(name, f"no such local directory {str(path)!r}"))
+    return name, False
+
+
+_LOAD_ERRORS = (OSError, HfHubHTTPError, HFValidationError)
+
+
+def _load(source: str, options: ModelOptions, *, local_only: bool) -> tuple[Wav2Vec2Processor, Any]:
+    """Processor, then (model, loading info) through the stock transformers classes."""
+    processor = Wav2Vec2Processor.from_pretrained(source, local_files_only=local_only)
+    loaded = Wav2Vec2ForCTC.from_pretrained(
+        source, local_files_only=local_only, output_loading_info=True, **{_DTYPE_KW: options.torch_dtype}
+    )
+    return processor, loaded
+
+
+def _probe_hub(name: str) -> None:
+    """One short request (no retries) so an unreachable hub or unknown id fails in seconds."""
+    try:
+        HfApi().model_info(name, timeout=10)
+    except Exception as exc:  # any failure here means the download below cannot work either
+        reason = "not in the Hugging Face cache, and the hub check failed"
+        raise ModelNotAvailable(_guidance(name, reason, exc)) from exc
+
+
+def _check_loading_info(name: str, info: dict[str, Any]) -> None:
+    """Refuse a checkpoint whose weights don't match the architecture instead of running random layers."""
+    problems = []
+    for key in ("missing_keys", "unexpected_keys", "mismatched_keys"):
+        entries = sorted(str(entry) for entry in info.get(key) or ())
+        if entries:
+            problems.append(f"{key.replace('_', ' ')}: {', '.join(entries)}")
+    problems += [str(message) for message in info.get("error_msgs") or ()]
+    if problems:
+        raise ValueError(f"checkpoint {name!r} does not match Wav2Vec2ForCTC; " + "; ".join(problems))

@@ -1,0 +1,267 @@
+"""Chunked, stateful streaming recognition on a wav2vec2 CTC checkpoint.
+
+Every encoder layer attends over its whole input, so a chunk's outputs depend on context. Each
+step encodes a window ``[left context L | new chunk C | lookahead R]`` and keeps only the C part:
+
+    frames:  ... committed ... | L (context) | C (committed now) | R (provisional) |
+
+* The conv feature encoder is strictly local (a frame sees 400 samples), so its output — about
+  half of the compute — is cached per utterance and no audio goes through it twice. That needs
+  fixed input normalisation: the per-utterance statistics are frozen at the first window
+  (about C + R seconds of speech); running statistics measured better than per-window ones.
+* C frames are committed (their text never changes); R frames give a provisional tail. Together
+  they form the partial transcript (``stable_len`` marks the committed prefix).
+* At end of utterance the rest is encoded with L context and committed. An utterance shorter
+  than the first window is decoded in one pass with its own statistics — exactly offline.
+* If compute falls behind, one step commits every due chunk at once (a wider window, up to
+  ``max_window_s``), so the stream catches up instead of queueing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..audio import int16_to_float
+from ..compute import ComputeLane
+from ..frames import CharInfo, FinalTranscript, PartialTranscript
+from .base import AsrEngine, AsrSession
+from .ctc import StreamingGreedyDecoder, greedy_decode
+from .model import DEFAULT_MODEL, ModelOptions, Wav2Vec2Checkpoint
+
+
+@dataclass
+class StreamingOptions:
+    """Window geometry (seconds, rounded to 20 ms frames) and extras.
+
+    Defaults (C=0.64, L=1.0, R=0.32) follow the measured trade-off in ``benchmarks/asr_streaming.py``:
+    partial updates every 0.64 s, lookahead that removes most edge errors, and a window short
+    enough for real time on two cores with bf16 or int8 weights.
+    """
+
+    chunk_s: float = 0.64
+    left_s: float = 1.0
+    right_s: float = 0.32
+    #: Cache conv features (exact for "layer"-norm encoders; ignored for "group" norm).
+    cache_conv: bool = True
+    #: Longest window one encoder pass may take while catching up (bounds memory and latency).
+    max_window_s: float = 12.0
+    #: Hidden layer whose mean over the utterance rides on the final transcript (None: none).
+    embed_layer: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("chunk_s", "left_s", "right_s", "max_window_s"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or value < 0:
+                raise ValueError(f"{name} must be a non-negative number of seconds, got {value!r}")
+        if self.chunk_s < 0.02:
+            raise ValueError(f"chunk_s must be at least one 20 ms frame, got {self.chunk_s}")
+        if self.max_window_s < self.left_s + self.chunk_s + self.right_s:
+            raise ValueError("max_window_s must hold at least one window (left + chunk + right)")
+
+
+class Wav2Vec2Engine(AsrEngine):
+    """A loaded checkpoint plus its compute lane; open one session per stream."""
+
+    def __init__(self, checkpoint: Wav2Vec2Checkpoint, options: StreamingOptions | None = None) -> None:
+        self.checkpoint = checkpoint
+        self.options = options or StreamingOptions()
+        self.sample_rate = checkpoint.sample_rate
+        self.lane = ComputeLane("asr", setup=checkpoint.apply_threads)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str = DEFAULT_MODEL,
+        model_options: ModelOptions | None = None,
+        options: StreamingOptions | None = None,
+    ) -> Wav2Vec2Engine:
+        return cls(Wav2Vec2Checkpoint.from_pretrained(name_or_path, model_options), options)
+
+    def session(self) -> Wav2Vec2Session:
+        return Wav2Vec2Session(self)
+
+    # -- offline helpers (run them on the lane from async code: ``await engine.lane.run(...)``) ----
+    def transcribe(self, audio: np.ndarray) -> FinalTranscript:
+        """Whole-input recognition; long inputs go through the streaming windows (bounded memory)."""
+        samples = _as_float(audio)
+        if len(samples) / self.sample_rate <= self.options.max_window_s:
+            log_probs = self.checkpoint.log_probs(samples)
+            text, chars = greedy_decode(log_probs, self.checkpoint.vocab)
+            return FinalTranscript(text=text, chars=chars, start=0.0, end=len(samples) / self.sample_rate)
+        stream = StreamState(self)
+        stream.add(samples)
+        return stream.finish()
+
+    def embed(self, audio: np.ndarray, *, layer: int = -1, pooling: str = "mean") -> np.ndarray:
+        """Hidden states of ``layer`` at 50 Hz (``pooling="none"``: [T, H]) or their mean ([H])."""
+        if pooling not in ("mean", "none"):
+            raise ValueError(f"pooling must be 'mean' or 'none', got {pooling!r}")
+        ckpt = self.checkpoint
+        samples = ckpt.normalize(_as_float(audio))
+        with torch.inference_mode():
+            hidden = ckpt.project(ckpt.conv_features(samples))
+            _, states = ckpt.encode(hidden, layer=layer)
+        assert states is not None
+        out = states.numpy()
+        return out.mean(axis=0) if pooling == "mean" else out
+
+
+def _as_float(audio: np.ndarray) -> np.ndarray:
+    """int16 or float mono 16 kHz audio as float32, with clear errors for anything else."""
+    if not isinstance(audio, np.ndarray):
+        raise ValueError(f"audio must be a numpy array, got {type(audio).__name__}")
+    if audio.ndim != 1:
+        raise ValueError(
+            f"audio must be mono 1-D (16 kHz), got shape {audio.shape}; downmix and resample first"
+        )
+    if audio.dtype == np.int16:
+        return int16_to_float(audio)
+    if audio.dtype in (np.float32, np.float64):
+        if not np.isfinite(audio).all():
+            raise ValueError("audio contains NaN or inf")
+        return audio.astype(np.float32, copy=False)
+    raise ValueError(f"audio must be int16 or float32/float64, got {audio.dtype}")
+
+
+class StreamState:
+    """One utterance's streaming state (pure compute; runs on the engine's lane)."""
+
+    def __init__(self, engine: Wav2Vec2Engine) -> None:
+        self.ckpt = engine.checkpoint
+        opts = engine.options
+        frame = self.ckpt.conv_stride / self.ckpt.sample_rate
+        self.frame_s = frame
+        self.chunk = max(1, round(opts.chunk_s / frame))
+        self.left = round(opts.left_s / frame)
+        self.right = round(opts.right_s / frame)
+        self.max_window = round(opts.max_window_s / frame)
+        self.cache = opts.cache_conv and self.ckpt.local_conv
+        self.embed_layer = opts.embed_layer
+        self.audio = np.zeros(0, np.float32)
+        self.stats: tuple[float, float] | None = None
+        self.features = torch.zeros(0)  # conv features (before the per-frame projection), cached
+        self.decoder = StreamingGreedyDecoder(self.ckpt.vocab, frame_s=frame)
+        self.preview: tuple[str, list[CharInfo], int] = ("", [], 0)
+        self.embed_sum: np.ndarray | None = None
+        self.embed_frames = 0
+
+    @property
+    def committed(self) -> int:
+        return self.decoder.committed_frames
+
+    def add(self, samples: np.ndarray) -> None:
+        self.audio = np.concatenate([self.audio, samples])
+
+    def due(self) -> bool:
+        """A chunk and its lookahead are available."""
+        return self.ckpt.frames_for(len(self.audio)) >= self.committed + self.chunk + self.right
+
+    # -- features --------------------------------------------------------------------------
+    def _freeze_stats(self) -> None:
+        if self.stats is None:
+            audio = self.audio
+            self.stats = (float(audio.mean()), float(np.sqrt(audio.var() + 1e-7)))
+
+    def _normalized(self, start_sample: int, end_sample: int) -> np.ndarray:
+        segment = self.audio[start_sample:end_sample]
+        if not self.ckpt.do_normalize:
+            return segment
+        mean, std = self.stats  # type: ignore[misc]
+        return (segment - mean) / std
+
+    def _window_features(self, first: int, last: int) -> torch.Tensor:
+        """Projected features of frames [first, last); conv output is computed once per frame."""
+        stride, field = self.ckpt.conv_stride, self.ckpt.conv_receptive_field
+        if not self.cache:
+            audio = self._normalized(first * stride, (last - 1) * stride + field)
+            return self.ckpt.project(self.ckpt.conv_features(audio))
+        have = len(self.features)
+        if last > have:
+            audio = self._normalized(have * stride, (last - 1) * stride + field)
+            new = self.ckpt.conv_features(audio)
+            self.features = new if have == 0 else torch.cat([self.features, new])
+        return self.ckpt.project(self.features[first:last])
+
+    # -- steps -----------------------------------------------------------------------------
+    def step(self) -> bool:
+        """Commit every due chunk in one encoder pass; returns whether anything was committed."""
+        available = self.ckpt.frames_for(len(self.audio))
+        start = self.committed
+        chunks = (available - start - self.right) // self.chunk
+        if chunks < 1:
+            return False
+        chunks = min(chunks, max(1, (self.max_window - self.left - self.right) // self.chunk))
+        self._freeze_stats()
+        self._encode(start, start + chunks * self.chunk, start + chunks * self.chunk + self.right)
+        return True
+
+    def finish(self) -> FinalTranscript:
+        """Encode and commit everything left; the utterance's final transcript."""
+        available = self.ckpt.frames_for(len(self.audio))
+        if self.stats is None and available:  # never streamed: one pass, offline-exact
+            self._freeze_stats()
+        step = max(self.chunk, self.max_window - self.left)
+        while self.committed < available:
+            end = min(available, self.committed + step)
+            self._encode(self.committed, end, end)
+        embedding = None
+        if self.embed_sum is not None and self.embed_frames:
+            embedding = self.embed_sum / self.embed_frames
+        duration = len(self.audio) / self.ckpt.sample_rate
+        return FinalTranscript(
+            text=self.decoder.text,
+            chars=list(self.decoder.chars),
+            start=0.0,
+            end=duration,
+            embedding=embedding,
+        )
+
+    def _encode(self, commit_from: int, commit_to: int, window_end: int) -> None:
+        first = max(0, commit_from - self.left)
+        with torch.inference_mode():
+            hidden = self._window_features(first, window_end)
+            log_probs, states = self.ckpt.encode(hidden, layer=self.embed_layer)
+        lp = log_probs.numpy()
+        keep = slice(commit_from - first, commit_to - first)
+        self.decoder.commit(lp[keep])
+        self.preview = self.decoder.hypothesis(lp[commit_to - first :])
+        if states is not None:
+            kept = states[keep].numpy().astype(np.float64)
+            self.embed_sum = kept.sum(axis=0) + (0 if self.embed_sum is None else self.embed_sum)
+            self.embed_frames += len(kept)
+
+
+class Wav2Vec2Session(AsrSession):
+    """Async face of :class:`StreamState`: buffers frames, computes on the engine's lane."""
+
+    def __init__(self, engine: Wav2Vec2Engine) -> None:
+        self.engine = engine
+        self.state = StreamState(engine)
+        self._last_text: str | None = None
+
+    async def accept(self, samples: np.ndarray) -> PartialTranscript | None:
+        state = self.state
+        state.add(_as_float(samples))
+        if not state.due():
+            return None
+        await self.engine.lane.run(state.step)
+        text, chars, stable = state.preview
+        if text == self._last_text:
+            return None
+        self._last_text = text
+        end = chars[-1].end if chars else 0.0
+        return PartialTranscript(text=text, chars=list(chars), start=0.0, end=end, stable_len=stable)
+
+    async def finalize(self) -> FinalTranscript:
+        state = self.state
+        try:
+            return await self.engine.lane.run(state.finish)
+        finally:
+            self.reset()
+
+    def reset(self) -> None:
+        self.state = StreamState(self.engine)
+        self._last_text = None
