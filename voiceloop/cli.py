@@ -17,6 +17,7 @@ import numpy as np
 
 from . import __version__
 from .audio import InputAdapter
+from .errors import UserError
 from .io.files import read_audio
 from .vad import VadOptions, detect_segments
 
@@ -101,6 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
             help=f"default {getattr(defaults, name)}",
         )
     vad.set_defaults(func=cmd_vad)
+
+    from .asr.cli import add_parsers as add_asr_parsers
+
+    add_asr_parsers(sub)
     return parser
 
 
@@ -112,7 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         return int(args.func(args) or 0)
-    except (FileNotFoundError, ValueError) as exc:
+    except (FileNotFoundError, ValueError, UserError) as exc:
         print(f"voiceloop {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

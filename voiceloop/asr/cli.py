@@ -46,7 +46,12 @@ def load_engine(args: argparse.Namespace) -> Wav2Vec2Engine:
     if args.backend == "onnx":
         from .onnx import OnnxCheckpoint
 
-        return Wav2Vec2Engine(OnnxCheckpoint.from_directory(args.model, threads=args.threads), streaming)
+        if args.device not in ("auto", "cpu") or args.dtype != "fp32":
+            raise ValueError("--backend onnx runs on the CPU in fp32 (use --int8 for the quantized encoder)")
+        checkpoint = OnnxCheckpoint.from_directory(
+            args.model, threads=args.threads, int8=True if args.int8 else None
+        )
+        return Wav2Vec2Engine(checkpoint, streaming)
     options = ModelOptions(
         device=args.device, dtype=args.dtype, quantize="int8" if args.int8 else None, threads=args.threads
     )

@@ -25,6 +25,7 @@ from packaging.version import Version
 from torch import nn
 from transformers import Wav2Vec2ForCTC, Wav2Vec2Processor
 
+from ..errors import UserError
 from .base import DEFAULT_MODEL
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -33,7 +34,7 @@ _DEVICE_RE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 _DTYPE_KW = "dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype"
 
 
-class ModelNotAvailable(RuntimeError):
+class ModelNotAvailable(UserError, RuntimeError):
     """The checkpoint can't be found locally and the hub can't (or may not) be reached."""
 
 

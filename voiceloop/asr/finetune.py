@@ -1,0 +1,508 @@
+"""CTC fine-tuning of wav2vec2 checkpoints: ``voiceloop asr finetune``.
+
+Why it exists: a pretrained Mandarin checkpoint misses domain words and characters, and a tiny
+model trained from scratch is the only honest end-to-end fixture for the streaming path. The
+loop is deliberately small (no ``Trainer``): manifests in, official hub layout out, resumable
+from per-epoch checkpoints, CER measured every epoch so a run can be judged while it goes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import re
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import soundfile as sf
+import soxr
+import torch
+from torch import nn
+
+RATE = 16_000
+SPECIALS = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
+DELIMITER = "|"
+#: The hub checkpoint's preprocessor_config.json (what ``Wav2Vec2Processor`` needs next to vocab.json).
+PREPROCESSOR_CONFIG = {
+    "do_normalize": True,
+    "feature_size": 1,
+    "padding_side": "right",
+    "padding_value": 0.0,
+    "return_attention_mask": True,
+    "sampling_rate": RATE,
+}
+_CHECKPOINT = re.compile(r"checkpoint-epoch(\d+)$")
+
+
+@dataclass
+class FinetuneOptions:
+    """Training knobs; the defaults suit fine-tuning a pretrained XLSR checkpoint on a few hours of speech."""
+
+    epochs: int = 10
+    batch_size: int = 8
+    lr: float = 1e-4  #: peak AdamW learning rate (after warmup, then linear decay to 0)
+    warmup: float = 0.1  #: warmup length: a fraction of all steps when < 1, else a step count
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0  #: max gradient norm; CTC gradients spike on badly aligned batches
+    freeze_feature_encoder: bool = True  #: the conv encoder is generic; training it needs far more data
+    freeze_layers: int = 0  #: also freeze the lowest N transformer layers (+ projection, pos. conv)
+    max_audio_s: float = 20.0  #: longer training utterances are skipped (memory grows with length²)
+    sortagrad: bool = True  #: first epoch shortest-first: CTC leaves its all-blank plateau sooner
+    seed: int = 0
+    eval_every_epoch: bool = True  #: False: evaluate only after the last epoch
+    save_every: int = 1  #: checkpoint every N epochs (the last epoch is always checkpointed)
+    keep_checkpoints: int = 2  #: older checkpoint-epochN folders are deleted
+    threads: int | None = None  #: torch intra-op threads (None: torch's default)
+    resume: bool = True  #: continue from the newest checkpoint-epochN in ``out``
+    progress: bool = True  #: show a progress bar (rich) and per-epoch lines
+
+
+@dataclass
+class Utterance:
+    audio: Path
+    text: str
+    seconds: float
+
+
+def normalize_text(text: str) -> str:
+    """Collapse whitespace: spaces become the word delimiter, so only single ones may remain."""
+    return " ".join(text.split())
+
+
+def read_manifest(path: str | Path) -> list[Utterance]:
+    """JSON lines ``{"audio": "a.wav", "text": "你好"}``; relative paths resolve against the manifest."""
+    path = Path(path)
+    items: list[Utterance] = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{number}"
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{where}: not valid JSON ({exc.msg})") from None
+        if not isinstance(entry, dict) or not isinstance(entry.get("audio"), str):
+            raise ValueError(f"{where}: expected an object with a string 'audio' and 'text'")
+        text = entry.get("text")
+        if not isinstance(text, str) or not normalize_text(text):
+            raise ValueError(f"{where}: 'text' must be a non-empty string")
+        audio = Path(entry["audio"])
+        audio = audio if audio.is_absolute() else path.parent / audio
+        if not audio.is_file():
+            raise ValueError(f"{where}: audio file not found: {audio}")
+        try:
+            info = sf.info(str(audio))
+        except Exception as exc:  # soundfile raises its own error types for undecodable files
+            raise ValueError(f"{where}: cannot read audio {audio}: {exc}") from None
+        items.append(Utterance(audio, normalize_text(text), info.frames / info.samplerate))
+    if not items:
+        raise ValueError(f"{path}: manifest has no utterances")
+    return items
+
+
+def load_audio(path: Path) -> np.ndarray:
+    """Mono float32 at 16 kHz (loaded per batch, so corpora need not fit in memory)."""
+    data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    mono = data.mean(axis=1)
+    return soxr.resample(mono, rate, RATE).astype(np.float32) if rate != RATE else mono
+
+
+def edit_distance(a: str, b: str) -> int:
+    row = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        prev, row[0] = row[0], i
+        for j, cb in enumerate(b, 1):
+            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (ca != cb))
+    return row[-1]
+
+
+def char_error_rate(refs: list[str], hyps: list[str]) -> float:
+    """Character edits / reference characters over a corpus, spaces ignored (Chinese has no words)."""
+    edits = sum(
+        edit_distance(r.replace(" ", ""), h.replace(" ", "")) for r, h in zip(refs, hyps, strict=True)
+    )
+    total = sum(len(r.replace(" ", "")) for r in refs)
+    return edits / max(total, 1)
+
+
+class _Vocab:
+    """vocab.json plus the special tokens; knows how to turn text into CTC targets and back."""
+
+    def __init__(self, tokens: dict[str, int], specials: dict[str, str]) -> None:
+        self.tokens, self.specials = tokens, specials
+        self.by_id = {i: t for t, i in tokens.items()}
+        self.blank = tokens[specials["pad_token"]]
+        self.skip = {tokens[t] for t in specials.values() if t in tokens}
+
+    def encode(self, text: str) -> list[int]:
+        unk = self.tokens.get(self.specials["unk_token"], self.blank)
+        return [self.tokens.get(DELIMITER if c == " " else c, unk) for c in text]
+
+    def decode(self, ids: list[int]) -> str:
+        """Greedy CTC: collapse repeats, drop blanks and special tokens."""
+        out, last = [], None
+        for i in ids:
+            if i != last and i not in self.skip:
+                out.append(" " if self.by_id.get(i) == DELIMITER else self.by_id.get(i, ""))
+            last = i
+        return "".join(out).strip()
+
+    def extend(self, texts: list[str]) -> list[str]:
+        """Append characters of ``texts`` that the vocabulary lacks (sorted, after the existing ids)."""
+        new = sorted({c for t in texts for c in t if c != " "} - set(self.tokens))
+        for char in new:
+            self.tokens[char] = len(self.tokens)
+            self.by_id[self.tokens[char]] = char
+        return new
+
+    @classmethod
+    def build(cls, texts: list[str]) -> _Vocab:
+        """The hub format: ``<pad> <s> </s> <unk> |`` as ids 0-4, then the sorted characters."""
+        vocab = cls({t: i for i, t in enumerate([*SPECIALS.values(), DELIMITER])}, dict(SPECIALS))
+        vocab.extend(texts)
+        return vocab
+
+
+def _read_json(path: Path) -> Any:
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def _load_start(model: str | Path, texts: list[str], seed: int) -> tuple[nn.Module, _Vocab, dict[str, Any]]:
+    """A directory/hub id with weights, or a ``config.json`` path for a random init of that config."""
+    from transformers import Wav2Vec2Config, Wav2Vec2CTCTokenizer, Wav2Vec2ForCTC
+
+    path = Path(model)
+    folder = path.parent if path.is_file() else path
+    given = _read_json(folder / "special_tokens_map.json") or {}
+    specials = {k: (v["content"] if isinstance(v, dict) else v) for k, v in given.items() if k in SPECIALS}
+    specials = {**SPECIALS, **specials}
+    preprocessor = {**PREPROCESSOR_CONFIG, **(_read_json(folder / "preprocessor_config.json") or {})}
+    tokens = _read_json(folder / "vocab.json")
+    if path.is_file():
+        vocab = _Vocab(tokens, specials) if tokens else _Vocab.build(texts)
+        config = Wav2Vec2Config.from_json_file(str(path))
+        config.vocab_size = len(vocab.tokens)
+        config.pad_token_id = vocab.blank
+        torch.manual_seed(seed)
+        return Wav2Vec2ForCTC(config), vocab, preprocessor
+    if tokens is None:
+        tokens = Wav2Vec2CTCTokenizer.from_pretrained(str(model)).get_vocab()
+    return (
+        Wav2Vec2ForCTC.from_pretrained(str(model), dtype=torch.float32),
+        _Vocab(tokens, specials),
+        preprocessor,
+    )
+
+
+def _resize_head(model: nn.Module, vocab: _Vocab) -> None:
+    """Grow lm_head to the vocabulary: new rows start at the mean character row (+ small noise to break
+    ties), so a new character begins as likely as an average known one and never above the blank."""
+    old: nn.Linear = model.lm_head
+    size = len(vocab.tokens)
+    if size == old.out_features:
+        return
+    known = [i for i in range(old.out_features) if i not in vocab.skip and vocab.by_id.get(i) != DELIMITER]
+    rows = torch.tensor(known or list(range(old.out_features)))
+    head = nn.Linear(old.in_features, size)
+    with torch.no_grad():
+        weight, bias = old.weight[rows], old.bias[rows]
+        head.weight[: old.out_features] = old.weight
+        head.bias[: old.out_features] = old.bias
+        noise = torch.randn(size - old.out_features, old.in_features) * 0.1 * weight.std()
+        head.weight[old.out_features :] = weight.mean(0) + noise
+        head.bias[old.out_features :] = bias.mean()
+    model.lm_head = head
+    model.config.vocab_size = size
+
+
+def _freeze(model: nn.Module, options: FinetuneOptions) -> None:
+    """Freeze the conv encoder and/or the lowest layers; with layers frozen, what feeds them is too."""
+    base = model.wav2vec2
+    if options.freeze_feature_encoder:
+        model.freeze_feature_encoder()
+    layers = base.encoder.layers
+    if not 0 <= options.freeze_layers <= len(layers):
+        raise ValueError(f"freeze_layers must be 0..{len(layers)}, got {options.freeze_layers}")
+    if options.freeze_layers:
+        frozen = [base.feature_projection, base.encoder.pos_conv_embed, *layers[: options.freeze_layers]]
+        for module in frozen:
+            module.requires_grad_(False)
+        if getattr(base, "masked_spec_embed", None) is not None:
+            base.masked_spec_embed.requires_grad_(False)
+
+
+def _collate(batch: list[Utterance], vocab: _Vocab, normalize: bool) -> dict[str, torch.Tensor]:
+    """Pad to the longest item (dynamic padding); normalise per utterance like Wav2Vec2FeatureExtractor."""
+    audios = [load_audio(u.audio) for u in batch]
+    longest = max(len(a) for a in audios)
+    inputs = torch.zeros(len(batch), longest)
+    mask = torch.zeros(len(batch), longest, dtype=torch.long)
+    for i, audio in enumerate(audios):
+        if normalize:
+            audio = (audio - audio.mean()) / np.sqrt(audio.var() + 1e-7)
+        inputs[i, : len(audio)] = torch.from_numpy(audio)
+        mask[i, : len(audio)] = 1
+    targets = [vocab.encode(u.text) for u in batch]
+    labels = torch.full((len(batch), max(len(t) for t in targets)), -100, dtype=torch.long)
+    for i, target in enumerate(targets):
+        labels[i, : len(target)] = torch.tensor(target)
+    return {"input_values": inputs, "attention_mask": mask, "labels": labels}
+
+
+def _batches(items: list[Utterance], size: int, rng: random.Random | None) -> list[list[Utterance]]:
+    """Length-sorted batches (little padding), in shuffled order when ``rng`` is given."""
+    ordered = sorted(items, key=lambda u: u.seconds)
+    batches = [ordered[i : i + size] for i in range(0, len(ordered), size)]
+    if rng is not None:
+        rng.shuffle(batches)
+    return batches
+
+
+def _forward(
+    model: nn.Module, batch: dict[str, torch.Tensor], blank: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and mean-per-target-char CTC loss (blank = pad id, impossible alignments zeroed)."""
+    logits = model(batch["input_values"], attention_mask=batch["attention_mask"]).logits
+    frames = model._get_feat_extract_output_lengths(batch["attention_mask"].sum(-1)).long()
+    labels = batch["labels"]
+    keep = labels >= 0
+    log_probs = nn.functional.log_softmax(logits, dim=-1, dtype=torch.float32).transpose(0, 1)
+    loss = nn.functional.ctc_loss(
+        log_probs, labels[keep], frames, keep.sum(-1), blank=blank, reduction="mean", zero_infinity=True
+    )
+    return logits, loss
+
+
+def evaluate(
+    model: nn.Module, items: list[Utterance], vocab: _Vocab, options: FinetuneOptions, normalize: bool = True
+) -> dict[str, Any]:
+    """Greedy-decode ``items``: corpus CER, mean CTC loss and a few (reference, hypothesis) samples."""
+    model.eval()
+    refs, hyps, losses = [], [], []
+    with torch.inference_mode():
+        for chunk in _batches(items, options.batch_size, None):
+            batch = _collate(chunk, vocab, normalize)
+            logits, loss = _forward(model, batch, vocab.blank)
+            losses.append(loss.item())
+            frames = model._get_feat_extract_output_lengths(batch["attention_mask"].sum(-1)).long()
+            for u, ids, n in zip(chunk, logits.argmax(-1).tolist(), frames.tolist(), strict=True):
+                refs.append(u.text)
+                hyps.append(vocab.decode(ids[:n]))
+    model.train()
+    samples = [{"ref": r, "hyp": h} for r, h in list(zip(refs, hyps, strict=True))[:5]]
+    return {"cer": char_error_rate(refs, hyps), "loss": float(np.mean(losses)), "samples": samples}
+
+
+def save_model(model: nn.Module, vocab: _Vocab, preprocessor: dict[str, Any], out: Path) -> None:
+    """The official hub layout: config.json, model.safetensors, vocab.json (ASCII-escaped like the hub's),
+    special_tokens_map.json, preprocessor_config.json — loadable by Wav2Vec2Processor/ForCTC."""
+    from transformers.utils import logging as hf_logging
+
+    out.mkdir(parents=True, exist_ok=True)
+    model.config.vocab_size = len(vocab.tokens)
+    model.config.pad_token_id = vocab.blank
+    bars_on = hf_logging.is_progress_bar_enabled()  # a "Writing shards" bar per checkpoint is noise
+    hf_logging.disable_progress_bar()
+    try:
+        model.save_pretrained(str(out))
+    finally:
+        if bars_on:
+            hf_logging.enable_progress_bar()
+    for name, data in (
+        ("vocab.json", vocab.tokens),
+        ("special_tokens_map.json", vocab.specials),
+        ("preprocessor_config.json", preprocessor),
+    ):
+        (out / name).write_text(json.dumps(data), encoding="utf-8")
+
+
+def _checkpoints(out: Path) -> list[tuple[int, Path]]:
+    found = [
+        (int(m.group(1)), p)
+        for p in out.glob("checkpoint-epoch*")
+        if (m := _CHECKPOINT.search(p.name)) and (p / "trainer_state.json").is_file()
+    ]
+    return sorted(found)
+
+
+def _lr_factor(step: int, warmup: int, total: int) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    return max(0.0, (total - step) / max(1, total - warmup))
+
+
+def finetune(
+    model: str | Path, train: Path, eval: Path | None, out: Path, options: FinetuneOptions | None = None
+) -> dict[str, Any]:
+    """Train ``model`` (checkpoint directory, hub id, or config.json for random init) with CTC on the
+    ``train`` manifest; write checkpoints, ``metrics.jsonl`` and the final model to ``out``."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    options = options or FinetuneOptions()
+    out = Path(out)
+    if options.threads:
+        torch.set_num_threads(options.threads)
+    train_items = read_manifest(train)
+    eval_items = read_manifest(eval) if eval is not None else []
+    long = [u for u in train_items if u.seconds > options.max_audio_s]
+    train_items = [u for u in train_items if u.seconds <= options.max_audio_s]
+    if not train_items:
+        raise ValueError(f"{train}: every utterance is longer than max_audio_s={options.max_audio_s}")
+    console = Console(stderr=True, quiet=not options.progress)
+    out.mkdir(parents=True, exist_ok=True)
+    existing = _checkpoints(out)
+    resume_from = existing[-1] if options.resume and existing else None
+    if resume_from is None:  # fresh start: stale checkpoints/metrics from an older run would mislead a resume
+        for _, stale in existing:
+            shutil.rmtree(stale)
+        (out / "metrics.jsonl").unlink(missing_ok=True)
+    net, vocab, preprocessor = _load_start(
+        resume_from[1] if resume_from else model, [u.text for u in train_items], options.seed
+    )
+    added = vocab.extend([u.text for u in train_items])
+    _resize_head(net, vocab)
+    net.config.pad_token_id, net.config.ctc_zero_infinity = vocab.blank, True
+    _freeze(net, options)
+    net.train()
+    params = [p for p in net.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=options.lr, weight_decay=options.weight_decay, betas=(0.9, 0.98))
+    per_epoch = math.ceil(len(train_items) / options.batch_size)
+    total = per_epoch * options.epochs
+    warmup = max(1, round(options.warmup * total) if options.warmup < 1 else int(options.warmup))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, warmup, total))
+    start_epoch, step = 0, 0
+    if resume_from is not None:
+        state = torch.load(resume_from[1] / "training_state.pt", weights_only=False)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        random.setstate(state["python_rng"])
+        np.random.set_state(state["numpy_rng"])
+        torch.set_rng_state(state["torch_rng"])
+        start_epoch, step = state["epoch"], state["step"]
+        console.print(f"resuming from {resume_from[1].name} (epoch {start_epoch}, step {step})")
+    else:
+        torch.manual_seed(options.seed)
+    if added and resume_from is None:
+        console.print(f"vocabulary: +{len(added)} characters ({''.join(added[:40])})")
+    if long:
+        console.print(f"skipped {len(long)} training utterances longer than {options.max_audio_s} s")
+    normalize = bool(preprocessor.get("do_normalize", True))
+    history: list[dict[str, Any]] = []
+    started = time.perf_counter()
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=True, disable=not options.progress) as bar:
+        for epoch in range(start_epoch + 1, options.epochs + 1):
+            epoch_started, losses = time.perf_counter(), []
+            task = bar.add_task(f"epoch {epoch}/{options.epochs}", total=per_epoch)
+            shuffle = None if epoch == 1 and options.sortagrad else random.Random(options.seed * 1000 + epoch)
+            for chunk in _batches(train_items, options.batch_size, shuffle):
+                _, loss = _forward(net, _collate(chunk, vocab, normalize), vocab.blank)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                nn.utils.clip_grad_norm_(params, options.grad_clip)
+                optimizer.step()
+                scheduler.step()
+                step += 1
+                losses.append(loss.item())
+                recent = f"epoch {epoch}/{options.epochs} loss {np.mean(losses[-20:]):.3f}"
+                bar.update(task, advance=1, description=recent)
+            bar.remove_task(task)
+            row: dict[str, Any] = {
+                "epoch": epoch,
+                "step": step,
+                "train_loss": float(np.mean(losses)),
+                "lr": scheduler.get_last_lr()[0],
+            }
+            if eval_items and (options.eval_every_epoch or epoch == options.epochs):
+                result = evaluate(net, eval_items, vocab, options, normalize)
+                row.update(eval_cer=result["cer"], eval_loss=result["loss"], samples=result["samples"])
+            row["epoch_seconds"] = round(time.perf_counter() - epoch_started, 2)
+            history.append(row)
+            with (out / "metrics.jsonl").open("a", encoding="utf-8") as f:
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            cer = f" eval CER {row['eval_cer']:.2%}" if "eval_cer" in row else ""
+            console.print(
+                f"epoch {epoch}/{options.epochs}: loss {row['train_loss']:.3f}{cer} "
+                f"({row['epoch_seconds']:.0f} s)"
+            )
+            if epoch % max(1, options.save_every) == 0 or epoch == options.epochs:
+                state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                         "epoch": epoch, "step": step, "options": asdict(options)}  # fmt: skip
+                _save_checkpoint(out, epoch, (net, vocab, preprocessor), state, options.keep_checkpoints)
+    save_model(net, vocab, preprocessor, out)
+    final = history[-1] if history else {}
+    return {
+        "out": str(out),
+        "epochs": options.epochs,
+        "resumed_from": resume_from[0] if resume_from else None,
+        "added_chars": added,
+        "vocab_size": len(vocab.tokens),
+        "train_loss": final.get("train_loss"),
+        "eval_cer": final.get("eval_cer"),
+        "seconds": round(time.perf_counter() - started, 1),
+        "history": history,
+    }
+
+
+def _save_checkpoint(out: Path, epoch: int, saved: tuple[Any, ...], state: dict[str, Any], keep: int) -> None:
+    """Write into a temp folder, then rename: an interrupted save never looks like a valid checkpoint."""
+    final, tmp = out / f"checkpoint-epoch{epoch}", out / f".tmp-checkpoint-epoch{epoch}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_model(*saved, tmp)
+    rng = {
+        "python_rng": random.getstate(),
+        "numpy_rng": np.random.get_state(),
+        "torch_rng": torch.get_rng_state(),
+    }
+    torch.save({**state, **rng}, tmp / "training_state.pt")
+    (tmp / "trainer_state.json").write_text(json.dumps({k: state[k] for k in ("epoch", "step", "options")}))
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+    for _, old in _checkpoints(out)[: -max(1, keep)]:
+        shutil.rmtree(old)
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    options = FinetuneOptions(
+        freeze_layers=args.freeze_layers,
+        freeze_feature_encoder=not args.train_feature_encoder,
+        resume=not args.no_resume,
+        threads=args.threads,
+    )
+    for name in ("epochs", "batch_size", "lr"):
+        if getattr(args, name) is not None:
+            setattr(options, name, getattr(args, name))
+    evaluation = Path(args.eval) if args.eval else None
+    result = finetune(args.model or args.init_config, Path(args.train), evaluation, Path(args.out), options)
+    cer = result["eval_cer"]
+    print(f"model written to {result['out']}" + (f" (eval CER {cer:.2%})" if cer is not None else ""))
+    return 0
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register ``finetune`` (under ``voiceloop asr``)."""
+    defaults = FinetuneOptions()
+    parser = subparsers.add_parser("finetune", help="CTC fine-tuning on JSONL manifests (audio path + text)")
+    add = parser.add_argument
+    add("--train", required=True, help='JSON lines manifest: {"audio": "a.wav", "text": "..."}')
+    add("--eval", help="held-out manifest; CER is measured on it every epoch")
+    add("--out", required=True, help="output folder: checkpoints, metrics.jsonl, final model")
+    start = parser.add_mutually_exclusive_group(required=True)
+    start.add_argument("--model", help="starting checkpoint (directory or hub id)")
+    start.add_argument("--init-config", help="config.json for a random init (vocabulary from the text)")
+    add("--epochs", type=int, help=f"default {defaults.epochs}")
+    add("--batch-size", type=int, help=f"default {defaults.batch_size}")
+    add("--lr", type=float, help=f"peak learning rate, default {defaults.lr}")
+    add("--freeze-layers", type=int, default=0, help="freeze the lowest N transformer layers (default 0)")
+    add("--train-feature-encoder", action="store_true", help="do not freeze the conv feature encoder")
+    add("--no-resume", action="store_true", help="start over even if --out holds checkpoints")
+    add("--threads", type=int, help="torch intra-op threads")
+    parser.set_defaults(func=cmd_finetune)
+    return parser
