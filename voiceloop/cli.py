@@ -13,12 +13,10 @@ import sys
 from collections.abc import Sequence
 from dataclasses import asdict, fields
 
-import numpy as np
-
 from . import __version__
-from .audio import InputAdapter
 from .errors import UserError
-from .io.files import read_audio
+from .frames import INPUT_RATE
+from .io.files import read_canonical
 from .vad import VadOptions, detect_segments
 
 
@@ -34,15 +32,12 @@ def cmd_vad(args: argparse.Namespace) -> int:
     options = _vad_options(args)
     results = []
     for path in args.files:
-        data, rate = read_audio(path)
-        adapter = InputAdapter(rate, data.shape[1])
-        frames = adapter.push(data) + adapter.flush()
-        samples = np.concatenate(frames) if frames else np.zeros(0, np.int16)
+        samples = read_canonical(path)
         segments = detect_segments(samples, options)
         results.append(
             {
                 "file": str(path),
-                "duration": round(len(data) / rate, 3),
+                "duration": round(len(samples) / INPUT_RATE, 3),
                 "segments": [
                     {**asdict(s), "start": round(s.start, 3), "end": round(s.end, 3)} for s in segments
                 ],

@@ -17,6 +17,20 @@ from ..frames import FinalTranscript, PartialTranscript
 DEFAULT_MODEL = "jonatasgrosman/wav2vec2-large-xlsr-53-chinese-zh-cn"
 
 
+def normalize_audio(audio: np.ndarray, enabled: bool = True) -> np.ndarray:
+    """Zero-mean unit-variance like ``Wav2Vec2FeatureExtractor`` (shared by every backend)."""
+    samples = np.asarray(audio, dtype=np.float32)
+    if not enabled or samples.size == 0:
+        return samples
+    wide = samples.astype(np.float64)
+    return ((wide - wide.mean()) / np.sqrt(wide.var() + 1e-7)).astype(np.float32)
+
+
+def conv_frames(n_samples: int, receptive_field: int, stride: int) -> int:
+    """Frames an unpadded conv stack yields for ``n_samples``."""
+    return 0 if n_samples < receptive_field else (n_samples - receptive_field) // stride + 1
+
+
 class AsrSession(ABC):
     """Per-stream recognition state for one utterance at a time.
 

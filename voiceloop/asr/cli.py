@@ -11,9 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..audio import InputAdapter
 from ..frames import FRAME_SAMPLES, CharInfo, FinalTranscript
-from ..io.files import read_audio
+from ..io.files import read_canonical
 from .base import DEFAULT_MODEL
 
 # torch/transformers load lazily: `voiceloop --help` and `voiceloop vad` stay fast.
@@ -90,10 +89,10 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
     engine = load_engine(args)
     results = []
     for path in args.files:
-        data, rate = read_audio(path)
-        adapter = InputAdapter(rate, data.shape[1])
-        frames = adapter.push(data) + adapter.flush()
-        audio = np.concatenate(frames) if frames else np.zeros(FRAME_SAMPLES, np.int16)
+        audio = read_canonical(path)
+        if not len(audio):
+            audio = np.zeros(FRAME_SAMPLES, np.int16)
+        frames = [audio[i : i + FRAME_SAMPLES] for i in range(0, len(audio), FRAME_SAMPLES)]
         started = time.perf_counter()
         if args.stream:
             if not args.json and len(args.files) > 1:

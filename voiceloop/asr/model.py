@@ -26,7 +26,7 @@ from torch import nn
 from transformers import Wav2Vec2ForCTC, Wav2Vec2Processor
 
 from ..errors import UserError
-from .base import DEFAULT_MODEL
+from .base import DEFAULT_MODEL, conv_frames, normalize_audio
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 _DEVICE_RE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
@@ -228,17 +228,11 @@ class Wav2Vec2Checkpoint:
 
     def normalize(self, audio: np.ndarray) -> np.ndarray:
         """Zero-mean unit-variance like ``Wav2Vec2FeatureExtractor`` (the model was trained on that)."""
-        samples = np.asarray(audio, dtype=np.float32)
-        if not self.do_normalize or samples.size == 0:
-            return samples
-        wide = samples.astype(np.float64)
-        return ((wide - wide.mean()) / np.sqrt(wide.var() + 1e-7)).astype(np.float32)
+        return normalize_audio(audio, self.do_normalize)
 
     def frames_for(self, n_samples: int) -> int:
         """Conv output frames for ``n_samples`` (the conv layers are unpadded)."""
-        if n_samples < self.conv_receptive_field:
-            return 0
-        return (n_samples - self.conv_receptive_field) // self.conv_stride + 1
+        return conv_frames(n_samples, self.conv_receptive_field, self.conv_stride)
 
     @torch.inference_mode()
     def conv_features(self, audio: np.ndarray) -> torch.Tensor:

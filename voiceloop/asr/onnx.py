@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import UserError
+from .base import conv_frames, normalize_audio
 
 if TYPE_CHECKING:
     import onnxruntime
@@ -184,17 +185,11 @@ class OnnxCheckpoint:
 
     def normalize(self, audio: np.ndarray) -> np.ndarray:
         """Zero-mean unit-variance like ``Wav2Vec2FeatureExtractor``, exactly as the torch backend."""
-        samples = np.asarray(audio, dtype=np.float32)
-        if not self.do_normalize or samples.size == 0:
-            return samples
-        wide = samples.astype(np.float64)
-        return ((wide - wide.mean()) / np.sqrt(wide.var() + 1e-7)).astype(np.float32)
+        return normalize_audio(audio, self.do_normalize)
 
     def frames_for(self, n_samples: int) -> int:
         """Conv output frames for ``n_samples`` (the conv layers are unpadded)."""
-        if n_samples < self.conv_receptive_field:
-            return 0
-        return (n_samples - self.conv_receptive_field) // self.conv_stride + 1
+        return conv_frames(n_samples, self.conv_receptive_field, self.conv_stride)
 
     def _conv(self, audio: np.ndarray) -> np.ndarray:
         samples = np.ascontiguousarray(audio, dtype=np.float32)

@@ -39,6 +39,14 @@ def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
     return data, int(rate)
 
 
+def read_canonical(path: str | Path) -> np.ndarray:
+    """A whole file as canonical 16 kHz mono int16 (what the VAD and ASR take)."""
+    data, rate = read_audio(path)
+    adapter = InputAdapter(rate, data.shape[1])
+    frames = adapter.push(data) + adapter.flush()
+    return np.concatenate(frames) if frames else np.zeros(0, np.int16)
+
+
 class FileSource(Stage):
     """Plays an audio file (or an array) into the pipeline as canonical 20 ms frames."""
 
