@@ -1,0 +1,926 @@
+"""Streaming ASR cost, latency and agreement for the wav2vec2 engine on this CPU.
+
+Why: the real XLSR-53 Chinese checkpoint (1.3 GB) is not available here, but its *compute* is fixed by
+its shape. A full-size random-weight model (24 layers, 1024 hidden, 2845-character head) is built in
+memory and driven through the real :class:`voiceloop.asr.streaming.StreamState`, so every cost and
+latency below is what the real model would cost. Streaming-vs-offline *transcript* agreement needs a
+model that recognises speech: that part uses the trained tiny fixture (``tests/fixtures/tiny-zh-asr``)
+on re-synthesised espeak-ng utterances; the random large model only gives frame-level agreement.
+
+Pacing is simulated on the audio clock (deterministic, no sleeping): 20 ms frames arrive in real
+time and are handled in order, one at a time, exactly like ``Wav2Vec2Session.accept`` (which awaits
+each step); a step starts at ``max(arrival of the frame that made it due, end of the previous
+compute)`` and takes its measured wall time. The end-of-speech event follows the last frame (the
+utterance includes 0.36 s of trailing silence: the VAD hangover), and the final latency is the wait
+for ``finish()`` after that event.
+
+Run: ``python benchmarks/asr_streaming.py`` (10-15 min on 2 cores; ``--quick`` for a smoke run).
+Writes ``benchmarks/results/asr_streaming.json`` and prints the tables. Timings are only meaningful
+on an otherwise idle machine; the script records the load average before and after.
+"""
+
+from __future__ import annotations
+
+import os
+
+# voiceloop sets this too; set here so it holds even for the import of torch below (see the README).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import argparse
+import asyncio
+import copy
+import json
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import transformers
+from torch import nn
+from transformers import Wav2Vec2Config, Wav2Vec2CTCTokenizer, Wav2Vec2ForCTC
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+from voiceloop.asr.ctc import StreamingGreedyDecoder  # noqa: E402
+from voiceloop.asr.finetune import char_error_rate  # noqa: E402
+from voiceloop.asr.model import ModelOptions, Vocabulary, Wav2Vec2Checkpoint  # noqa: E402
+from voiceloop.asr.streaming import StreamingOptions, StreamState, Wav2Vec2Engine  # noqa: E402
+from voiceloop.audio import int16_to_float  # noqa: E402
+
+RATE = 16_000
+HOP = 320  # one 20 ms frame at 16 kHz: what the session is fed, and the model's frame rate
+HANGOVER_S = 0.36  # the VAD's end_silence_ms default: trailing silence fed before SpeechEnded
+VOCAB_SIZE = 2845  # estimated size of the real checkpoint's vocab.json (research notes, section 1)
+FIXTURE = ROOT / "tests" / "fixtures" / "tiny-zh-asr"
+RESULTS = ROOT / "benchmarks" / "results" / "asr_streaming.json"
+GOALS = {"rtf": 0.25, "partial_lag_s": 0.5, "final_latency_s": 0.15, "tiny_identical": 0.95}
+DEFAULT_CONFIG = (0.64, 1.0, 0.32)
+CONFIGS = [DEFAULT_CONFIG, (0.32, 1.0, 0.16), (1.0, 1.0, 0.32), (0.64, 0.5, 0.32)]
+FINAL_LEFTS = (0.5, 0.25, 0.0)  # left context tried for the finalisation window (besides the stream's L)
+WINDOWS = [0.32, 0.64, 0.96, 1.32, 1.64, 1.96]  # encoder windows timed alone (step and final windows)
+CHILD_TAG = "WINDOW_COSTS_JSON "
+SPEC_MARGIN_S = 0.12  # speculative final: silence kept after the speech end before the snapshot
+SPEC_LEFTS = (None, 0.5)  # left context of the speculative final (None: the stream's L)
+
+
+def spec_label(left: float | None) -> str:
+    return "speculative" if left is None else f"speculative L={left:g}"
+
+
+# -- inputs ----------------------------------------------------------------------------------------
+def pseudo_speech(seconds: float, seed: int) -> np.ndarray:
+    """Deterministic speech-like int16 audio plus ``HANGOVER_S`` of near-silence.
+
+    Cost does not depend on content; this keeps the input normalisation and activations in the
+    range real speech gives (voiced syllables with formants and tones, fricatives, short pauses).
+    """
+    rng = np.random.default_rng(seed)
+    n = round(seconds * RATE)
+    out = np.zeros(n)
+    pos = round(0.1 * RATE)
+    while pos < n:
+        if rng.random() < 0.12:
+            pos += round(rng.uniform(0.1, 0.3) * RATE)
+            continue
+        dur = rng.uniform(0.16, 0.32)
+        m = min(round(dur * RATE), n - pos)
+        t = np.arange(m) / RATE
+        f0 = rng.uniform(100, 220) * (1 + rng.uniform(-0.25, 0.25) * t / dur)
+        phase = 2 * np.pi * np.cumsum(f0) / RATE
+        formants = [
+            (rng.uniform(300, 850), 90.0),
+            (rng.uniform(900, 2300), 130.0),
+            (rng.uniform(2400, 3200), 200.0),
+        ]
+        mean_f0 = float(f0.mean())
+        voiced = np.zeros(m)
+        for k in range(1, int(4000 / mean_f0)):
+            freq = k * mean_f0
+            amp = 0.02 + sum(np.exp(-0.5 * ((freq - c) / bw) ** 2) for c, bw in formants)
+            voiced += amp * np.sin(k * phase)
+        voiced *= np.sin(np.pi * t / dur) ** 0.6
+        if rng.random() < 0.3:  # a fricative onset: differenced (high-passed) noise
+            f = min(round(0.06 * RATE), m)
+            voiced[:f] += 0.3 * np.diff(rng.standard_normal(f + 1)) * np.hanning(f)
+        out[pos : pos + m] += voiced
+        pos += m
+    out *= 10 ** (-20 / 20) / np.sqrt(np.mean(out[np.abs(out) > 1e-6] ** 2))
+    out = np.concatenate([out, np.zeros(round(HANGOVER_S * RATE))])
+    out += 10 ** (-65 / 20) * rng.standard_normal(len(out))
+    return np.clip(np.round(out * 32768), -32768, 32767).astype(np.int16)
+
+
+# -- the full-size random model ----------------------------------------------------------------------
+def large_config(vocab_size: int = VOCAB_SIZE) -> Wav2Vec2Config:
+    """XLSR-53 large geometry as in the real checkpoint's config (research notes, section 1)."""
+    return Wav2Vec2Config(
+        vocab_size=vocab_size,
+        hidden_size=1024,
+        num_hidden_layers=24,
+        num_attention_heads=16,
+        intermediate_size=4096,
+        hidden_act="gelu",
+        layer_norm_eps=1e-5,
+        conv_dim=[512] * 7,
+        conv_kernel=[10, 3, 3, 3, 3, 2, 2],
+        conv_stride=[5, 2, 2, 2, 2, 2, 2],
+        conv_bias=True,
+        feat_extract_norm="layer",
+        feat_extract_activation="gelu",
+        do_stable_layer_norm=True,
+        num_conv_pos_embeddings=128,
+        num_conv_pos_embedding_groups=16,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        ctc_loss_reduction="mean",
+        ctc_zero_infinity=True,
+    )
+
+
+def large_vocab(size: int = VOCAB_SIZE) -> dict[str, int]:
+    """The official vocab.json layout: <pad> <s> </s> <unk> | then characters (CJK block stand-ins)."""
+    vocab = {token: i for i, token in enumerate(("<pad>", "<s>", "</s>", "<unk>", "|"))}
+    for i in range(size - len(vocab)):
+        vocab[chr(0x4E00 + i)] = len(vocab)
+    return vocab
+
+
+def vocabulary_of(vocab: dict[str, int]) -> Vocabulary:
+    """Through the stock tokenizer, exactly as loading a checkpoint directory would."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "vocab.json"
+        path.write_text(json.dumps(vocab), encoding="utf-8")
+        tokenizer = Wav2Vec2CTCTokenizer(
+            str(path),
+            unk_token="<unk>",
+            pad_token="<pad>",
+            bos_token="<s>",
+            eos_token="</s>",
+            word_delimiter_token="|",
+        )
+    return Vocabulary.from_processor(tokenizer, size=len(vocab), blank_id=0)
+
+
+def build_checkpoints(precisions: list[str], seed: int, threads: int) -> dict[str, Wav2Vec2Checkpoint]:
+    """One random fp32 model, then a bf16 and a dynamic-int8 copy of it (the same weights)."""
+    started = time.perf_counter()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = Wav2Vec2ForCTC(large_config()).eval().requires_grad_(False)
+    vocab = vocabulary_of(large_vocab())
+    params = sum(p.numel() for p in model.parameters())
+    built = time.perf_counter() - started
+    print(f"random XLSR-53-large model: {params / 1e6:.1f} M parameters, built in {built:.0f} s")
+    out: dict[str, Wav2Vec2Checkpoint] = {}
+    for precision in precisions:
+        if precision == "fp32":
+            variant = model
+        elif precision == "bf16":
+            variant = copy.deepcopy(model).to(torch.bfloat16)
+        elif precision == "int8":
+            variant = quantize_int8(copy.deepcopy(model))
+        else:
+            raise ValueError(f"unknown precision {precision!r}")
+        out[precision] = Wav2Vec2Checkpoint(
+            variant, vocab, name=f"random-xlsr53-large-{precision}", threads=threads
+        )
+    return out
+
+
+def quantize_int8(model: nn.Module) -> nn.Module:
+    """Dynamic int8 ``nn.Linear`` like ``ModelOptions(quantize="int8")`` (its deprecation warnings muted)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.filterwarnings("ignore", ".*quantized tensor creation functions", UserWarning)
+        return torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8, inplace=True)
+
+
+# -- paced streaming simulation ----------------------------------------------------------------------
+class _RecordingDecoder(StreamingGreedyDecoder):
+    """Keeps every committed log-prob row, for frame agreement with the offline pass."""
+
+    def __init__(self, vocab: Vocabulary, frame_s: float) -> None:
+        super().__init__(vocab, frame_s)
+        self.rows: list[np.ndarray] = []
+
+    def commit(self, log_probs: np.ndarray) -> str:
+        self.rows.append(np.array(log_probs, copy=True))
+        return super().commit(log_probs)
+
+
+class RecordingState(StreamState):
+    """The engine's per-utterance core, unchanged except that committed log-probs are recorded."""
+
+    def __init__(self, engine: Wav2Vec2Engine) -> None:
+        super().__init__(engine)
+        self.decoder = _RecordingDecoder(self.ckpt.vocab, self.frame_s)
+
+    def committed_log_probs(self) -> np.ndarray:
+        rows = self.decoder.rows  # type: ignore[attr-defined]
+        return np.concatenate(rows) if rows else np.zeros((0, self.ckpt.vocab_size), np.float32)
+
+
+def fork(state: StreamState) -> StreamState:
+    """An independent copy of a stream (sharing the model), to try several finalisations."""
+    return copy.deepcopy(state, memo={id(state.ckpt): state.ckpt, id(state.ckpt.vocab): state.ckpt.vocab})
+
+
+def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
+    started = time.perf_counter()
+    result = fn()
+    return result, time.perf_counter() - started
+
+
+@dataclass
+class StreamRun:
+    """One utterance streamed on the simulated audio clock (all times in seconds of audio clock)."""
+
+    audio_s: float
+    steps: list[dict[str, float]] = field(default_factory=list)
+    finals: dict[str, dict[str, float]] = field(default_factory=dict)
+    compute_s: float = 0.0
+    agreement: dict[str, float] = field(default_factory=dict)
+
+
+def frame_time(frames: int) -> float:
+    """Audio time at which frame ``frames - 1``'s 25 ms receptive field is complete."""
+    return ((frames - 1) * HOP + 400) / RATE
+
+
+def stream_paced(
+    engine: Wav2Vec2Engine,
+    audio: np.ndarray,
+    *,
+    variants: bool,
+    offline: np.ndarray | None,
+    schedule: str = "session",
+) -> StreamRun:
+    """Stream ``audio`` (int16) frame by frame; returns step/final timings and frame agreement.
+
+    ``schedule="session"``: one frame per call, compute awaited (``Wav2Vec2Session``). ``"catchup"``:
+    compute in the background and every frame that arrived meanwhile added before the next
+    ``due()`` check, so one step can commit several chunks (the engine's catch-up path).
+    ``variants`` also times finalisation with a smaller left context and a speculative final.
+    """
+    state = RecordingState(engine)
+    n_frames = -(-len(audio) // HOP)
+    end_event = len(audio) / RATE
+    run = StreamRun(audio_s=end_event)
+    busy = 0.0
+    spec_at = end_event - HANGOVER_S + SPEC_MARGIN_S
+    spec_state: StreamState | None = None
+    spec_busy = 0.0
+    k = 0
+    while k < n_frames:
+        arrival = min((k + 1) * HOP, len(audio)) / RATE
+        if schedule == "catchup" and busy > arrival:
+            last = min(n_frames, int(busy * RATE) // HOP)  # frames fully arrived by `busy`
+            last = max(last, k + 1)
+            state.add(int16_to_float(audio[k * HOP : last * HOP]))
+            now, k = busy, last
+            trigger = min(last * HOP, len(audio)) / RATE
+        else:
+            state.add(int16_to_float(audio[k * HOP : (k + 1) * HOP]))
+            now, k = max(arrival, busy), k + 1
+            trigger = arrival
+        if variants and spec_state is None and trigger >= spec_at:
+            spec_state, spec_busy = fork(state), max(now, busy)
+        if not state.due():
+            continue
+        first = state.committed
+        _, wall = timed(state.step)
+        busy = now + wall
+        run.compute_s += wall
+        run.steps.append(
+            {
+                "trigger": trigger,
+                "start": now,
+                "end": busy,
+                "wall": wall,
+                "frames": state.committed - first,
+                "window_s": (state.committed - max(0, first - state.left) + state.right) * HOP / RATE,
+                "lag_commit": busy - frame_time(state.committed),
+                "lag_lookahead": busy - trigger,
+            }
+        )
+    start = max(end_event, busy)
+    if variants:
+        for left in FINAL_LEFTS:
+            branch = fork(state)
+            branch.left = round(left / state.frame_s)
+            run.finals[f"L={left:g}"] = _finish(branch, start, end_event, offline)
+        if spec_state is not None:  # the stream stops stepping once the speculative final is queued
+            for left in SPEC_LEFTS:
+                branch = fork(spec_state)
+                if left is not None:
+                    branch.left = round(left / state.frame_s)
+                spec = _finish(branch, spec_busy, end_event, offline)
+                spec["started_before_event_s"] = end_event - spec_busy
+                run.finals[spec_label(left)] = spec
+    remaining = state.ckpt.frames_for(len(state.audio)) - state.committed
+    final = _finish(state, start, end_event, offline)
+    final["remaining_s"] = remaining * HOP / RATE
+    run.finals = {"stream": final, **run.finals}
+    run.compute_s += final["wall"]
+    if offline is not None:
+        run.agreement = agreement(state, offline)  # type: ignore[arg-type]
+    return run
+
+
+def _finish(
+    state: StreamState, start: float, end_event: float, offline: np.ndarray | None
+) -> dict[str, float]:
+    """Time ``finish()`` started at ``start``; latency counts from the end-of-speech event."""
+    first = state.committed
+    window = (state.ckpt.frames_for(len(state.audio)) - max(0, first - state.left)) * HOP / RATE
+    _, wall = timed(state.finish)
+    out = {"wall": wall, "latency": max(0.0, start + wall - end_event), "window_s": window}
+    if offline is not None and isinstance(state, RecordingState):
+        lp = state.committed_log_probs()
+        n = min(len(lp), len(offline))
+        tail = slice(first, n)
+        out["agree_final_frames"] = (
+            float((lp[tail].argmax(1) == offline[tail].argmax(1)).mean()) if n > first else 1.0
+        )
+    return out
+
+
+def agreement(state: RecordingState, offline: np.ndarray) -> dict[str, float]:
+    """Frame argmax agreement and log-prob deviation of the committed stream vs the offline pass."""
+    lp = state.committed_log_probs()
+    n = min(len(lp), len(offline))
+    a, b = lp[:n], offline[:n]
+    return {
+        "frames": float(n),
+        "frame_count_diff": float(len(lp) - len(offline)),
+        "agree": float((a.argmax(1) == b.argmax(1)).mean()),
+        "max_abs_dlogp": float(np.abs(a - b).max()),
+        "mean_abs_dlogp": float(np.abs(a - b).mean()),
+    }
+
+
+# -- summaries -----------------------------------------------------------------------------------
+def med(values: list[float]) -> float:
+    return float(statistics.median(values)) if values else float("nan")
+
+
+def pct(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q)) if values else float("nan")
+
+
+def summarise(runs: list[StreamRun]) -> dict[str, Any]:
+    """Pool steps over runs; medians of per-run RTF and final latency."""
+    steps = [s for r in runs for s in r.steps]
+    lag_c = [s["lag_commit"] for s in steps]
+    lag_l = [s["lag_lookahead"] for s in steps]
+    out: dict[str, Any] = {
+        "runs": len(runs),
+        "rtf": med([r.compute_s / r.audio_s for r in runs]),
+        "step_wall_median_s": med([s["wall"] for s in steps]),
+        "step_window_s": med([s["window_s"] for s in steps]),
+        "lag_commit_median_s": med(lag_c),
+        "lag_commit_p90_s": pct(lag_c, 90),
+        "lag_commit_max_s": max(lag_c, default=float("nan")),
+        "lag_lookahead_median_s": med(lag_l),
+        "lag_lookahead_max_s": max(lag_l, default=float("nan")),
+    }
+    for name in runs[0].finals:
+        finals = [r.finals[name] for r in runs if name in r.finals]
+        out[f"final[{name}]"] = {key: med([f[key] for f in finals if key in f]) for key in finals[0]}
+        out[f"final[{name}]"]["latency_max"] = max(f["latency"] for f in finals)
+    if runs[0].agreement:
+        out["agreement"] = {key: med([r.agreement[key] for r in runs]) for key in runs[0].agreement}
+    return out
+
+
+# -- window costs (evidence for the finalisation recommendations) ----------------------------------
+def window_costs(
+    ckpts: dict[str, Wav2Vec2Checkpoint],
+    seconds: list[float],
+    threads: list[int],
+    reps: int,
+    audio: np.ndarray,
+) -> list[dict[str, Any]]:
+    """Median wall time of projecting + encoding one window of cached conv features."""
+    rows = []
+    samples = int16_to_float(audio)
+    for precision, ckpt in ckpts.items():
+        feats = ckpt.conv_features(ckpt.normalize(samples))
+        for n_threads in threads:
+            torch.set_num_threads(n_threads)
+            for sec in seconds:
+                frames = round(sec / 0.02)
+                window = feats[:frames]
+
+                def run(ckpt: Wav2Vec2Checkpoint = ckpt, window: torch.Tensor = window) -> None:
+                    ckpt.encode(ckpt.project(window))
+
+                run()
+                walls = [timed(run)[1] for _ in range(reps)]
+                rows.append(
+                    {"precision": precision, "threads": n_threads, "window_s": sec, "wall_s": med(walls)}
+                )
+    torch.set_num_threads(max(threads))
+    return rows
+
+
+def omp_active_window_costs(args: argparse.Namespace) -> list[dict[str, Any]] | str:
+    """The same window costs with OpenMP busy-waiting (its default), in a fresh process.
+
+    voiceloop defaults to ``OMP_WAIT_POLICY=PASSIVE`` because busy-waiting pools slow each other
+    down many-fold when ASR and TTS share the cores; this measures what passive costs when alone.
+    """
+    precisions = ",".join(p for p in args.precisions.split(",") if p != "fp32") or "fp32"
+    cmd = [
+        sys.executable,
+        __file__,
+        "--window-child",
+        "--precisions",
+        precisions,
+        "--threads",
+        str(args.threads),
+    ]
+    env = {**os.environ, "OMP_WAIT_POLICY": "ACTIVE"}
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False, timeout=900)
+    except subprocess.TimeoutExpired:
+        return "failed: timed out after 900 s"
+    for line in proc.stdout.splitlines():
+        if line.startswith(CHILD_TAG):
+            return json.loads(line[len(CHILD_TAG) :])
+    return f"failed (exit {proc.returncode}): {proc.stderr.strip()[-500:]}"
+
+
+# -- trained tiny model: transcripts -------------------------------------------------------------------
+def render(item: dict[str, Any]) -> np.ndarray:
+    """Re-synthesise one held-out utterance from its recorded espeak and noise parameters."""
+    from speech import espeak, mix_scene
+
+    clip = espeak(item["text"], voice=item["voice"], speed=item["speed"], pitch=item["pitch"])
+    audio, _ = mix_scene(
+        [clip],
+        [item["lead_s"], item["trail_s"]],
+        noise=item["noise"],
+        snr_db=item["snr_db"],
+        seed=item["seed"],
+        level_dbfs=item["level_dbfs"],
+    )
+    return audio
+
+
+async def session_transcript(engine: Wav2Vec2Engine, audio: np.ndarray) -> tuple[str, int]:
+    """Feed 20 ms int16 frames through a real session, then finalise: (final text, partials)."""
+    session = engine.session()
+    partials = 0
+    for i in range(0, len(audio), HOP):
+        partials += await session.accept(audio[i : i + HOP]) is not None
+    final = await session.finalize()
+    await session.aclose()
+    return final.text, partials
+
+
+def tiny_fixture_problem(fixture: Path) -> str | None:
+    """Why the tiny-model part cannot run (None when it can)."""
+    needed = ["config.json", "vocab.json", "heldout.jsonl"]
+    missing = [n for n in needed if not (fixture / n).is_file()]
+    if missing:
+        return f"{fixture} lacks {', '.join(missing)} (the trained tiny fixture is not there yet)"
+    if shutil.which("espeak-ng") is None:
+        return "espeak-ng is not installed (needed to re-synthesise the held-out utterances)"
+    voices = subprocess.run(["espeak-ng", "--voices=cmn"], capture_output=True, text=True).stdout
+    if "cmn-latn-pinyin" not in voices:
+        return "espeak-ng has no cmn-latn-pinyin voice (the fixture's voice)"
+    return None
+
+
+def tiny_agreement(fixture: Path, threads: int, limit: int | None, group: int) -> dict[str, Any]:
+    """Streaming (session, default options) vs ``engine.transcribe`` on the held-out utterances.
+
+    Also concatenations of ``group`` utterances (longer inputs stream through many more steps)
+    and the finalisation variants, so their effect on real transcripts is visible.
+    """
+    ckpt = Wav2Vec2Checkpoint.from_pretrained(str(fixture), ModelOptions(device="cpu", threads=threads))
+    engine = Wav2Vec2Engine(ckpt, StreamingOptions())
+    lines = (fixture / "heldout.jsonl").read_text(encoding="utf-8").splitlines()
+    items = [json.loads(line) for line in lines if line.strip()][:limit]
+    audios = [render(item) for item in items]
+    refs = [item["text"] for item in items]
+    trails = [float(item["trail_s"]) for item in items]
+    sets = {"heldout": (audios, refs, trails)}
+    if group > 1:
+        n = len(items) // group * group
+        sets[f"concat{group}"] = (
+            [np.concatenate(audios[i : i + group]) for i in range(0, n, group)],
+            ["".join(refs[i : i + group]) for i in range(0, n, group)],
+            [trails[i + group - 1] for i in range(0, n, group)],
+        )
+    out: dict[str, Any] = {"model": str(fixture), "options": asdict(engine.options)}
+    for name, (clips, texts, clip_trails) in sets.items():
+        offline = [engine.transcribe(a).text for a in clips]
+        streamed, partials = zip(*(asyncio.run(session_transcript(engine, a)) for a in clips), strict=True)
+        variants: dict[str, list[str]] = {f"L={left:g}": [] for left in FINAL_LEFTS}
+        variants.update({spec_label(left): [] for left in SPEC_LEFTS})
+        for audio, trail in zip(clips, clip_trails, strict=True):
+            for label, text in final_variants(engine, audio, trail).items():
+                variants[label].append(text)
+        same = [o == s for o, s in zip(offline, streamed, strict=True)]
+        out[name] = {
+            "utterances": len(clips),
+            "audio_s_median": med([len(a) / RATE for a in clips]),
+            "identical": sum(same) / len(same),
+            "cer_offline": char_error_rate(texts, offline),
+            "cer_streaming": char_error_rate(texts, list(streamed)),
+            "partials_median": med([float(p) for p in partials]),
+            "variants_identical_to_offline": {
+                k: sum(o == v for o, v in zip(offline, vs, strict=True)) / len(vs)
+                for k, vs in variants.items()
+            },
+            "variants_cer": {k: char_error_rate(texts, vs) for k, vs in variants.items()},
+            "differences": [
+                {"ref": r, "offline": o, "streaming": s}
+                for r, o, s in zip(texts, offline, streamed, strict=True)
+                if o != s
+            ],
+        }
+    return out
+
+
+def final_variants(engine: Wav2Vec2Engine, audio: np.ndarray, trail_s: float) -> dict[str, str]:
+    """Final texts of one utterance with the finalisation variants (synchronous StreamState).
+
+    The speculative snapshot is taken ``SPEC_MARGIN_S`` after the speech end (``trail_s`` before
+    the end of the audio), where a VAD would have seen the silence start.
+    """
+    state = StreamState(engine)
+    spec_at = len(audio) / RATE - trail_s + SPEC_MARGIN_S
+    spec: StreamState | None = None
+    for i in range(0, len(audio), HOP):
+        state.add(int16_to_float(audio[i : i + HOP]))
+        if spec is None and (i + HOP) / RATE >= spec_at:
+            spec = fork(state)
+        if state.due():
+            state.step()
+    out = {}
+    for left in FINAL_LEFTS:
+        branch = fork(state)
+        branch.left = round(left / branch.frame_s)
+        out[f"L={left:g}"] = branch.finish().text
+    for left in SPEC_LEFTS:
+        branch = fork(spec or state)
+        if left is not None:
+            branch.left = round(left / branch.frame_s)
+        out[spec_label(left)] = branch.finish().text
+    return out
+
+
+# -- reporting -------------------------------------------------------------------------------------
+def cpu_flags() -> set[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def native_bf16() -> bool:
+    """bf16 matmuls run in hardware (else oneDNN emulates them, far slower than fp32)."""
+    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
+
+
+def machine_info() -> dict[str, Any]:
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = "unknown"
+    return {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "numpy": np.__version__,
+        "git_commit": commit,
+        "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"),
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_flags_simd": sorted(f for f in cpu_flags() if f.startswith(("avx", "amx", "fma"))),
+        "loadavg_start": os.getloadavg(),
+    }
+
+
+def config_label(config: tuple[float, float, float]) -> str:
+    return "C={:g} L={:g} R={:g}".format(*config)
+
+
+def print_tables(results: dict[str, Any]) -> None:
+    print(
+        "\n| precision | C / L / R | window s | step s | RTF | partial lag (commit) median / p90 / max s | "
+        "lag after lookahead median s | final window s | final latency median / max s | frame agree |"
+    )
+    print("|---|---|---:|---:|---:|---|---:|---:|---|---:|")
+    for row in results["streaming"]:
+        s = row["summary"]
+        fin = s["final[stream]"]
+        agree = s.get("agreement", {}).get("agree", float("nan"))
+        print(
+            f"| {row['precision']} | {row['config']} | {s['step_window_s']:.2f} | "
+            f"{s['step_wall_median_s']:.3f} | "
+            f"{s['rtf']:.3f} | {s['lag_commit_median_s']:.2f} / {s['lag_commit_p90_s']:.2f} / "
+            f"{s['lag_commit_max_s']:.2f} | {s['lag_lookahead_median_s']:.2f} | {fin['window_s']:.2f} | "
+            f"{fin['latency']:.3f} / {fin['latency_max']:.3f} | {agree:.3f} |"
+        )
+    print("\nFinalisation variants (default C/L/R): final latency after the end-of-speech event")
+    print("| precision | variant | final window s | finish() wall s | latency median / max s | ", end="")
+    print("final-frame agree |")
+    print("|---|---|---:|---:|---|---:|")
+    for row in results["streaming"]:
+        if row["config"] != config_label(DEFAULT_CONFIG) or row.get("schedule") != "session":
+            continue
+        for key, fin in row["summary"].items():
+            if key.startswith("final["):
+                print(
+                    f"| {row['precision']} | {key[6:-1]} | {fin['window_s']:.2f} | {fin['wall']:.3f} | "
+                    f"{fin['latency']:.3f} / {fin['latency_max']:.3f} | "
+                    f"{fin.get('agree_final_frames', float('nan')):.3f} |"
+                )
+    if results.get("offline"):
+        print("\n| precision | offline one pass s | RTF | frame agree vs fp32 |")
+        print("|---|---:|---:|---:|")
+        for p, o in results["offline"].items():
+            print(
+                f"| {p} | {o['wall_s']:.3f} | {o['rtf']:.3f} | {o.get('agree_vs_fp32', float('nan')):.3f} |"
+            )
+    if results.get("window_costs"):
+        print("\n| precision | threads | window s | encode wall s |")
+        print("|---|---:|---:|---:|")
+        for r in results["window_costs"]:
+            print(f"| {r['precision']} | {r['threads']} | {r['window_s']:.2f} | {r['wall_s']:.3f} |")
+    active = results.get("window_costs_omp_active")
+    if isinstance(active, list) and results.get("window_costs"):
+        print("\n| precision | window s | encode s PASSIVE | encode s ACTIVE | PASSIVE / ACTIVE |")
+        print("|---|---:|---:|---:|---:|")
+        passive = {
+            (r["precision"], r["threads"], r["window_s"]): r["wall_s"] for r in results["window_costs"]
+        }
+        for r in active:
+            p = passive.get((r["precision"], r["threads"], r["window_s"]))
+            if p is not None:
+                ratio = p / r["wall_s"]
+                print(
+                    f"| {r['precision']} | {r['window_s']:.2f} | {p:.3f} | {r['wall_s']:.3f} | {ratio:.2f} |"
+                )
+    tiny = results.get("tiny")
+    if isinstance(tiny, dict):
+        print("\n| tiny set | utterances | audio s (median) | streaming == offline | ", end="")
+        print("CER offline | CER streaming |")
+        print("|---|---:|---:|---:|---:|---:|")
+        for name, t in tiny.items():
+            if isinstance(t, dict) and "identical" in t:
+                print(
+                    f"| {name} | {t['utterances']} | {t['audio_s_median']:.2f} | {t['identical']:.1%} | "
+                    f"{t['cer_offline']:.2%} | {t['cer_streaming']:.2%} |"
+                )
+                for k, v in t["variants_identical_to_offline"].items():
+                    print(f"|   final {k} | | | {v:.1%} | | {t['variants_cer'][k]:.2%} |")
+    else:
+        print(f"\ntiny-model transcript agreement: {tiny}")
+    print("\nGoals:", json.dumps(results["goals"], indent=1))
+
+
+def goal_flags(results: dict[str, Any], precision: str) -> dict[str, Any]:
+    """The issue's goals for the default C/L/R at ``precision`` (the engine's recommended one)."""
+    row = next(
+        (
+            r
+            for r in results["streaming"]
+            if r["precision"] == precision
+            and r["config"] == config_label(DEFAULT_CONFIG)
+            and r.get("schedule") == "session"
+        ),
+        None,
+    )
+    flags: dict[str, Any] = {"precision": precision, "config": config_label(DEFAULT_CONFIG), "targets": GOALS}
+    if row is not None:
+        s = row["summary"]
+        flags["rtf"] = {"value": s["rtf"], "met": s["rtf"] <= GOALS["rtf"]}
+        lag = s["lag_commit_median_s"]
+        flags["partial_lag_s"] = {
+            "value": lag,
+            "met": lag <= GOALS["partial_lag_s"],
+            "lookahead_lag": s["lag_lookahead_median_s"],
+        }
+        fin = s["final[stream]"]["latency"]
+        flags["final_latency_s"] = {"value": fin, "met": fin <= GOALS["final_latency_s"]}
+    tiny = results.get("tiny")
+    if isinstance(tiny, dict) and "heldout" in tiny:
+        share = tiny["heldout"]["identical"]
+        flags["tiny_identical"] = {"value": share, "met": share >= GOALS["tiny_identical"]}
+    return flags
+
+
+def parse_config(text: str) -> tuple[float, float, float]:
+    c, left, r = (float(x) for x in text.split("/"))
+    return c, left, r
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: 1 short utterance, 1 rep, bf16 (int8 without native bf16)",
+    )
+    parser.add_argument(
+        "--precisions",
+        default="auto",
+        help="comma separated; auto: fp32,int8 + bf16 where the CPU has native bf16",
+    )
+    parser.add_argument(
+        "--configs",
+        default=",".join("/".join(f"{x:g}" for x in c) for c in CONFIGS),
+        help="C/L/R triples in seconds, comma separated (first = the engine default)",
+    )
+    parser.add_argument("--utterances", type=int, default=3, help="distinct pseudo-speech utterances")
+    parser.add_argument("--seconds", type=float, default=8.0, help="speech per utterance (+0.36 s hangover)")
+    parser.add_argument("--reps", type=int, default=2, help="repetitions of every utterance")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--fixture", type=Path, default=FIXTURE)
+    parser.add_argument(
+        "--tiny-limit", type=int, default=None, help="use only the first N held-out utterances"
+    )
+    parser.add_argument(
+        "--tiny-group", type=int, default=4, help="also stream concatenations of N utterances"
+    )
+    parser.add_argument("--skip-large", action="store_true", help="only the tiny-model transcript part")
+    parser.add_argument("--skip-tiny", action="store_true")
+    parser.add_argument(
+        "--recommended", default="auto", help="precision the goal verdicts use (auto: bf16/int8)"
+    )
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--update", action="store_true", help="keep what --out holds for the skipped parts")
+    parser.add_argument("--no-omp-compare", action="store_true", help="skip the OMP_WAIT_POLICY=ACTIVE run")
+    parser.add_argument("--window-child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.window_child:  # the OMP_WAIT_POLICY comparison runs this in a subprocess
+        torch.set_num_threads(args.threads)
+        ckpts = build_checkpoints(args.precisions.split(","), args.seed, args.threads)
+        audio = pseudo_speech(args.seconds, args.seed + 1)
+        rows = window_costs(ckpts, WINDOWS, [args.threads], 5, audio)
+        print(CHILD_TAG + json.dumps(rows))
+        return 0
+    if args.quick:
+        args.precisions = "bf16" if native_bf16() else "int8"
+        args.utterances, args.reps, args.seconds = 1, 1, 3.0
+        args.configs, args.tiny_limit = "0.64/1/0.32,0.32/1/0.16", args.tiny_limit or 8
+    if args.precisions == "auto":
+        args.precisions = "fp32,bf16,int8" if native_bf16() else "fp32,int8"
+        if not native_bf16():
+            print(
+                "this CPU has no native bf16 (avx512_bf16/amx_bf16): bf16 is emulated and ~9x slower; skipped"
+            )
+    if args.recommended == "auto":
+        args.recommended = "bf16" if native_bf16() else "int8"
+    precisions = args.precisions.split(",")
+    configs = [parse_config(c) for c in args.configs.split(",")]
+    torch.set_num_threads(args.threads)
+    results: dict[str, Any] = {
+        "machine": machine_info(),
+        "args": {k: str(v) for k, v in vars(args).items()},
+        "goals_targets": GOALS,
+        "streaming": [],
+    }
+    if args.update and args.out.is_file():  # keep the parts of an earlier run that this one skips
+        earlier = json.loads(args.out.read_text(encoding="utf-8"))
+        if args.skip_large:
+            keep = ("machine", "args", "streaming", "offline", "window_costs", "window_costs_omp_active")
+            results.update({k: earlier[k] for k in keep if k in earlier})
+            results["machine"]["tiny_run"] = machine_info()
+        if args.skip_tiny and "tiny" in earlier:
+            results["tiny"] = earlier["tiny"]
+    started = time.perf_counter()
+
+    if not args.skip_large:
+        ckpts = build_checkpoints(precisions, args.seed, args.threads)
+        audios = [pseudo_speech(args.seconds, args.seed + 1 + i) for i in range(args.utterances)]
+        for ckpt in ckpts.values():  # warm-up: first calls allocate and pick kernels
+            ckpt.log_probs(int16_to_float(audios[0][: 2 * RATE]))
+        offline: dict[str, list[np.ndarray]] = {p: [] for p in precisions}
+        offline_walls: dict[str, list[float]] = {p: [] for p in precisions}
+        for audio in audios:
+            for precision, ckpt in ckpts.items():
+                lp, wall = timed(lambda ckpt=ckpt, audio=audio: ckpt.log_probs(int16_to_float(audio)))
+                offline[precision].append(lp)
+                offline_walls[precision].append(wall)
+        audio_s = len(audios[0]) / RATE
+        results["offline"] = {
+            p: {"wall_s": med(w), "rtf": med(w) / audio_s} for p, w in offline_walls.items()
+        }
+        if "fp32" in offline:
+            for p in precisions:
+                agree = [
+                    float((a.argmax(1) == b.argmax(1)).mean())
+                    for a, b in zip(offline[p], offline["fp32"], strict=True)
+                ]
+                results["offline"][p]["agree_vs_fp32"] = med(agree)
+        engines = {
+            (p, c): Wav2Vec2Engine(ckpts[p], StreamingOptions(chunk_s=c[0], left_s=c[1], right_s=c[2]))
+            for p in precisions
+            for c in configs
+        }
+        jobs = [(p, c, "session") for c in configs for p in precisions]
+        if "fp32" in precisions:  # fp32 cannot keep up: also show the engine's catch-up path
+            jobs.append(("fp32", configs[0], "catchup"))
+        runs: dict[tuple[str, tuple[float, float, float], str], list[StreamRun]] = {j: [] for j in jobs}
+        for rep in range(args.reps):  # round-robin, so slow drift of the machine hits every cell alike
+            for u, audio in enumerate(audios):
+                for job in jobs:
+                    precision, config, schedule = job
+                    variants = config == configs[0] and schedule == "session"
+                    run = stream_paced(
+                        engines[(precision, config)],
+                        audio,
+                        variants=variants,
+                        offline=offline[precision][u],
+                        schedule=schedule,
+                    )
+                    runs[job].append(run)
+                    s = run.steps
+                    print(
+                        f"rep {rep} utt {u} {precision:>4} {config_label(config)} {schedule:>7}: "
+                        f"RTF {run.compute_s / run.audio_s:.3f}, step {med([x['wall'] for x in s]):.3f} s, "
+                        f"final {run.finals['stream']['latency']:.3f} s, "
+                        f"agree {run.agreement.get('agree', 0):.3f}",
+                        flush=True,
+                    )
+        for (precision, config, schedule), rs in runs.items():
+            results["streaming"].append(
+                {
+                    "precision": precision,
+                    "config": config_label(config),
+                    "schedule": schedule,
+                    "summary": summarise(rs),
+                    "per_run": [
+                        {"rtf": r.compute_s / r.audio_s, "steps": len(r.steps), "final": r.finals["stream"]}
+                        for r in rs
+                    ],
+                }
+            )
+        windows = WINDOWS if not args.quick else [0.64, 1.96]
+        results["window_costs"] = window_costs(
+            ckpts,
+            windows,
+            sorted({1, args.threads}),
+            3 if args.quick else 5,
+            audios[0],
+        )
+        del ckpts, engines
+        if not args.quick and not args.no_omp_compare:
+            results["window_costs_omp_active"] = omp_active_window_costs(args)
+
+    if args.skip_tiny:
+        results.setdefault("tiny", "skipped (--skip-tiny)")
+    elif (problem := tiny_fixture_problem(args.fixture)) is not None:
+        print(f"tiny-model transcript agreement skipped: {problem}")
+        results["tiny"] = f"skipped: {problem}"
+    else:
+        results["tiny"] = tiny_agreement(args.fixture, args.threads, args.tiny_limit, args.tiny_group)
+
+    (results["machine"].get("tiny_run") or results["machine"])["loadavg_end"] = os.getloadavg()
+    results["seconds"] = time.perf_counter() - started
+    results["goals"] = goal_flags(results, args.recommended)
+    print_tables(results)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=1, ensure_ascii=False, default=float), encoding="utf-8")
+    print(f"\nwrote {args.out} ({results['seconds']:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
