@@ -380,7 +380,7 @@ class VadStage(Stage):
             metrics.stamp(frame.turn_id, "speech_start", frame.speech_time)
         elif isinstance(frame, SpeechEnded):
             metrics.stamp(frame.turn_id, "speech_end", frame.speech_time)
-            metrics.stamp(frame.turn_id, "endpoint", max(frame.time, now()))
+            metrics.stamp(frame.turn_id, "endpoint", now())  # when the decision was actually made
             if frame.discarded:
                 metrics.turn(frame.turn_id).discarded = True
         await self.emit(frame)
