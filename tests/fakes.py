@@ -12,7 +12,8 @@ from collections.abc import AsyncIterator
 import numpy as np
 
 from voiceloop.asr import AsrEngine, AsrSession
-from voiceloop.frames import FRAME_SAMPLES, FinalTranscript, PartialTranscript
+from voiceloop.frames import FRAME_SAMPLES, FinalTranscript, Frame, PartialTranscript
+from voiceloop.pipeline import Stage
 from voiceloop.tts import TtsEngine, TtsSession
 
 
@@ -112,3 +113,24 @@ class FakeTts(TtsEngine):
         session = FakeTtsSession(self)
         self.sessions.append(session)
         return session
+
+
+class Collect(Stage):
+    """A last stage that keeps every frame it receives and records end of stream and stop."""
+
+    name = "collect"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.frames: list[Frame] = []
+        self.ended = False
+        self.stopped = False
+
+    async def process(self, frame: Frame) -> None:
+        self.frames.append(frame)
+
+    async def finish(self) -> None:
+        self.ended = True
+
+    async def stop(self) -> None:
+        self.stopped = True

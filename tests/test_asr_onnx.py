@@ -29,18 +29,14 @@ from voiceloop.frames import FRAME_SAMPLES
 
 pytest.importorskip("onnxruntime", reason="the ONNX backend needs the onnx extra")
 
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 REPO = Path(__file__).resolve().parents[1]
 #: Lengths unlike both the 1 s tracing example and the export-time probe (dynamic axis check).
 LENGTHS_S = (0.73, 3.1)
 LAYOUTS = ("2021", "modern", "group")
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: threads only add contention
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-import torch
 from asr_fixtures import make_tiny_checkpoint
+from fakes import Collect
 from speech import espeak, mix_scene
 
 from voiceloop.asr import AsrStage
@@ -12,28 +12,10 @@ from voiceloop.asr.streaming import Wav2Vec2Engine
 from voiceloop.clock import run
 from voiceloop.frames import FinalTranscript, Frame, PartialTranscript, SpeechEnded, SpeechStarted
 from voiceloop.io import FileSource
-from voiceloop.pipeline import Pipeline, Stage
+from voiceloop.pipeline import Pipeline
 from voiceloop.vad import VadStage
 
-
-class Collect(Stage):
-    name = "collect"
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.frames: list[Frame] = []
-
-    async def process(self, frame: Frame) -> None:
-        self.frames.append(frame)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 def test_vad_gated_streaming_asr_emits_partials_and_finals_in_stream_time(tmp_path) -> None:
     clips = [espeak("今天天气很好，我们去公园散步吧。"), espeak("你好，我的朋友。")]

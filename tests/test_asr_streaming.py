@@ -7,21 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from asr_fixtures import make_tiny_checkpoint
 
 from voiceloop.asr.cli import DEFAULT_WINDOW
 from voiceloop.asr.streaming import StreamingOptions, Wav2Vec2Engine
 from voiceloop.frames import FRAME_SAMPLES, FinalTranscript, PartialTranscript
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: threads only add contention
-    yield
-    torch.set_num_threads(threads)
-
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def checkpoint_dir(tmp_path_factory) -> Path:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from aiohttp import web
+from fakes import Collect
 
 from voiceloop.clock import run
 from voiceloop.dialogue import DialogueStage, Message, TurnContext, call_handler
@@ -42,15 +43,6 @@ class Script(Stage):
         await self.emit(EndOfStream())
 
 
-class Collect(Stage):
-    name = "collect"
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.frames: list[Frame] = []
-
-    async def process(self, frame: Frame) -> None:
-        self.frames.append(frame)
 
 
 def converse(

@@ -6,6 +6,7 @@ import asyncio
 
 import numpy as np
 import pytest
+from fakes import Collect
 
 from voiceloop.clock import run
 from voiceloop.frames import AudioFrame, EndOfStream, Frame
@@ -44,23 +45,6 @@ class Passthrough(Stage):
         await self.emit(frame)
 
 
-class Collect(Stage):
-    name = "collect"
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.frames: list[Frame] = []
-        self.ended = False
-        self.stopped = False
-
-    async def process(self, frame: Frame) -> None:
-        self.frames.append(frame)
-
-    async def finish(self) -> None:
-        self.ended = True
-
-    async def stop(self) -> None:
-        self.stopped = True
 
 
 def test_frames_flow_in_order_and_end_of_stream_arrives() -> None:

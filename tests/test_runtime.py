@@ -12,27 +12,13 @@ import time
 import numpy as np
 import pytest
 import soundfile
+from fakes import Collect
 
 from voiceloop.clock import now, run
 from voiceloop.compute import CancelToken, ComputeLane
 from voiceloop.frames import AudioFrame, Frame
 from voiceloop.io import FileSource, WavSink, read_audio
 from voiceloop.pipeline import Pipeline, Stage
-
-
-class Collect(Stage):
-    name = "collect"
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.frames: list[Frame] = []
-        self.ended = False
-
-    async def process(self, frame: Frame) -> None:
-        self.frames.append(frame)
-
-    async def finish(self) -> None:
-        self.ended = True
 
 
 def test_virtual_clock_jumps_over_idle_waits() -> None:
