@@ -16,3 +16,13 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def chattts_root(tmp_path_factory):
+    """Random ChatTTS assets (2-layer GPT, official widths, synthesized tokenizer), written once."""
+    from chattts_fixtures import write_random_assets
+
+    return write_random_assets(
+        tmp_path_factory.mktemp("chattts"), gpt_layers=2, seed=0, official_tokenizer=None
+    )

@@ -1,0 +1,148 @@
+"""The official ChatTTS asset layout: where each file lives, integrity checks, strict loading.
+
+Layout (relative to the snapshot root)::
+
+    asset/gpt/config.json, asset/gpt/model.safetensors   HF LlamaModel (driven via inputs_embeds)
+    asset/Embed.safetensors                             text/code embeddings and heads
+    asset/Decoder.safetensors                           GPT hidden states -> log-mel
+    asset/DVAE.safetensors                              codes -> log-mel (and the voice encoder)
+    asset/Vocos.safetensors                             log-mel -> 24 kHz wave
+    asset/tokenizer/                                    BERT WordPiece + 50 control tokens
+    asset/spk_stat.pt                                   speaker sampling statistics (std ++ mean)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ...errors import UserError
+
+GPT_DIR = "asset/gpt"
+EMBED = "asset/Embed.safetensors"
+DECODER = "asset/Decoder.safetensors"
+DVAE = "asset/DVAE.safetensors"
+VOCOS = "asset/Vocos.safetensors"
+TOKENIZER_DIR = "asset/tokenizer"
+SPK_STAT = "asset/spk_stat.pt"
+
+
+class AssetError(ValueError):
+    """An asset file does not match the architecture it is loaded into."""
+
+
+def load_strict(module: nn.Module, state: Mapping[str, torch.Tensor], label: str) -> None:
+    """Load ``state`` into ``module`` requiring exactly the same keys and shapes.
+
+    The error names every missing, unexpected and mis-shaped key, so a wrong or truncated file is
+    diagnosed from the message alone.
+    """
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    shapes = sorted(
+        f"{k}: file {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in set(expected) & set(state)
+        if tuple(state[k].shape) != tuple(expected[k].shape)
+    )
+    if missing or unexpected or shapes:
+        parts = []
+        for title, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", shapes)):
+            if keys:
+                shown = ", ".join(keys[:12]) + (f", … ({len(keys) - 12} more)" if len(keys) > 12 else "")
+                parts.append(f"{title} keys: {shown}")
+        raise AssetError(f"{label} does not match the expected architecture — " + "; ".join(parts))
+    module.load_state_dict(dict(state), strict=True)
+
+
+DEFAULT_REPO = "2Noise/ChatTTS"
+# What a hub download fetches: the safetensors layout, the tokenizer, the speaker statistics.
+HUB_PATTERNS = ["asset/gpt/*", "asset/tokenizer/*", "asset/*.safetensors", "asset/spk_stat.pt"]
+REQUIRED = [
+    "asset/gpt/config.json",
+    "asset/gpt/model.safetensors",
+    EMBED,
+    DECODER,
+    VOCOS,
+    "asset/tokenizer/tokenizer.json",
+]
+
+
+class AssetsNotAvailable(UserError, RuntimeError):
+    """The assets are neither a local directory nor reachable on the hub."""
+
+
+def _guidance(name: str, reason: str) -> str:
+    return (
+        f"ChatTTS assets {name!r} are not available: {reason}. To use a local directory, download "
+        f"elsewhere with `hf download {DEFAULT_REPO} --local-dir DIR` (it must contain asset/), copy DIR "
+        "here and pass it as the model (e.g. --tts DIR)"
+    )
+
+
+def resolve_root(name: str = DEFAULT_REPO) -> Path:
+    """A local directory holding ``asset/``, or a hub id fetched (progress bars) into the HF cache."""
+    path = Path(name).expanduser()
+    if path.is_dir() or _looks_like_path(name):
+        if not path.is_dir():
+            raise AssetsNotAvailable(_guidance(name, f"no such directory {str(path)!r}"))
+        missing = [f for f in REQUIRED if not (path / f).is_file()]
+        if missing:
+            raise AssetsNotAvailable(_guidance(name, f"{str(path)!r} lacks {', '.join(missing)}"))
+        return path
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(name, allow_patterns=HUB_PATTERNS, local_files_only=True))
+    except Exception as cached_exc:
+        if _hub_offline():
+            reason = "not in the Hugging Face cache and offline mode is on (HF_HUB_OFFLINE)"
+            raise AssetsNotAvailable(_guidance(name, reason)) from cached_exc
+    try:
+        from huggingface_hub import HfApi
+
+        HfApi().model_info(name, timeout=10)  # fails fast instead of minutes of retries
+        return Path(snapshot_download(name, allow_patterns=HUB_PATTERNS))
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise AssetsNotAvailable(_guidance(name, f"the download failed: {first}")) from exc
+
+
+def _looks_like_path(name: str) -> bool:
+    return Path(name).is_absolute() or name.startswith((".", "~")) or name.count("/") > 1 or "\\" in name
+
+
+def _hub_offline() -> bool:
+    flags = (os.environ.get(k, "").strip().upper() for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return any(flag in {"1", "ON", "YES", "TRUE"} for flag in flags)
+
+
+def official_hashes() -> dict[str, str]:
+    """sha256 of the released files, keyed by path relative to the snapshot root."""
+    table = Path(__file__).with_name("official_sha256.json")
+    return json.loads(table.read_text()) if table.is_file() else {}
+
+
+def verify(root: Path) -> None:
+    """Check every present asset file against the official sha256; raise naming the ones that differ."""
+    hashes = official_hashes()
+    if not hashes:
+        raise AssetError("no official sha256 table is bundled; cannot verify")
+    bad = []
+    for rel, expected in sorted(hashes.items()):
+        file = root / rel
+        if file.is_file():
+            digest = hashlib.sha256()
+            with file.open("rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    digest.update(block)
+            if digest.hexdigest() != expected:
+                bad.append(rel)
+    if bad:
+        raise AssetError(f"sha256 mismatch (not the official ChatTTS files): {', '.join(bad)}")

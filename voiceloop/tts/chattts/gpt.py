@@ -1,0 +1,354 @@
+"""The ChatTTS GPT: one Llama transformer driven through input embeddings, two output modes.
+
+*Code mode* turns a text prompt into 4 parallel audio codebooks (one step = 4 codes = 21.3 ms of
+audio); *text mode* is the refinement pass that rewrites text with prosody tags. All vocabulary
+specific parts (text/code embeddings, weight-normed heads) live in ``Embed``; the transformer is
+the stock transformers ``LlamaModel``. Sampling follows the reference order exactly (temperature →
+windowed repetition penalty → top-p → top-k → EOS mask → multinomial) so seeded outputs match it.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+from torch import nn
+from torch.nn.utils import parametrize
+from torch.nn.utils.parametrizations import weight_norm
+from transformers import DynamicCache, LlamaConfig, LlamaModel
+from transformers.generation import TopKLogitsWarper, TopPLogitsWarper
+
+from ...asr.model import ModelOptions
+from ...compute import CancelToken
+from . import assets
+from .assets import AssetError, load_strict
+
+NUM_VQ = 4
+# transformers 5.x renamed LlamaModel's `past_key_values` to `cache` (the old name goes in 5.40).
+_CACHE_KW = "cache" if "cache" in inspect.signature(LlamaModel.forward).parameters else "past_key_values"
+
+
+@dataclass
+class SamplingOptions:
+    """Per-request sampling; defaults are ChatTTS's code-generation defaults."""
+
+    temperature: float | tuple[float, ...] = 0.3  # one value, or one per codebook
+    top_p: float | None = 0.7
+    top_k: int | None = 20
+    repetition_penalty: float = 1.05
+    penalty_window: int = 16  # generated tokens the penalty looks back over
+    max_new_tokens: int = 2048  # 2048 steps ≈ 43.7 s of audio
+    min_new_tokens: int = 0
+    seed: int | None = None  # None: fresh entropy per request (never the global torch RNG)
+    reseed_every_step: bool = False  # the reference's manual_seed behaviour; only for bit parity
+
+    def __post_init__(self) -> None:
+        temps = self.temperature if isinstance(self.temperature, tuple) else (self.temperature,)
+        if not temps or any(t <= 0 for t in temps):
+            raise ValueError(f"temperature must be > 0, got {self.temperature!r}")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
+        if self.top_k is not None and self.top_k < 1:
+            raise ValueError(f"top_k must be >= 1, got {self.top_k!r}")
+        if self.repetition_penalty <= 0 or self.penalty_window < 1:
+            raise ValueError("repetition_penalty must be > 0 and penalty_window >= 1")
+        if not 0 <= self.min_new_tokens <= self.max_new_tokens or self.max_new_tokens < 1:
+            raise ValueError("need 0 <= min_new_tokens <= max_new_tokens and max_new_tokens >= 1")
+
+
+# ChatTTS's refinement defaults: livelier sampling, no repetition penalty, up to 384 tokens.
+REFINE_SAMPLING = SamplingOptions(
+    temperature=0.7, top_p=0.7, top_k=20, repetition_penalty=1.0, max_new_tokens=384
+)
+
+
+class Embed(nn.Module):
+    """Text and code embeddings plus output heads; key names match ``asset/Embed.safetensors``."""
+
+    def __init__(
+        self, hidden: int, num_audio_tokens: int, num_text_tokens: int, num_vq: int = NUM_VQ
+    ) -> None:
+        super().__init__()
+        self.emb_code = nn.ModuleList(nn.Embedding(num_audio_tokens, hidden) for _ in range(num_vq))
+        self.emb_text = nn.Embedding(num_text_tokens, hidden)
+        self.head_text = weight_norm(nn.Linear(hidden, num_text_tokens, bias=False))
+        self.head_code = nn.ModuleList(
+            weight_norm(nn.Linear(hidden, num_audio_tokens, bias=False)) for _ in range(num_vq)
+        )
+
+    def bake(self) -> None:
+        """Fold the weight-norm parametrisation into plain weights (computed once, not per step)."""
+        for head in (self.head_text, *self.head_code):
+            parametrize.remove_parametrizations(head, "weight", leave_parametrized=True)
+
+    def codes(self, codes: torch.Tensor) -> torch.Tensor:
+        """``[..., num_vq]`` code ids → summed embeddings ``[..., hidden]``."""
+        return sum(emb(codes[..., q]) for q, emb in enumerate(self.emb_code))
+
+    def code_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """``[B, hidden]`` → ``[B, num_vq, num_audio_tokens]``."""
+        return torch.stack([head(hidden) for head in self.head_code], 1)
+
+
+@dataclass
+class Prompt:
+    """A tokenized, left-padded batch ready for generation."""
+
+    ids: torch.Tensor  # [B, T, num_vq] (text ids repeated over codebooks)
+    mask: torch.Tensor  # [B, T] bool, False on left padding
+    embeds: torch.Tensor  # [B, T, hidden] float32
+
+
+@dataclass
+class Step:
+    """One generation step for the whole batch."""
+
+    tokens: torch.Tensor  # code mode [B, num_vq]; text mode [B]
+    hidden: torch.Tensor  # [B, hidden] float32: the state that produced ``tokens``
+    alive: torch.Tensor  # [B] bool: False once a row has produced EOS (this step included)
+
+
+@dataclass
+class GenerationResult:
+    tokens: list[torch.Tensor] = field(default_factory=list)  # per row, EOS excluded
+    hiddens: list[torch.Tensor] = field(default_factory=list)
+    finished: list[bool] = field(default_factory=list)  # False: hit max_new_tokens or was cancelled
+
+
+class ChatTtsGpt:
+    """The loaded transformer + embeddings + tokenizer; stateless between requests."""
+
+    def __init__(self, llama: LlamaModel, embed: Embed, tokenizer, config: dict, dtype: torch.dtype) -> None:
+        self.llama = llama
+        self.embed = embed
+        self.tokenizer = tokenizer
+        self.config = config
+        self.dtype = dtype
+        self.device = next(embed.parameters()).device
+        self.num_audio_tokens = int(config["num_audio_tokens"])
+        self.num_vq = int(config.get("num_vq", NUM_VQ))
+        self.audio_eos = self.num_audio_tokens - 1
+        vocab = tokenizer.get_vocab()
+        missing = [t for t in ("[spk_emb]", "[Ebreak]", "[break_0]", "[Stts]", "[Ptts]") if t not in vocab]
+        if missing:
+            raise AssetError(f"the tokenizer lacks ChatTTS control tokens: {', '.join(missing)}")
+        self.spk_emb_id = vocab["[spk_emb]"]
+        self.text_eos = vocab["[Ebreak]"]
+        self.break_0_id = vocab["[break_0]"]
+
+    @classmethod
+    def load(cls, root: Path, options: ModelOptions | None = None) -> ChatTtsGpt:
+        """Load ``asset/gpt``, ``asset/Embed.safetensors`` and ``asset/tokenizer`` under ``root``."""
+        from transformers import AutoTokenizer
+
+        options = options or ModelOptions()
+        device = options.resolve_device()
+        config = json.loads((root / assets.GPT_DIR / "config.json").read_text())
+        llama_config = LlamaConfig(
+            **{k: v for k, v in config.items() if k not in ("architectures", "torch_dtype")}
+        )
+        with torch.device("meta"):
+            llama = LlamaModel(llama_config)
+        llama.embed_tokens = None  # unused: ChatTTS feeds input embeddings; optional in the file
+        state = load_file(str(root / assets.GPT_DIR / "model.safetensors"))
+        state.pop("embed_tokens.weight", None)
+        with torch.device("meta"):
+            expected = llama.state_dict()
+        _check_keys(expected, state, "asset/gpt/model.safetensors")
+        llama.load_state_dict(state, strict=True, assign=True)
+        llama.rotary_emb = type(llama.rotary_emb)(llama_config)  # non-persistent buffers: rebuild off meta
+        llama = llama.to(device=device, dtype=options.torch_dtype).eval().requires_grad_(False)
+        if options.quantize == "int8":
+            with warnings.catch_warnings():  # quantize_dynamic is deprecated in favour of torchao
+                warnings.simplefilter("ignore", DeprecationWarning)
+                warnings.filterwarnings("ignore", ".*quantized tensor creation functions", UserWarning)
+                torch.ao.quantization.quantize_dynamic(llama, {nn.Linear}, dtype=torch.qint8, inplace=True)
+        embed = Embed(
+            int(config["hidden_size"]), int(config["num_audio_tokens"]), int(config["num_text_tokens"])
+        )
+        load_strict(embed, load_file(str(root / assets.EMBED)), assets.EMBED)
+        embed.bake()
+        embed = embed.to(device).eval().requires_grad_(False)
+        tokenizer = AutoTokenizer.from_pretrained(str(root / assets.TOKENIZER_DIR))
+        return cls(llama, embed, tokenizer, config, options.torch_dtype)
+
+    # -- prompts -----------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def encode(self, texts: list[str]) -> Prompt:
+        """Tokenize and left-pad; padding slots embed as code id 0 like the reference (masked anyway)."""
+        rows = [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+        width = max(len(r) for r in rows)
+        ids = torch.zeros(len(rows), width, dtype=torch.long)
+        mask = torch.zeros(len(rows), width, dtype=torch.bool)
+        for i, row in enumerate(rows):
+            if row:
+                ids[i, width - len(row) :] = torch.tensor(row)
+                mask[i, width - len(row) :] = True
+        ids = ids.to(self.device)
+        mask = mask.to(self.device)
+        pad = self.embed.codes(torch.zeros(self.num_vq, dtype=torch.long, device=self.device))
+        embeds = torch.where(mask[..., None], self.embed.emb_text(ids), pad)
+        return Prompt(ids[..., None].expand(-1, -1, self.num_vq).clone(), mask, embeds)
+
+    @torch.inference_mode()
+    def code_prompt(
+        self, texts: list[str], speaker: torch.Tensor | None = None, prefix: str = "[speed_5]"
+    ) -> Prompt:
+        """``[Stts][spk_emb]{prefix}{text}[Ptts]`` (``[empty_spk]`` without a speaker: random voice)."""
+        slot = "[spk_emb]" if speaker is not None else "[empty_spk]"
+        clean = [
+            t.replace("[Stts]", "").replace("[spk_emb]", "").replace("[empty_spk]", "").strip() for t in texts
+        ]
+        prompt = self.encode([f"[Stts]{slot}{prefix}{t}[Ptts]" for t in clean])
+        if speaker is not None:
+            # The reference normalises the fp16 speaker vector in fp16; same op, same dtype, same bits.
+            unit = F.normalize(speaker.to(self.device, torch.float16), p=2.0, dim=0, eps=1e-12).float()
+            at = prompt.ids[..., 0].eq(self.spk_emb_id)
+            prompt.embeds[at] = unit
+        return prompt
+
+    def refine_prompt(self, texts: list[str], control: str = "") -> Prompt:
+        return self.encode([f"[Sbreak]{t}[Pbreak]{control}" for t in texts])
+
+    # -- generation --------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def generate(
+        self,
+        prompt: Prompt,
+        sampling: SamplingOptions,
+        *,
+        text: bool = False,
+        cancel: CancelToken | None = None,
+    ) -> Iterator[Step]:
+        """Yield one :class:`Step` per position until every row hit EOS, the limit, or ``cancel``."""
+        batch = prompt.mask.shape[0]
+        groups = 1 if text else self.num_vq
+        temps = (
+            sampling.temperature
+            if isinstance(sampling.temperature, tuple)
+            else (sampling.temperature,) * groups
+        )
+        if len(temps) != groups:
+            raise ValueError(f"temperature needs {groups} values in this mode, got {len(temps)}")
+        temperature = torch.tensor(temps, device=self.device).repeat(batch)[:, None]
+        warpers = []
+        if sampling.top_p is not None:
+            warpers.append(TopPLogitsWarper(sampling.top_p, min_tokens_to_keep=3))
+        if sampling.top_k is not None:
+            warpers.append(TopKLogitsWarper(sampling.top_k, min_tokens_to_keep=3))
+        eos = self.text_eos if text else self.audio_eos
+        seed = sampling.seed if sampling.seed is not None else int.from_bytes(os.urandom(8), "little") >> 1
+        generator = torch.Generator(device=self.device).manual_seed(seed)
+        mask = prompt.mask.long()
+        positions = (mask.cumsum(-1) - 1).masked_fill(mask.eq(0), 1)
+        inputs = prompt.embeds
+        cache = DynamicCache()
+        history: list[torch.Tensor] = []  # per step [B * groups]
+        alive = torch.ones(batch, dtype=torch.bool, device=self.device)
+        for step in range(sampling.max_new_tokens):
+            if cancel is not None and cancel.cancelled:
+                return
+            out = self.llama(
+                inputs_embeds=inputs.to(self.dtype),
+                attention_mask=mask,
+                position_ids=positions,
+                use_cache=True,
+                **{_CACHE_KW: cache},
+            )
+            hidden = out.last_hidden_state[:, -1].float()
+            logits = self.embed.head_text(hidden) if text else self.embed.code_logits(hidden).flatten(0, 1)
+            logits = logits.float() / temperature
+            if sampling.repetition_penalty != 1.0 and history:
+                window = torch.stack(history[-sampling.penalty_window :], 1)
+                logits = _penalize(logits, window, sampling.repetition_penalty)
+            for warp in warpers:
+                logits = warp(None, logits)
+            if step < sampling.min_new_tokens:
+                logits[:, eos] = -torch.inf
+            probs = torch.softmax(logits, -1)
+            if sampling.reseed_every_step:
+                generator.manual_seed(seed)
+            sampled = torch.multinomial(probs, 1, generator=generator)[:, 0]
+            history.append(sampled)
+            tokens = sampled if text else sampled.view(batch, groups)
+            hit = tokens.eq(eos) if text else tokens.eq(eos).any(1)
+            alive = alive & ~hit
+            yield Step(tokens, hidden, alive.clone())
+            if not alive.any():
+                return
+            inputs = (self.embed.emb_text(tokens) if text else self.embed.codes(tokens))[:, None]
+            mask = torch.cat([mask, mask.new_ones(batch, 1)], 1)
+            positions = positions[:, -1:] + 1
+
+    def run(
+        self,
+        prompt: Prompt,
+        sampling: SamplingOptions,
+        *,
+        text: bool = False,
+        cancel: CancelToken | None = None,
+    ) -> GenerationResult:
+        """Generate to the end; per row, the tokens and hidden states before its EOS."""
+        batch = prompt.mask.shape[0]
+        steps = list(self.generate(prompt, sampling, text=text, cancel=cancel))
+        result = GenerationResult()
+        for row in range(batch):
+            keep = [s for s in steps if bool(s.alive[row])]
+            ended = len(keep) < len(steps) or (steps and not bool(steps[-1].alive[row]))
+            result.tokens.append(
+                torch.stack([s.tokens[row] for s in keep]) if keep else _empty_tokens(text, self)
+            )
+            result.hiddens.append(
+                torch.stack([s.hidden[row] for s in keep])
+                if keep
+                else torch.zeros(0, self.embed.emb_text.embedding_dim)
+            )
+            result.finished.append(bool(ended))
+        return result
+
+    def refine(
+        self, texts: list[str], control: str = "", sampling: SamplingOptions = REFINE_SAMPLING
+    ) -> tuple[list[str], list[list[int]]]:
+        """Text mode: rewrite each text with prosody tags; returns (texts, kept token ids).
+
+        Ids at or above ``[break_0]`` (the numbered break/laugh/oral/speed controls) are dropped,
+        as the reference does; the rest decode to space-separated text with ``[uv_break]`` etc.
+        """
+        result = self.run(self.refine_prompt(texts, control), sampling, text=True)
+        kept = [[int(t) for t in row if int(t) < self.break_0_id] for row in result.tokens]
+        return [self.tokenizer.decode(ids) for ids in kept], kept
+
+
+def _penalize(logits: torch.Tensor, window: torch.Tensor, penalty: float) -> torch.Tensor:
+    """Scale each logit by penalty^(count in the window): down for positive, further down for negative."""
+    counts = F.one_hot(window, logits.shape[-1]).sum(1)
+    alpha = torch.pow(penalty, counts)
+    return torch.where(logits < 0, logits * alpha, logits / alpha)
+
+
+def _empty_tokens(text: bool, gpt: ChatTtsGpt) -> torch.Tensor:
+    shape = (0,) if text else (0, gpt.num_vq)
+    return torch.zeros(shape, dtype=torch.long, device=gpt.device)
+
+
+def _check_keys(expected: dict, state: dict, label: str) -> None:
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    shapes = sorted(
+        k for k in set(expected) & set(state) if tuple(expected[k].shape) != tuple(state[k].shape)
+    )
+    if missing or unexpected or shapes:
+        raise AssetError(
+            f"{label} does not match asset/gpt/config.json — missing keys: {missing[:8]}, "
+            f"unexpected keys: {unexpected[:8]}, wrong shapes: {shapes[:8]}"
+        )
