@@ -73,7 +73,7 @@ GPT_CONFIG = {
     "tie_word_embeddings": False,
     "torch_dtype": "float32",
     "transformers_version": "4.41.2",
-    "use_cache": True,
+    "use_cache": False,
     "vocab_size": 32000,
 }
 
