@@ -101,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .asr.cli import add_parsers as add_asr_parsers
 
     add_asr_parsers(sub)
+    from .tts.cli import add_parsers as add_tts_parsers
+
+    add_tts_parsers(sub)
     return parser
 
 

@@ -1,0 +1,264 @@
+"""The ChatTTS engine: text in, 24 kHz int16 audio out, streamed while the GPT still generates.
+
+Per request: normalise the text (numbers, punctuation, tags) → split into sentences → optionally
+refine → per sentence, generate codes step by step and hand each step's hidden state (or codes) to
+a bounded-context streaming decoder, which emits audio every few steps. One loaded engine is shared
+by many sessions; all compute runs on the engine's :class:`~voiceloop.compute.ComputeLane`.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+import numpy as np
+import torch
+
+from ...asr.model import ModelOptions
+from ...compute import CancelToken, ComputeLane
+from ..base import TtsEngine, TtsSession
+from . import assets
+from .decoder import CodeDecoder, HiddenDecoder
+from .gpt import REFINE_SAMPLING, ChatTtsGpt, SamplingOptions
+from .normalize import normalize, split_sentences
+from .speaker import SpeakerStats, VoiceStore, decode_speaker, resolve_voice, sample_speaker
+from .stream_decode import StreamDecodeOptions, StreamingDecoder, WaveDecoder
+from .vocos import Vocos
+
+log = logging.getLogger(__name__)
+
+SAMPLE_RATE = 24_000
+SAMPLES_PER_STEP = 512  # one GPT step = 2 mel frames at hop 256
+
+
+@dataclass
+class ChatTtsOptions:
+    """How the engine computes and speaks; every default is what the live loop uses."""
+
+    model: ModelOptions = field(default_factory=ModelOptions)  # device, dtype, int8, threads
+    sampling: SamplingOptions = field(default_factory=SamplingOptions)
+    stream: StreamDecodeOptions = field(default_factory=StreamDecodeOptions)
+    decoder: Literal["hidden", "dvae"] = "hidden"  # hidden: ChatTTS's default (and better) path
+    refine: bool = False  # text refinement costs seconds on a CPU: off in the live loop
+    refine_control: str = "[oral_2][laugh_0][break_6]"  # the reference's refine prompt
+    refine_sampling: SamplingOptions = field(default_factory=lambda: replace(REFINE_SAMPLING))
+    speed_prompt: str = "[speed_5]"
+    normalize_text: bool = True
+    max_sentence_chars: int = 100  # longer texts are split so each GPT run stays well under its limit
+    verify_sha256: bool = False
+
+    def __post_init__(self) -> None:
+        if self.decoder not in ("hidden", "dvae"):
+            raise ValueError(f"decoder must be 'hidden' or 'dvae', got {self.decoder!r}")
+        if self.max_sentence_chars < 8:
+            raise ValueError("max_sentence_chars must be >= 8")
+
+
+@dataclass
+class PreparedText:
+    sentences: list[str]
+    unsupported: tuple[str, ...]
+
+
+class ChatTts(TtsEngine):
+    """A loaded ChatTTS-compatible model (see module docstring)."""
+
+    sample_rate = SAMPLE_RATE
+
+    def __init__(
+        self,
+        gpt: ChatTtsGpt,
+        vocos: Vocos,
+        hidden_decoder: HiddenDecoder | None,
+        code_decoder: CodeDecoder | None,
+        stats: SpeakerStats | None,
+        options: ChatTtsOptions,
+        voices: VoiceStore | None = None,
+    ) -> None:
+        self.gpt = gpt
+        self.vocos = vocos
+        self.hidden_decoder = hidden_decoder
+        self.code_decoder = code_decoder
+        self.stats = stats
+        self.options = options
+        self.voices = voices or VoiceStore()
+        threads = options.model.threads
+        self.lane = ComputeLane("tts", setup=(lambda: torch.set_num_threads(threads)) if threads else None)
+
+    @classmethod
+    def from_pretrained(
+        cls, name: str = assets.DEFAULT_REPO, options: ChatTtsOptions | None = None
+    ) -> ChatTts:
+        """Load the official layout from a local directory or a hub id (cached after the first download)."""
+        options = options or ChatTtsOptions()
+        root = assets.resolve_root(str(name))
+        if options.verify_sha256:
+            assets.verify(root)
+        device = options.model.resolve_device()
+        gpt = ChatTtsGpt.load(root, options.model)
+        # The decoders and vocoder are small and convolutional: float32 everywhere but GPUs.
+        dtype = options.model.torch_dtype if device.type != "cpu" else torch.float32
+        hidden = HiddenDecoder.from_file(root / assets.DECODER, device=device, dtype=dtype)
+        code = None
+        if options.decoder == "dvae":
+            code = CodeDecoder.from_file(root / assets.DVAE, device=device, dtype=dtype)
+        vocos = Vocos.from_file(root / assets.VOCOS, device=device)
+        stat_file = root / assets.SPK_STAT
+        stats = SpeakerStats.load(stat_file) if stat_file.is_file() else None
+        return cls(gpt, vocos, hidden, code, stats, options)
+
+    # -- text ----------------------------------------------------------------------------------
+
+    def is_known(self, char: str) -> bool:
+        """Whether the tokenizer represents ``char`` (not as [UNK])."""
+        ids = self.gpt.tokenizer(char, add_special_tokens=False)["input_ids"]
+        return bool(ids) and self.gpt.tokenizer.unk_token_id not in ids
+
+    def prepare(self, text: str) -> PreparedText:
+        """Normalise and split; characters the model cannot say are reported, never a crash."""
+        if not isinstance(text, str):
+            raise TypeError(f"text must be a str, got {type(text).__name__}")
+        if self.options.normalize_text:
+            norm = normalize(text, is_known=self.is_known)
+            body, unsupported = norm.text, norm.unsupported
+        else:
+            body, unsupported = text, ()
+        if unsupported:
+            log.warning("cannot pronounce and removed: %s", " ".join(unsupported))
+        sentences = [s for s in split_sentences(body, self.options.max_sentence_chars) if _speakable(s)]
+        return PreparedText(sentences, unsupported)
+
+    def refine_text(self, text: str, seed: int | None = None) -> str:
+        """The refinement pass on its own (usable ahead of time, e.g. for canned replies)."""
+        sampling = replace(self.options.refine_sampling, seed=seed)
+        prepared = self.prepare(text)
+        if not prepared.sentences:
+            return ""
+        refined, _ = self.gpt.refine(prepared.sentences, self.options.refine_control, sampling)
+        return " ".join(refined)
+
+    # -- voices --------------------------------------------------------------------------------
+
+    def speaker(self, voice: str | None) -> torch.Tensor | None:
+        """A voice spec (``seed:N``, a saved name, a speaker string or file) → speaker vector."""
+        spk = resolve_voice(voice, self.stats, self.voices)
+        return None if spk is None else decode_speaker(spk)
+
+    def random_voice(self) -> str | None:
+        """A fresh voice from the model's speaker statistics (None if the assets lack them)."""
+        return None if self.stats is None else sample_speaker(self.stats, None)
+
+    # -- synthesis (run these on the lane from async code) -------------------------------------
+
+    def stream(
+        self,
+        text: str,
+        speaker: torch.Tensor | None = None,
+        *,
+        refine: bool | None = None,
+        seed: int | None = None,
+        cancel: CancelToken | None = None,
+    ) -> Iterator[np.ndarray]:
+        """Yield int16 chunks as they are decoded; stops within one GPT step of ``cancel``."""
+        prepared = self.prepare(text)
+        sentences = prepared.sentences
+        if sentences and (self.options.refine if refine is None else refine):
+            refined, _ = self.gpt.refine(
+                sentences, self.options.refine_control, replace(self.options.refine_sampling, seed=seed)
+            )
+            sentences = [r for r in refined if _speakable(r)]
+        for index, sentence in enumerate(sentences):
+            sampling = replace(self.options.sampling, seed=None if seed is None else seed + index)
+            prompt = self.gpt.code_prompt([sentence], speaker, self.options.speed_prompt)
+            decoder = StreamingDecoder(self._decode_fn(), self.options.stream)
+            for step in self.gpt.generate(prompt, sampling, cancel=cancel):
+                if not bool(step.alive[0]):
+                    break
+                item = step.hidden[0] if self.options.decoder == "hidden" else step.tokens[0]
+                for piece in decoder.push(item[None]):
+                    yield _to_int16(piece)
+                if cancel is not None and cancel.cancelled:
+                    return
+            if cancel is not None and cancel.cancelled:
+                return
+            tail = decoder.finish()
+            if len(tail):
+                yield _to_int16(tail)
+
+    def synthesize(
+        self,
+        texts: list[str],
+        speaker: torch.Tensor | None = None,
+        *,
+        refine: bool | None = None,
+        seed: int | None = None,
+    ) -> list[np.ndarray]:
+        """Offline: every text generated in one GPT batch, each decoded whole (exact, no joins)."""
+        prepared = [self.prepare(t).sentences for t in texts]
+        flat = [s for sentences in prepared for s in sentences]
+        if flat and (self.options.refine if refine is None else refine):
+            flat, _ = self.gpt.refine(
+                flat, self.options.refine_control, replace(self.options.refine_sampling, seed=seed)
+            )
+        waves: list[np.ndarray] = []
+        if flat:
+            result = self.gpt.run(
+                self.gpt.code_prompt(flat, speaker, self.options.speed_prompt),
+                replace(self.options.sampling, seed=seed),
+            )
+            items = result.hiddens if self.options.decoder == "hidden" else result.tokens
+            decode = self._decode_fn()
+            waves = [_to_int16(decode(x)) if len(x) else np.zeros(0, np.int16) for x in items]
+        out, at = [], 0
+        for sentences in prepared:
+            parts = waves[at : at + len(sentences)]
+            at += len(sentences)
+            out.append(np.concatenate(parts) if parts else np.zeros(0, np.int16))
+        return out
+
+    def _decode_fn(self) -> WaveDecoder:
+        """Per-utterance items ``[T, D]`` → float32 wave, through the configured decoder + Vocos."""
+        if self.options.decoder == "hidden":
+            return WaveDecoder(self.hidden_decoder, self.vocos)
+        if self.code_decoder is None:
+            raise RuntimeError("decoder='dvae' needs the engine loaded with that option")
+        return WaveDecoder(self.code_decoder, self.vocos)
+
+    def session(self, voice: str | None = None) -> ChatTtsSession:
+        return ChatTtsSession(self, voice)
+
+
+class ChatTtsSession(TtsSession):
+    """One conversation's voice: a given voice, else one random voice kept for the whole session."""
+
+    def __init__(self, engine: ChatTts, voice: str | None = None) -> None:
+        self.engine = engine
+        vector = engine.speaker(voice)
+        if vector is None and engine.stats is not None:
+            vector = engine.speaker(engine.random_voice())  # never a new random voice per sentence
+        self.speaker = vector
+        self._cancel: CancelToken | None = None
+
+    async def synthesize(self, text: str) -> AsyncIterator[np.ndarray]:
+        token = self._cancel = CancelToken()
+        generate = functools.partial(self.engine.stream, cancel=token)  # checked every GPT step
+        async for chunk in self.engine.lane.stream(generate, text, self.speaker, cancel=token):
+            yield chunk
+
+    def cancel(self) -> None:
+        if self._cancel is not None:
+            self._cancel.cancel()
+
+
+def _speakable(text: str) -> bool:
+    """Anything besides tags, punctuation and spaces (the GPT needs something to say)."""
+    import re
+
+    return bool(re.sub(r"\[[a-z_0-9]+\]|[\s，。、,.!?！？；;：:]", "", text))
+
+
+def _to_int16(wave: np.ndarray) -> np.ndarray:
+    return (np.clip(np.asarray(wave, dtype=np.float32), -1.0, 1.0) * 32767.0).astype(np.int16)

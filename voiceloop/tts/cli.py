@@ -1,0 +1,201 @@
+"""``voiceloop say`` and ``voiceloop tts ...`` (voices, export-onnx)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ..errors import UserError
+
+if TYPE_CHECKING:  # torch/transformers load lazily so `voiceloop --help` stays fast
+    from .chattts.engine import ChatTts
+
+DEFAULT_TTS = "2Noise/ChatTTS"
+
+
+def add_tts_model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model", default=DEFAULT_TTS, help="hub id or local directory (default: %(default)s)"
+    )
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
+    parser.add_argument("--dtype", default="fp32", choices=("fp32", "bf16", "fp16"))
+    parser.add_argument("--int8", action="store_true", help="CPU int8 dynamic quantization of the GPT")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads for the TTS model")
+    parser.add_argument("--decoder", choices=("hidden", "dvae"), default="hidden", help="mel decoder path")
+    parser.add_argument("--verify", action="store_true", help="check the files against the official sha256")
+
+
+def load_tts(args: argparse.Namespace) -> ChatTts:
+    from ..asr.model import ModelOptions
+    from .chattts.engine import ChatTts, ChatTtsOptions
+
+    model = ModelOptions(
+        device=args.device, dtype=args.dtype, quantize="int8" if args.int8 else None, threads=args.threads
+    )
+    options = ChatTtsOptions(model=model, decoder=args.decoder, verify_sha256=args.verify)
+    return ChatTts.from_pretrained(args.model, options)
+
+
+def _voice(engine: ChatTts, spec: str | None, save_as: str | None):
+    """The speaker vector for ``--voice``; without one, a fresh random voice (printed, so it can be kept)."""
+    from .chattts.speaker import resolve_voice
+
+    speaker = resolve_voice(spec, engine.stats, engine.voices) if spec else engine.random_voice()
+    if save_as:
+        if speaker is None:
+            raise UserError("--save-voice needs a voice: these assets have no spk_stat to sample one from")
+        print(f"saved voice {save_as!r} to {engine.voices.save(save_as, speaker)}", file=sys.stderr)
+    return None if speaker is None else engine.speaker(speaker)
+
+
+def _write(path: Path, audio: np.ndarray, rate: int) -> None:
+    import soundfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    soundfile.write(str(path), audio, rate, subtype="PCM_16")
+
+
+def cmd_say(args: argparse.Namespace) -> int:
+    if args.batch is None and args.text is None:
+        raise UserError("give the text to say, or --batch LINES.txt --out-dir DIR")
+    if args.batch is not None and args.out_dir is None:
+        raise UserError("--batch needs --out-dir")
+    engine = load_tts(args)
+    speaker = _voice(engine, args.voice, args.save_voice)
+    if args.batch is not None:
+        return _say_batch(engine, args, speaker)
+    text = args.text
+    prepared = engine.prepare(text)
+    for char in prepared.unsupported:
+        print(f"warning: cannot pronounce {char!r}; left out", file=sys.stderr)
+    if not prepared.sentences:
+        raise UserError(f"nothing to say in {text!r} (no speakable characters)")
+    started = time.perf_counter()
+    if args.stream:
+        import soundfile
+
+        first = None
+        total = 0
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        with soundfile.SoundFile(args.output, "w", engine.sample_rate, 1, subtype="PCM_16") as out:
+            for chunk in engine.stream(text, speaker, refine=args.refine, seed=args.seed):
+                first = first if first is not None else time.perf_counter() - started
+                out.write(chunk)
+                total += len(chunk)
+        audio_s = total / engine.sample_rate
+    else:
+        (audio,) = engine.synthesize([text], speaker, refine=args.refine, seed=args.seed)
+        _write(Path(args.output), audio, engine.sample_rate)
+        first, audio_s = None, len(audio) / engine.sample_rate
+    elapsed = time.perf_counter() - started
+    rtf = elapsed / audio_s if audio_s else float("nan")
+    ttfa = f", first audio after {first:.2f} s" if first is not None else ""
+    print(
+        f"wrote {args.output}: {audio_s:.2f} s of audio in {elapsed:.2f} s (RTF {rtf:.2f}){ttfa}",
+        file=sys.stderr,
+    )
+    engine.lane.close()
+    return 0
+
+
+def _say_batch(engine: ChatTts, args: argparse.Namespace, speaker) -> int:
+    from rich.progress import Progress
+
+    lines = [line.strip() for line in Path(args.batch).read_text(encoding="utf-8").splitlines()]
+    lines = [line for line in lines if line]
+    if not lines:
+        raise UserError(f"{args.batch} has no non-empty lines")
+    out_dir = Path(args.out_dir)
+    width = len(str(len(lines)))
+    with Progress(transient=False) as progress:
+        task = progress.add_task("synthesizing", total=len(lines))
+        for start in range(0, len(lines), args.batch_size):
+            group = lines[start : start + args.batch_size]
+            waves = engine.synthesize(group, speaker, refine=args.refine, seed=args.seed)
+            for offset, wave in enumerate(waves):
+                index = start + offset + 1
+                if len(wave) == 0:
+                    progress.console.print(f"line {index}: nothing to say, skipped")
+                else:
+                    _write(out_dir / f"{index:0{width}d}.wav", wave, engine.sample_rate)
+            progress.advance(task, len(group))
+    return 0
+
+
+def cmd_voice(args: argparse.Namespace) -> int:
+    from .chattts.speaker import SpeakerStats, VoiceStore, resolve_voice, sample_speaker
+
+    store = VoiceStore(Path(args.voice_dir) if args.voice_dir else None)
+    if args.action != "list" and not args.name:
+        raise UserError(f"tts voice {args.action} needs a NAME")
+    if args.action == "save" and not args.spec:
+        raise UserError("tts voice save NAME SPEC: SPEC is seed:N, a speaker string or a file holding one")
+    if args.action == "list":
+        for name in store.names():
+            print(name)
+        return 0
+    if args.action == "delete":
+        store.delete(args.name)
+        return 0
+    if args.action == "show":
+        print(store.load(args.name))
+        return 0
+    # save: from a spec (speaker string / file / seed:N with --model's statistics)
+    stats = None
+    if args.spec.startswith("seed:"):
+        from .chattts import assets
+
+        root = assets.resolve_root(args.model)
+        if not (root / assets.SPK_STAT).is_file():
+            raise UserError(f"{args.model} has no {assets.SPK_STAT}; cannot sample seed voices")
+        stats = SpeakerStats.load(root / assets.SPK_STAT)
+        speaker = sample_speaker(stats, int(args.spec[5:]))
+    else:
+        speaker = resolve_voice(args.spec, stats, store)
+    print(store.save(args.name, speaker))
+    return 0
+
+
+def cmd_export_onnx(args: argparse.Namespace) -> int:
+    from .chattts import assets
+    from .chattts.onnx import export_onnx
+
+    root = assets.resolve_root(args.model)
+    path = export_onnx(root, Path(args.out_dir))
+    print(path)
+    return 0
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    say = sub.add_parser("say", help="speak text with the ChatTTS-compatible engine into a WAV file")
+    say.add_argument("text", nargs="?", help="text; prosody tags like [laugh] [uv_break] pass through")
+    say.add_argument("-o", "--output", default="say.wav", help="output WAV (default: %(default)s)")
+    say.add_argument("--voice", help="seed:N | a saved voice name | a speaker string | a file holding one")
+    say.add_argument("--save-voice", metavar="NAME", help="also save the voice used under NAME")
+    say.add_argument("--refine", action="store_true", help="run the text refinement pass first (slow on CPU)")
+    say.add_argument("--stream", action="store_true", help="stream chunks to the file as they are generated")
+    say.add_argument("--seed", type=int, default=None, help="sampling seed (reproducible output)")
+    say.add_argument("--batch", metavar="LINES.txt", help="one WAV per non-empty line (needs --out-dir)")
+    say.add_argument("--out-dir", help="directory for --batch output")
+    say.add_argument("--batch-size", type=int, default=4, help="lines generated together (default: 4)")
+    add_tts_model_arguments(say)
+    say.set_defaults(func=cmd_say)
+
+    tts = sub.add_parser("tts", help="TTS tools: voices, ONNX export")
+    tts_sub = tts.add_subparsers(dest="tts_command", metavar="TOOL", required=True)
+    voice = tts_sub.add_parser("voice", help="list, show, save or delete named voices")
+    voice.add_argument("action", choices=("list", "show", "save", "delete"))
+    voice.add_argument("name", nargs="?", help="voice name (show/save/delete)")
+    voice.add_argument("spec", nargs="?", help="save: seed:N | speaker string | file")
+    voice.add_argument("--model", default=DEFAULT_TTS, help="assets whose spk_stat seeds sample from")
+    voice.add_argument("--voice-dir", help="where voices live (default: $VOICELOOP_HOME/voices)")
+    voice.set_defaults(func=cmd_voice)
+    export = tts_sub.add_parser("export-onnx", help="export the decoder + Vocos path to ONNX")
+    export.add_argument("model", help="hub id or local directory")
+    export.add_argument("out_dir")
+    export.set_defaults(func=cmd_export_onnx)
