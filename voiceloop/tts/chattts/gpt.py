@@ -30,6 +30,7 @@ from ...asr.model import ModelOptions
 from ...compute import CancelToken
 from . import assets
 from .assets import AssetError, load_strict
+from .llama import LeanLlama
 
 NUM_VQ = 4
 # transformers 5.x renamed LlamaModel's `past_key_values` to `cache` (the old name goes in 5.40).
@@ -126,7 +127,9 @@ class GenerationResult:
 class ChatTtsGpt:
     """The loaded transformer + embeddings + tokenizer; stateless between requests."""
 
-    def __init__(self, llama: LlamaModel, embed: Embed, tokenizer, config: dict, dtype: torch.dtype) -> None:
+    def __init__(
+        self, llama: LlamaModel | LeanLlama, embed: Embed, tokenizer, config: dict, dtype: torch.dtype
+    ) -> None:
         self.llama = llama
         self.embed = embed
         self.tokenizer = tokenizer
@@ -145,8 +148,12 @@ class ChatTtsGpt:
         self.break_0_id = vocab["[break_0]"]
 
     @classmethod
-    def load(cls, root: Path, options: ModelOptions | None = None) -> ChatTtsGpt:
-        """Load ``asset/gpt``, ``asset/Embed.safetensors`` and ``asset/tokenizer`` under ``root``."""
+    def load(cls, root: Path, options: ModelOptions | None = None, *, lean: bool = True) -> ChatTtsGpt:
+        """Load ``asset/gpt``, ``asset/Embed.safetensors`` and ``asset/tokenizer`` under ``root``.
+
+        ``lean`` (default) steps with :class:`LeanLlama` (fused projections, preallocated cache);
+        False keeps the stock ``LlamaModel`` — same function, slower per step on CPUs.
+        """
         from transformers import AutoTokenizer
 
         options = options or ModelOptions()
@@ -165,12 +172,15 @@ class ChatTtsGpt:
         _check_keys(expected, state, "asset/gpt/model.safetensors")
         llama.load_state_dict(state, strict=True, assign=True)
         llama.rotary_emb = type(llama.rotary_emb)(llama_config)  # non-persistent buffers: rebuild off meta
-        llama = llama.to(device=device, dtype=options.torch_dtype).eval().requires_grad_(False)
+        llama.config = llama_config
+        model: nn.Module = LeanLlama.from_llama(llama) if lean else llama
+        del llama
+        model = model.to(device=device, dtype=options.torch_dtype).eval().requires_grad_(False)
         if options.quantize == "int8":
             with warnings.catch_warnings():  # quantize_dynamic is deprecated in favour of torchao
                 warnings.simplefilter("ignore", DeprecationWarning)
                 warnings.filterwarnings("ignore", ".*quantized tensor creation functions", UserWarning)
-                torch.ao.quantization.quantize_dynamic(llama, {nn.Linear}, dtype=torch.qint8, inplace=True)
+                torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8, inplace=True)
         embed = Embed(
             int(config["hidden_size"]), int(config["num_audio_tokens"]), int(config["num_text_tokens"])
         )
@@ -178,7 +188,7 @@ class ChatTtsGpt:
         embed.bake()
         embed = embed.to(device).eval().requires_grad_(False)
         tokenizer = AutoTokenizer.from_pretrained(str(root / assets.TOKENIZER_DIR))
-        return cls(llama, embed, tokenizer, config, options.torch_dtype)
+        return cls(model, embed, tokenizer, config, options.torch_dtype)
 
     # -- prompts -----------------------------------------------------------------------------
 
@@ -252,20 +262,25 @@ class ChatTtsGpt:
         mask = prompt.mask.long()
         positions = (mask.cumsum(-1) - 1).masked_fill(mask.eq(0), 1)
         inputs = prompt.embeds
-        cache = DynamicCache()
+        lean = isinstance(self.llama, LeanLlama)
+        cache = self.llama.new_cache(batch, self.dtype, self.device) if lean else DynamicCache()
+        padded = not bool(prompt.mask.all())
         history: list[torch.Tensor] = []  # per step [B * groups]
         alive = torch.ones(batch, dtype=torch.bool, device=self.device)
         for step in range(sampling.max_new_tokens):
             if cancel is not None and cancel.cancelled:
                 return
-            out = self.llama(
-                inputs_embeds=inputs.to(self.dtype),
-                attention_mask=mask,
-                position_ids=positions,
-                use_cache=True,
-                **{_CACHE_KW: cache},
-            )
-            hidden = out.last_hidden_state[:, -1].float()
+            if lean:
+                out = self.llama(inputs.to(self.dtype), positions, cache, mask if padded else None)
+            else:
+                out = self.llama(
+                    inputs_embeds=inputs.to(self.dtype),
+                    attention_mask=mask,
+                    position_ids=positions,
+                    use_cache=True,
+                    **{_CACHE_KW: cache},
+                ).last_hidden_state
+            hidden = out[:, -1].float()
             logits = self.embed.head_text(hidden) if text else self.embed.code_logits(hidden).flatten(0, 1)
             logits = logits.float() / temperature
             if sampling.repetition_penalty != 1.0 and history:
