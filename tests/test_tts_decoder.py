@@ -402,11 +402,28 @@ def test_stream_defaults_report(hidden_wave):
     report = stream_vs_offline(hidden_wave, steps, StreamDecodeOptions())
     print({k: v for k, v in report.items() if k != "options"})
     assert report["stream_samples"] == report["offline_samples"]
-    assert report["first_piece_samples"] == 512 * 8 - 256  # first chunk minus the held crossfade
+    assert report["first_piece_samples"] == 512 * 4 - 256  # first chunk minus the held crossfade
     assert 0.0 < report["max_abs_diff"] < 0.5 and report["rel_rms"] < 0.2
     assert report["work_ratio"] < 3.0  # O(n): each window is chunk + bounded context
     no_fade = stream_vs_offline(hidden_wave, steps, StreamDecodeOptions(crossfade=0))
     assert no_fade["stream_samples"] == report["stream_samples"]
+
+
+def test_later_pieces_double_up_to_chunk_then_stay(hidden_wave):
+    stream = StreamingDecoder(
+        hidden_wave, StreamDecodeOptions(first_chunk=3, chunk=20, lookahead=2, crossfade=0)
+    )
+    sizes, emitted = [], 0
+    for step in _steps(90, seed=2):
+        for piece in stream.push(step):
+            emitted += piece.size
+            sizes.append(round(emitted / 512))
+    boundaries = [b - a for a, b in zip([0, *sizes], sizes, strict=False)]
+    assert boundaries[:5] == [3, 6, 12, 20, 20]
+    flat = StreamingDecoder(
+        hidden_wave, StreamDecodeOptions(first_chunk=3, chunk=20, lookahead=2, grow=False)
+    )
+    assert [flat.next_chunk() for _ in range(2)] == [20, 20]
 
 
 def test_stream_code_path_is_exact_too():

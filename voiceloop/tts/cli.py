@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,6 +18,7 @@ if TYPE_CHECKING:  # torch/transformers load lazily so `voiceloop --help` stays 
     from .chattts.engine import ChatTts
 
 DEFAULT_TTS = "2Noise/ChatTTS"
+STEPS_PER_SECOND = 46.875  # one GPT step = 512 samples at 24 kHz
 
 
 def add_tts_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,6 +31,12 @@ def add_tts_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads for the TTS model")
     parser.add_argument("--decoder", choices=("hidden", "dvae"), default="hidden", help="mel decoder path")
     parser.add_argument("--verify", action="store_true", help="check the files against the official sha256")
+    parser.add_argument(
+        "--max-seconds",
+        type=float,
+        default=None,
+        help="longest audio per sentence (default: the model's 43.7 s)",
+    )
 
 
 def load_tts(args: argparse.Namespace) -> ChatTts:
@@ -38,6 +47,11 @@ def load_tts(args: argparse.Namespace) -> ChatTts:
         device=args.device, dtype=args.dtype, quantize="int8" if args.int8 else None, threads=args.threads
     )
     options = ChatTtsOptions(model=model, decoder=args.decoder, verify_sha256=args.verify)
+    if getattr(args, "max_seconds", None) is not None:
+        if args.max_seconds <= 0:
+            raise UserError("--max-seconds must be positive")
+        steps = max(1, math.ceil(args.max_seconds * STEPS_PER_SECOND))
+        options.sampling = replace(options.sampling, max_new_tokens=steps)
     return ChatTts.from_pretrained(args.model, options)
 
 

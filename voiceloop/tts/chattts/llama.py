@@ -28,11 +28,12 @@ class _Layer(nn.Module):
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """Llama's RMSNorm: statistics in float32, scale applied in the input dtype."""
-    dtype = x.dtype
+    """Llama's RMSNorm: statistics in float32, scale applied in the input dtype (one fused op for fp32)."""
+    if x.dtype == torch.float32:
+        return F.rms_norm(x, weight.shape, weight, eps)
     x32 = x.float()
     x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
-    return weight * x32.to(dtype)
+    return weight * x32.to(x.dtype)
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -139,8 +140,9 @@ class LeanLlama(nn.Module):
         x = embeds
         for index, layer in enumerate(self.layers):
             h = rms_norm(x, layer.norm_in, self.eps)
-            q, k, v = layer.qkv(h).view(batch, steps, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
-            q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
+            qkv = layer.qkv(h).view(batch, steps, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+            q, k = _rotate(qkv[:2], cos, sin)  # q and k rotated together: half the small ops
+            v = qkv[2]
             key_store, value_store = cache.keys[index], cache.values[index]
             key_store[:, :, start:end] = k
             value_store[:, :, start:end] = v

@@ -41,19 +41,26 @@ class StreamDecodeOptions:
         first_chunk: steps in the first piece; it is decoded once ``first_chunk + lookahead`` steps
             are in, so TTFA ≈ (first_chunk + lookahead) GPT steps + one window decode.
         chunk: steps per later piece (bigger = fewer windows, less redundant context work).
+        grow: later pieces double from ``first_chunk`` up to ``chunk`` (4, 8, 16, 32, 32, …). A
+            player starts on a short first piece; the next piece must be generated before that one
+            has played, which a full-size second piece never is. Doubling keeps that true whenever
+            generation runs faster than real time, while the steady state stays cheap.
         lookahead: steps of right context decoded but not yet emitted (the latency/quality knob).
         left_context: steps of already-emitted context re-decoded in front of each window.
         crossfade: samples (0..256) held back at the end of each piece and blended linearly into the
             next window's version of them; a no-op when both versions agree (exact context).
     """
 
-    first_chunk: int = 8
-    chunk: int = 24
+    first_chunk: int = 4
+    chunk: int = 32
     lookahead: int = 8
     left_context: int = 16
     crossfade: int = 256
+    grow: bool = True
 
     def __post_init__(self) -> None:
+        if not isinstance(self.grow, bool):
+            raise StreamDecodeError(f"grow must be a bool, got {self.grow!r}")
         for name in ("first_chunk", "chunk", "lookahead", "left_context", "crossfade"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -89,6 +96,7 @@ class StreamingDecoder:
         self._base = 0
         self._steps = 0
         self._next = self.options.first_chunk  # step boundary of the next piece
+        self._pieces = 0  # pieces scheduled so far (for the growing schedule)
         self._done = 0  # samples emitted
         self._pending = np.zeros(0, np.float32)  # held samples [done, done + len)
         self._finished = False
@@ -121,10 +129,18 @@ class StreamingDecoder:
         lookahead = self.options.lookahead
         while self._steps >= self._next + lookahead:
             piece = self._emit(self._next, self._next + lookahead, final=False)
-            self._next += self.options.chunk
+            self._pieces += 1
+            self._next += self.next_chunk()
             if piece.size:
                 pieces.append(piece)
         return pieces
+
+    def next_chunk(self) -> int:
+        """Size in steps of the piece after the ones scheduled so far."""
+        opts = self.options
+        if not opts.grow:
+            return opts.chunk
+        return min(opts.chunk, max(opts.first_chunk, opts.first_chunk << min(self._pieces, 30)))
 
     def finish(self) -> np.ndarray:
         """Flush the rest of the utterance (no lookahead needed: the true end is known)."""
