@@ -146,3 +146,28 @@ def test_refine_keeps_only_tokens_below_break_0(gpt):
 def test_bad_sampling_options_are_rejected(kwargs):
     with pytest.raises(ValueError):
         SamplingOptions(**kwargs)
+
+
+def test_sha256_verification_names_files_that_are_not_the_official_ones(chattts_root):
+    from voiceloop.tts.chattts.assets import official_hashes, verify
+
+    assert len(official_hashes()) == 9
+    with pytest.raises(AssetError, match=r"sha256 mismatch.*asset/Vocos\.safetensors"):
+        verify(chattts_root)
+
+
+def test_unreachable_hub_id_says_how_to_use_a_local_directory(monkeypatch):
+    from voiceloop.tts.chattts.assets import AssetsNotAvailable, resolve_root
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(AssetsNotAvailable, match=r"offline mode.*hf download 2Noise/ChatTTS --local-dir DIR"):
+        resolve_root("someone/not-cached-chattts")
+
+
+def test_incomplete_local_directory_lists_what_is_missing(chattts_root, tmp_path):
+    from voiceloop.tts.chattts.assets import AssetsNotAvailable, resolve_root
+
+    root = _copy(chattts_root, tmp_path)
+    (root / "asset" / "Decoder.safetensors").unlink()
+    with pytest.raises(AssetsNotAvailable, match=r"lacks asset/Decoder\.safetensors"):
+        resolve_root(str(root))
