@@ -202,3 +202,24 @@ def test_barge_in_during_speech_only_spares_a_reply_still_being_generated() -> N
         assert turn1.interrupted is interrupted, during
     with pytest.raises(ValueError, match="during must be"):
         BargeInOptions(during="always")
+
+
+def test_barge_in_min_speech_ignores_short_backchannels_and_cuts_long_speech() -> None:
+    tts = FakeTts(first_delay=0.05, chunk_delay=0.0, seconds_per_char=0.05)
+    # the reply plays from ~1.45 s for ~5 s; at 3.0 s the user says something short (0.4 s), at 4.5 s long
+    pipeline, events, _, _ = build(
+        lambda t: "a long reply. " * 8,
+        [(0.4, 1.0), (3.0, 3.4), (4.5, 5.5)],
+        12.0,
+        texts=["a", "b", "c"],
+        tts=tts,
+    )
+    pipeline.barge_in = BargeInOptions(min_speech_ms=600)
+    run(pipeline.run(), clock="virtual")
+    interruptions = [e for e in events if isinstance(e, Interruption)]
+    assert len(interruptions) == 1
+    # cut 600 ms after the long utterance's first voiced audio (the VAD backdates it to 4.5 s)
+    origin = pipeline.metrics.finished[0].speech_start - 0.4
+    assert interruptions[0].time - origin == pytest.approx(4.5 + 0.6, abs=0.03)
+    with pytest.raises(ValueError):
+        BargeInOptions(min_speech_ms=-1)

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from .clock import now
-from .frames import EndOfStream, Frame, Interruption, SpeechStarted, TurnMetrics
+from .frames import EndOfStream, Frame, Interruption, SpeechEnded, SpeechStarted, TurnMetrics
 from .timeline import Metrics
 
 log = logging.getLogger("voiceloop")
@@ -171,6 +171,10 @@ class Stage:
         """Whether this stage is playing bot audio right now (output stages)."""
         return False
 
+    def user_voiced_until(self) -> float | None:
+        """Capture time up to which the current user utterance is voiced (VAD stages), else None."""
+        return None
+
     async def produce(self) -> None:
         """Sources only (stages without an inbox): emit frames, then ``EndOfStream``."""
         raise NotImplementedError(f"{self.name} has no inbox and no produce()")
@@ -233,10 +237,16 @@ class BargeInOptions:
     #: "reply": user speech cuts the bot from the moment its reply is being generated (a stale
     #: answer is never spoken over a user who kept talking); "speech": only while audio plays.
     during: str = "reply"
+    #: User speech needed before it interrupts, counted from its first voiced audio. 0: as soon as the
+    #: VAD decides speech started (its trigger already needs 200 ms voiced); more ignores short
+    #: backchannels ("嗯", "uh-huh") at the cost of a later cut.
+    min_speech_ms: int = 0
 
     def __post_init__(self) -> None:
         if self.during not in ("reply", "speech"):
             raise ValueError(f"BargeInOptions.during must be 'reply' or 'speech', got {self.during!r}")
+        if type(self.min_speech_ms) is not int or self.min_speech_ms < 0:
+            raise ValueError(f"BargeInOptions.min_speech_ms must be an int >= 0, got {self.min_speech_ms!r}")
 
 
 class Pipeline:
@@ -259,6 +269,8 @@ class Pipeline:
         self._observers: list[Observer] = []
         #: the user turn whose reply is being generated or played (None when the bot is idle)
         self.reply_turn: int | None = None
+        self._speaking: int | None = None  # the user turn whose speech is ongoing
+        self._pending_barge: asyncio.TimerHandle | None = None
         self._done: asyncio.Future[None] | None = None
         self._running = False
         self.queues: list[Channel] = []
@@ -278,8 +290,15 @@ class Pipeline:
         self._observers.append(observer)
 
     def _observe(self, frame: Frame, source: Stage | None) -> None:
-        if frame.__class__ is SpeechStarted and self._should_interrupt(frame):  # type: ignore[arg-type]
-            self.interrupt(reason="user_speech")
+        if frame.__class__ is SpeechStarted:
+            self._speaking = frame.turn_id  # type: ignore[attr-defined]
+            if self._should_interrupt(frame):  # type: ignore[arg-type]
+                self._barge_in(frame)  # type: ignore[arg-type]
+        elif frame.__class__ is SpeechEnded:
+            self._speaking = None
+            if self._pending_barge is not None:
+                self._pending_barge.cancel()
+                self._pending_barge = None
         for observer in self._observers:
             try:
                 observer(frame)
@@ -309,6 +328,27 @@ class Pipeline:
         if not (self.bot_speaking() if options.during == "speech" else self.bot_active()):
             return False
         return options.allow is None or options.allow(started)
+
+    def _barge_in(self, started: SpeechStarted) -> None:
+        """Interrupt now, or once the speech has lasted ``min_speech_ms`` (if it is still going)."""
+        delay = started.speech_time + self.barge_in.min_speech_ms / 1000 - now()
+        if delay <= 0:
+            self.interrupt(reason="user_speech")
+            return
+
+        threshold = started.speech_time + self.barge_in.min_speech_ms / 1000
+
+        def check() -> None:
+            self._pending_barge = None
+            voiced = [t for stage in self.stages if (t := stage.user_voiced_until()) is not None]
+            # still talking: voiced audio reaches the threshold (100 ms slack for frames in flight)
+            talking = bool(voiced) and max(voiced) >= threshold - 0.1
+            if self._speaking == started.turn_id and talking and self._should_interrupt(started):
+                self.interrupt(reason="user_speech")
+
+        if self._pending_barge is not None:
+            self._pending_barge.cancel()
+        self._pending_barge = asyncio.get_running_loop().call_later(delay, check)
 
     def interrupt(self, reason: str = "user_speech") -> Interruption:
         """Cut the bot off: cancel, drop queued bot output, flush the sink, truncate history."""

@@ -201,6 +201,12 @@ class Endpointer:
         self._last_voiced: AudioFrame | None = None
         self._tail.clear()  # the utterance's latest frames, for _trim_tail
 
+    @property
+    def voiced_until(self) -> float | None:
+        """End (capture time) of the current utterance's latest voiced frame; None between utterances."""
+        last = self._last_voiced
+        return None if not self._turn or last is None else last.capture_time + FRAME_MS / 1000
+
     def process(self, frame: AudioFrame) -> list[Frame]:
         """Feed one frame; returns the frames to forward downstream (often none)."""
         samples, rate = frame.samples, frame.sample_rate
@@ -359,6 +365,9 @@ class VadStage(Stage):
     def __init__(self, options: VadOptions | None = None, detector: VoiceDetector | None = None) -> None:
         super().__init__()
         self.endpointer = Endpointer(options, detector)
+
+    def user_voiced_until(self) -> float | None:
+        return self.endpointer.voiced_until
 
     async def process(self, frame: Frame) -> None:
         if isinstance(frame, AudioFrame):
