@@ -219,7 +219,8 @@ def test_barge_in_min_speech_ignores_short_backchannels_and_cuts_long_speech() -
     interruptions = [e for e in events if isinstance(e, Interruption)]
     assert len(interruptions) == 1
     # cut 600 ms after the long utterance's first voiced audio (the VAD backdates it to 4.5 s)
-    origin = pipeline.metrics.finished[0].speech_start - 0.4
+    first = next(t for t in pipeline.metrics.finished if t.turn_id == 1)
+    origin = first.speech_start - 0.4
     assert interruptions[0].time - origin == pytest.approx(4.5 + 0.6, abs=0.03)
     with pytest.raises(ValueError):
         BargeInOptions(min_speech_ms=-1)
