@@ -13,7 +13,7 @@ from fakes import FakeAsr, FakeTts, ScriptedVoice, frames_of
 from voiceloop.asr import AsrStage
 from voiceloop.clock import run
 from voiceloop.dialogue import DialogueOptions, DialogueStage
-from voiceloop.frames import Frame, Interruption, ReplyText, TurnError, TurnMetrics
+from voiceloop.frames import Frame, Interruption, ReplyText, SpeechStarted, TurnError, TurnMetrics
 from voiceloop.io import FileSource, OutputStage, PacedSink, WavSink, read_audio
 from voiceloop.pipeline import BargeInOptions, Pipeline
 from voiceloop.timeline import Metrics
@@ -219,8 +219,8 @@ def test_barge_in_min_speech_ignores_short_backchannels_and_cuts_long_speech() -
     interruptions = [e for e in events if isinstance(e, Interruption)]
     assert len(interruptions) == 1
     # cut 600 ms after the long utterance's first voiced audio (the VAD backdates it to 4.5 s)
-    first = next(t for t in pipeline.metrics.finished if t.turn_id == 1)
-    origin = first.speech_start - 0.4
+    first = next(e for e in events if isinstance(e, SpeechStarted))
+    origin = first.speech_time - 0.4
     assert interruptions[0].time - origin == pytest.approx(4.5 + 0.6, abs=0.03)
     with pytest.raises(ValueError):
         BargeInOptions(min_speech_ms=-1)
