@@ -104,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .tts.cli import add_parsers as add_tts_parsers
 
     add_tts_parsers(sub)
+    from .app_cli import add_parsers as add_loop_parsers
+
+    add_loop_parsers(sub)
     return parser
 
 

@@ -1,0 +1,158 @@
+"""The conversation loop assembled: engines, the user's handler, and the stage line for files or devices.
+
+``voiceloop run`` and ``voiceloop chat`` (and library users who want the whole thing) build the same
+pipeline: ``source → [echo] → vad → asr → dialogue → tts → output``. Only the two ends differ — a
+file and a time-aligned WAV recorder, or the microphone and the speaker.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .asr.base import DEFAULT_MODEL as DEFAULT_ASR
+from .dialogue import DialogueOptions, DialogueStage, echo
+from .errors import UserError
+from .pipeline import BargeInOptions, Pipeline, Stage
+from .timeline import Metrics
+from .vad import VadOptions, VadStage
+
+DEFAULT_TTS = "2Noise/ChatTTS"
+PRECISIONS = ("auto", "fp32", "int8", "bf16", "fp16")
+
+
+@dataclass
+class LoopOptions:
+    """Everything a conversation loop is built from; defaults are the real models from the hub."""
+
+    asr: str = DEFAULT_ASR  # hub id or local directory
+    asr_backend: str = "torch"  # torch | onnx
+    tts: str = DEFAULT_TTS
+    voice: str | None = None  # seed:N | name | speaker string | file; None: one random voice per session
+    precision: str = "auto"  # auto: int8 on CPU (the only way near real time there), fp16 on CUDA
+    device: str = "auto"
+    asr_threads: int | None = 1  # ASR and TTS share the cores: ASR windows are small, TTS steps are not
+    tts_threads: int | None = None  # None: torch's default (all cores)
+    vad: VadOptions = field(default_factory=VadOptions)
+    barge_in: BargeInOptions = field(default_factory=BargeInOptions)
+    dialogue: DialogueOptions = field(default_factory=DialogueOptions)
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.asr_backend not in ("torch", "onnx"):
+            raise ValueError(f"asr_backend must be torch or onnx, got {self.asr_backend!r}")
+
+
+def model_options(device: str, precision: str, threads: int | None):
+    """The ``ModelOptions`` for a precision choice (auto → int8 on CPU, fp16 on CUDA, fp32 on MPS)."""
+    from .asr.model import ModelOptions
+
+    base = ModelOptions(device=device, threads=threads)
+    resolved = base.resolve_device().type
+    if precision == "auto":
+        precision = {"cpu": "int8", "cuda": "fp16"}.get(resolved, "fp32")
+    if precision == "int8":
+        return ModelOptions(device="cpu", quantize="int8", threads=threads)
+    return ModelOptions(device=device, dtype=precision, threads=threads)
+
+
+@dataclass
+class Engines:
+    """The loaded models: load once, share across every pipeline (sessions) of the process."""
+
+    asr: Any
+    tts: Any
+
+    def close(self) -> None:
+        for engine in (self.asr, self.tts):
+            lane = getattr(engine, "lane", None)
+            if lane is not None:
+                lane.close()
+
+
+def load_engines(options: LoopOptions) -> Engines:
+    """Load ASR and TTS (hub ids download with progress bars; offline → a message naming local dirs)."""
+    from .asr.streaming import Wav2Vec2Engine
+    from .tts.chattts.engine import ChatTts, ChatTtsOptions
+
+    if options.asr_backend == "onnx":
+        from .asr.onnx import OnnxCheckpoint
+
+        checkpoint = OnnxCheckpoint.from_directory(options.asr, threads=options.asr_threads)
+        asr = Wav2Vec2Engine(checkpoint)
+    else:
+        asr_model = model_options(options.device, options.precision, options.asr_threads)
+        asr = Wav2Vec2Engine.from_pretrained(options.asr, asr_model)
+    tts_model = model_options(options.device, options.precision, options.tts_threads)
+    tts = ChatTts.from_pretrained(options.tts, ChatTtsOptions(model=tts_model))
+    if options.voice is not None:
+        tts.speaker(options.voice)  # fail now, not at the first reply
+    return Engines(asr, tts)
+
+
+def load_handler(spec: str | None) -> Callable[..., Any]:
+    """``module:function`` or ``path/to/file.py:function`` → the callable; None → echo."""
+    if spec is None or spec == "echo":
+        return echo
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise UserError(f"--handler must look like module:function or file.py:function, got {spec!r}")
+    try:
+        if module_name.endswith(".py") or "/" in module_name:
+            path = Path(module_name).expanduser()
+            if not path.is_file():
+                raise UserError(f"handler file {str(path)!r} does not exist")
+            module_spec = importlib.util.spec_from_file_location(f"voiceloop_handler_{path.stem}", path)
+            assert module_spec is not None and module_spec.loader is not None
+            module = importlib.util.module_from_spec(module_spec)
+            sys.modules[module_spec.name] = module
+            module_spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(module_name)
+    except UserError:
+        raise
+    except Exception as exc:  # the user's module failed to import: say which and why, one line
+        raise UserError(f"cannot import handler module {module_name!r}: {type(exc).__name__}: {exc}") from exc
+    target: Any = module
+    for part in attr.split("."):
+        if not hasattr(target, part):
+            raise UserError(f"{module_name!r} has no attribute {attr!r}")
+        target = getattr(target, part)
+    if inspect.isclass(target):
+        target = target()  # a handler class with __call__: instantiate once per process
+    if not callable(target):
+        raise UserError(f"handler {spec!r} is not callable")
+    return target
+
+
+def build_pipeline(
+    source: Stage,
+    sink: Any,
+    engines: Engines,
+    handler: Callable[..., Any],
+    options: LoopOptions,
+    *,
+    metrics: Metrics | None = None,
+    before_vad: list[Stage] | None = None,
+) -> Pipeline:
+    """``source → [before_vad…] → vad → asr → dialogue → tts → output(sink)``."""
+    from .asr import AsrStage
+    from .io.output import OutputStage
+    from .tts import TtsStage
+
+    stages: list[Stage] = [source, *(before_vad or [])]
+    stages += [
+        VadStage(options.vad),
+        AsrStage(engines.asr),
+        DialogueStage(handler, options=options.dialogue),
+        TtsStage(engines.tts, voice=options.voice),
+        OutputStage(sink),
+    ]
+    return Pipeline(stages, metrics=metrics, barge_in=options.barge_in)

@@ -1,0 +1,152 @@
+"""``voiceloop run`` (files), ``voiceloop chat`` (desktop devices) and ``voiceloop devices``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from .errors import UserError
+
+STEPS_PER_SECOND = 46.875
+
+
+def add_loop_arguments(parser: argparse.ArgumentParser) -> None:
+    from .app import DEFAULT_ASR, DEFAULT_TTS, PRECISIONS
+
+    parser.add_argument("--handler", help="module:function or file.py:function (default: echo)")
+    parser.add_argument(
+        "--asr", default=DEFAULT_ASR, help="ASR hub id or local directory (default: %(default)s)"
+    )
+    parser.add_argument("--asr-backend", choices=("torch", "onnx"), default="torch")
+    parser.add_argument(
+        "--tts", default=DEFAULT_TTS, help="ChatTTS hub id or local directory (default: %(default)s)"
+    )
+    parser.add_argument("--voice", help="seed:N | a saved voice name | a speaker string | a file holding one")
+    parser.add_argument(
+        "--precision", choices=PRECISIONS, default="auto", help="auto: int8 on CPU, fp16 on CUDA (default)"
+    )
+    parser.add_argument("--device", default="auto", help="compute device: auto | cpu | cuda | mps")
+    parser.add_argument("--tts-threads", type=int, default=None, help="torch threads for TTS (default: all)")
+    parser.add_argument("--asr-threads", type=int, default=1, help="torch threads for ASR (default: 1)")
+    parser.add_argument(
+        "--tts-max-seconds", type=float, default=None, help="longest audio per reply sentence"
+    )
+    parser.add_argument("--no-barge-in", action="store_true", help="the bot always finishes its reply")
+    parser.add_argument(
+        "--barge-in-ms", type=int, default=None, help="user speech needed to interrupt the bot"
+    )
+    parser.add_argument("--metrics-out", metavar="M.jsonl", help="per-turn latency timelines as JSON lines")
+    view = parser.add_mutually_exclusive_group()
+    view.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    view.add_argument("--json", action="store_true", help="one JSON object per event on stdout")
+
+
+def loop_options(args: argparse.Namespace):
+    from .app import LoopOptions
+    from .pipeline import BargeInOptions
+
+    barge = BargeInOptions(enabled=not args.no_barge_in)
+    if args.barge_in_ms is not None:
+        if args.barge_in_ms < 0:
+            raise UserError("--barge-in-ms must be >= 0")
+        barge = replace(barge, min_speech_ms=args.barge_in_ms)
+    return LoopOptions(
+        asr=args.asr,
+        asr_backend=args.asr_backend,
+        tts=args.tts,
+        voice=args.voice,
+        precision=args.precision,
+        device=args.device,
+        asr_threads=args.asr_threads,
+        tts_threads=args.tts_threads,
+        barge_in=barge,
+    )
+
+
+def _engines(args: argparse.Namespace, options):
+    from .app import load_engines
+
+    engines = load_engines(options)
+    if args.tts_max_seconds is not None:
+        if args.tts_max_seconds <= 0:
+            raise UserError("--tts-max-seconds must be positive")
+        tts = engines.tts
+        steps = max(1, math.ceil(args.tts_max_seconds * STEPS_PER_SECOND))
+        tts.options.sampling = replace(tts.options.sampling, max_new_tokens=steps)
+    return engines
+
+
+def _view(args: argparse.Namespace):
+    from .io.console import make_view
+
+    return make_view("json" if args.json else "quiet" if args.quiet else "live")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """The whole loop on a file: a time-aligned recording of the bot side + the latency timeline."""
+    from .app import build_pipeline, load_handler
+    from .clock import run
+    from .io.files import FileSource, WavSink
+    from .timeline import Metrics
+
+    if not Path(args.input).is_file():
+        raise UserError(f"input file {args.input!r} does not exist")
+    options = loop_options(args)
+    handler = load_handler(args.handler)
+    # Trailing silence lets the last utterance reach its end of speech and its reply play out.
+    # Paced like a microphone; without --realtime the clock skips idle waits (compute still takes
+    # real time, so the latencies stay honest) and a file runs faster than it lasts.
+    source = FileSource(args.input, pace=True, tail_silence_s=args.tail_s)
+    engines = _engines(args, options)
+    metrics = Metrics.to_file(args.metrics_out) if args.metrics_out else Metrics()
+    sink = WavSink(args.output, engines.tts.sample_rate)
+    pipeline = build_pipeline(source, sink, engines, handler, options, metrics=metrics)
+    view = _view(args)
+    view.attach(pipeline)
+    try:
+        with view:
+            run(pipeline.run(), clock="real" if args.realtime else "fast")
+    finally:
+        summary = metrics.close()
+        engines.close()
+    if args.json:
+        print(json.dumps({"type": "summary", **summary}, ensure_ascii=False), flush=True)
+    elif not args.quiet:
+        v2v = summary.get("durations", {}).get("voice_to_voice")
+        turns = summary.get("turns", len(metrics.finished))
+        latency = f", voice-to-voice p50 {v2v['p50']:.3f} s" if v2v else ""
+        print(f"wrote {args.output}: {turns} turn(s){latency}", file=sys.stderr)
+    return 0
+
+
+def cmd_devices(args: argparse.Namespace) -> int:
+    from .io.devices import list_devices
+
+    devices = list_devices()
+    if args.json:
+        print(json.dumps([d.__dict__ for d in devices], indent=2))
+        return 0
+    for d in devices:
+        marks = ("<" if d.is_default_in else " ") + (">" if d.is_default_out else " ")
+        print(f"{marks} {d.index:3d} {d.name}  ({d.inputs} in, {d.outputs} out, {d.default_rate:.0f} Hz)")
+    return 0
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    run = sub.add_parser("run", help="the whole conversation loop on an audio file")
+    run.add_argument("--input", required=True, help="user side audio (WAV/FLAC/OGG, any rate/channels)")
+    run.add_argument("--output", required=True, help="time-aligned recording of the bot side (WAV)")
+    run.add_argument(
+        "--realtime", action="store_true", help="feed the file at real-time pace on the real clock"
+    )
+    run.add_argument("--tail-s", type=float, default=3.0, help="silence appended to the input (default: 3)")
+    add_loop_arguments(run)
+    run.set_defaults(func=cmd_run)
+
+    devices = sub.add_parser("devices", help="list audio input/output devices")
+    devices.add_argument("--json", action="store_true")
+    devices.set_defaults(func=cmd_devices)
