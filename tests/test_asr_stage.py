@@ -17,6 +17,7 @@ from voiceloop.vad import VadStage
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
+
 def test_vad_gated_streaming_asr_emits_partials_and_finals_in_stream_time(tmp_path) -> None:
     clips = [espeak("今天天气很好，我们去公园散步吧。"), espeak("你好，我的朋友。")]
     signal, bounds = mix_scene(clips, [0.8, 1.5, 1.5], snr_db=25, seed=1)
@@ -49,3 +50,47 @@ def test_vad_gated_streaming_asr_emits_partials_and_finals_in_stream_time(tmp_pa
     first = pipeline.metrics.turns[1]
     assert first.first_partial is not None and first.first_partial < first.final_transcript
     assert first.transcript == finals[0].text
+
+
+def test_final_computed_during_the_hangover_equals_the_final_after_it(monkeypatch) -> None:
+    """SpeechPaused starts the final pass on a copy of the stream; the result is the same transcript."""
+    from pathlib import Path
+
+    from voiceloop.asr.streaming import Wav2Vec2Session
+    from voiceloop.vad import VadOptions
+
+    fixture = Path(__file__).parent / "fixtures" / "tiny-zh-asr"
+    clips = [espeak("今天天气很好", voice="cmn-latn-pinyin"), espeak("明天下雨", voice="cmn-latn-pinyin")]
+    signal, _ = mix_scene(clips, [0.8, 1.5, 1.5], snr_db=30, seed=2)
+    engine = Wav2Vec2Engine.from_pretrained(str(fixture))
+
+    def finals(options: VadOptions) -> list[FinalTranscript]:
+        events: list[Frame] = []
+        pipeline = Pipeline(
+            [
+                FileSource(signal, sample_rate=16_000, pace=False),
+                VadStage(options),
+                AsrStage(engine),
+                Collect(),
+            ]
+        )
+        pipeline.add_observer(events.append)
+        run(pipeline.run(), clock="fast")
+        return [e for e in events if isinstance(e, FinalTranscript)]
+
+    after = finals(VadOptions(pause_hint_ms=0))
+    calls = []
+    original = Wav2Vec2Session.finalize
+
+    async def counting(self):
+        calls.append(1)
+        return await original(self)
+
+    monkeypatch.setattr(Wav2Vec2Session, "finalize", counting)
+    during = finals(VadOptions())
+    engine.lane.close()
+    assert calls == [], "every final came from the speculative pass"
+    assert [f.text for f in during] == [f.text for f in after] == ["今天天气很好", "明天下雨"]
+    for a, b in zip(during, after, strict=True):
+        assert [c.char for c in a.chars] == [c.char for c in b.chars]
+        assert [round(c.start, 2) for c in a.chars] == [round(c.start, 2) for c in b.chars]

@@ -7,7 +7,15 @@ import numpy as np
 import pytest
 from speech import espeak, mix_scene
 
-from voiceloop.frames import FRAME_SAMPLES, INPUT_RATE, AudioFrame, Frame, SpeechEnded, SpeechStarted
+from voiceloop.frames import (
+    FRAME_SAMPLES,
+    INPUT_RATE,
+    AudioFrame,
+    Frame,
+    SpeechEnded,
+    SpeechPaused,
+    SpeechStarted,
+)
 from voiceloop.vad import Endpointer, Segment, VadOptions, WebRtcVad, detect_segments, segments_from_events
 
 T0 = 1000.0  # capture times are offset from stream times so the two cannot be confused
@@ -47,7 +55,8 @@ def feed(ep: Endpointer, frames: list[AudioFrame]) -> list[Frame]:
 
 
 def events(out: list[Frame]) -> list[Frame]:
-    return [f for f in out if not isinstance(f, AudioFrame)]
+    """Start/end decisions (pause hints are checked on their own)."""
+    return [f for f in out if not isinstance(f, AudioFrame | SpeechPaused)]
 
 
 # --- WebRtcVad and options -------------------------------------------------------------------
@@ -123,6 +132,12 @@ def test_state_machine_timing_pre_roll_and_forwarding_exact() -> None:
     assert out[1:] == frames[10:30]  # pre-roll from 200 ms before the first voiced frame, unmodified
     assert all(a is b for a, b in zip(out[1:], frames[10:30], strict=True))
     out = feed(ep, frames[30:52])
+    (paused,) = [f for f in out if isinstance(f, SpeechPaused)]  # 100 ms into the silence
+    assert out.index(paused) == 10 and out[:10] == frames[30:40]
+    assert paused.speech_time == pytest.approx(T0 + 35 * 0.02) and paused.time == pytest.approx(
+        T0 + 40 * 0.02
+    )
+    out.remove(paused)
     assert out == frames[30:52] and ep.in_speech  # hangover audio is forwarded
     out = ep.process(frames[52])  # 18th non-voiced frame after the last voiced one (seq 34)
     assert out[0] is frames[52]
@@ -214,7 +229,7 @@ def test_finds_the_utterances_of_a_noisy_scene(scene) -> None:
     for i, s in enumerate(starts):
         k = out.index(s)
         j = out.index(ends[i])
-        audio = out[k + 1 : j]
+        audio = [f for f in out[k + 1 : j] if not isinstance(f, SpeechPaused)]
         assert all(isinstance(f, AudioFrame) for f in audio)
         first_voiced = round(s.stream_start / 0.02)
         assert audio[0].seq == first_voiced - 10  # the full 200 ms pre-roll

@@ -75,6 +75,20 @@ class SpeechStarted(Frame):
 
 
 @dataclass(slots=True)
+class SpeechPaused(Frame):
+    """A hint: the user has been silent for ``pause_hint_ms`` inside an utterance.
+
+    The end of speech is likely but not yet declared (the VAD's hangover is still running). The
+    ASR starts computing the final transcript now, so it is ready when SpeechEnded arrives; if
+    speech resumes, a later pause replaces this one. ``speech_time``: end of the last voiced audio.
+    """
+
+    turn_id: int
+    speech_time: float
+    time: float
+
+
+@dataclass(slots=True)
 class SpeechEnded(Frame):
     """The VAD decided the utterance is over.
 

@@ -24,6 +24,7 @@ from voiceloop.frames import (
     AudioFrame,
     Frame,
     SpeechEnded,
+    SpeechPaused,
     SpeechStarted,
 )
 from voiceloop.pipeline import Stage
@@ -114,6 +115,9 @@ class VadOptions:
     #: Hangover: this much continuous non-voiced audio ends the utterance; it adds 1:1 to
     #: voice-to-voice latency.
     end_silence_ms: int = 360
+    #: Silence after which a SpeechPaused hint goes downstream (0: never), so the ASR can start its
+    #: final pass during the hangover instead of after it. Must be shorter than end_silence_ms.
+    pause_hint_ms: int = 100
     #: Audio before the first voiced frame forwarded with the utterance: the first voiced frame
     #: was <= 100 ms after the true start in every case; +100 ms for real soft onsets (h, s, x).
     pre_roll_ms: int = 200
@@ -142,6 +146,8 @@ class VadOptions:
                 raise ValueError(f"{name} must be > 0")
         if self.start_voiced_ms > self.start_window_ms:
             raise ValueError("start_voiced_ms cannot exceed start_window_ms")
+        if self.pause_hint_ms >= self.end_silence_ms:
+            raise ValueError("pause_hint_ms must be shorter than end_silence_ms (or 0 to disable)")
         if self.max_utterance_ms is not None:
             m = self.max_utterance_ms
             if not isinstance(m, int) or isinstance(m, bool) or m <= 0:
@@ -169,6 +175,7 @@ class Endpointer:
         self._need = o.start_voiced_ms // FRAME_MS
         self._pre = o.pre_roll_ms // FRAME_MS
         self._end_frames = o.end_silence_ms // FRAME_MS
+        self._pause_frames = o.pause_hint_ms // FRAME_MS
         self._min_voiced = o.min_speech_ms // FRAME_MS
         self._max_frames = o.max_utterance_ms // FRAME_MS if o.max_utterance_ms else 0
         self._history: deque[tuple[AudioFrame, bool]] = deque(maxlen=self._pre + self._window)
@@ -266,6 +273,9 @@ class Endpointer:
             return [frame, self._end(end, "silence")]
         if self._max_frames and self._length >= self._max_frames:
             return [frame, self._end(end, "max_length")]
+        if self._pause_frames and self._silence_run == self._pause_frames and self._last_voiced is not None:
+            voiced_end = self._last_voiced.capture_time + FRAME_MS / 1000
+            return [frame, SpeechPaused(turn_id=self._turn, speech_time=voiced_end, time=end)]
         return [frame]
 
     def _trim_tail(self) -> tuple[AudioFrame, int]:

@@ -8,6 +8,7 @@ event loop — engines use a :class:`voiceloop.compute.ComputeLane`.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Awaitable
 
 import numpy as np
 
@@ -47,12 +48,24 @@ class AsrSession(ABC):
     async def finalize(self) -> FinalTranscript:
         """End of utterance: decode what is left and return the final transcript, then reset."""
 
+    def finalize_preview(self) -> Awaitable[FinalTranscript | None]:
+        """The final transcript of the audio so far, without ending the utterance (None: unsupported).
+
+        Called on a SpeechPaused hint, so the final is ready when the end of speech is declared.
+        Implementations capture the stream state before returning: the stream goes on meanwhile.
+        """
+        return _unsupported()
+
     @abstractmethod
     def reset(self) -> None:
         """Forget the current utterance (also used for discarded, too-short speech)."""
 
     async def aclose(self) -> None:
         """Release per-session resources."""
+
+
+async def _unsupported() -> None:
+    return None
 
 
 class AsrEngine(ABC):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from ..clock import now
 from ..frames import (
     AudioFrame,
@@ -10,6 +12,7 @@ from ..frames import (
     Frame,
     PartialTranscript,
     SpeechEnded,
+    SpeechPaused,
     SpeechStarted,
 )
 from ..pipeline import Stage
@@ -19,8 +22,10 @@ from .base import AsrEngine, AsrSession
 class AsrStage(Stage):
     """Feeds utterance audio to a streaming session; emits partial and final transcripts.
 
-    Consumes audio and speech start/end; passes on other frames. Engines report times from the
-    start of the utterance audio they were fed; the stage shifts them to stream time.
+    Consumes audio and speech start/pause/end; passes on other frames. A SpeechPaused hint starts
+    the final pass early (on a copy of the stream), so the hangover and the final overlap. Engines
+    report times from the start of the utterance audio they were fed; the stage shifts them to
+    stream time.
     """
 
     name = "asr"
@@ -31,6 +36,8 @@ class AsrStage(Stage):
         self.session: AsrSession | None = None
         self.turn_id: int | None = None
         self.offset: float | None = None  # stream time of the utterance's first fed sample
+        #: final transcript computed speculatively at the latest SpeechPaused of this utterance
+        self._speculative: asyncio.Future | None = None
 
     async def start(self) -> None:
         self.session = self.engine.session()
@@ -50,14 +57,27 @@ class AsrStage(Stage):
                 self.metrics.stamp(self.turn_id, "first_partial", now())
                 await self.emit(partial)
         elif isinstance(frame, SpeechStarted):
+            self._drop_speculation()
             session.reset()
             self.turn_id, self.offset = frame.turn_id, None
+        elif isinstance(frame, SpeechPaused):
+            if frame.turn_id == self.turn_id:
+                self._drop_speculation()  # speech resumed since the last pause: that one is stale
+                self._speculative = asyncio.ensure_future(session.finalize_preview())
         elif isinstance(frame, SpeechEnded):
             turn_id, offset, self.turn_id, self.offset = frame.turn_id, self.offset or 0.0, None, None
+            speculative, self._speculative = self._speculative, None
             if frame.discarded:
+                _cancel(speculative)
                 session.reset()
                 return
-            final = await session.finalize()
+            # After a silence endpoint the last pause hint covers all the speech: its final is exact.
+            final = await speculative if speculative is not None and frame.reason == "silence" else None
+            if final is None:
+                _cancel(speculative)
+                final = await session.finalize()
+            else:
+                session.reset()
             _shift(final, offset)
             final.turn_id = turn_id
             self.metrics.stamp(turn_id, "final_transcript", now())
@@ -66,6 +86,10 @@ class AsrStage(Stage):
         else:
             await self.forward(frame)
 
+    def _drop_speculation(self) -> None:
+        _cancel(self._speculative)
+        self._speculative = None
+
     async def finish(self) -> None:
         if self.turn_id is not None and self.session is not None:
             self.session.reset()  # the VAD closes utterances at end of stream; this is a guard
@@ -73,6 +97,13 @@ class AsrStage(Stage):
     async def stop(self) -> None:
         if self.session is not None:
             await self.session.aclose()
+
+
+def _cancel(future: asyncio.Future | None) -> None:
+    if future is not None and not future.done():
+        future.cancel()
+    elif future is not None and not future.cancelled():
+        future.exception()  # retrieved: a failed speculation is not an unhandled error
 
 
 def _shift(transcript: PartialTranscript | FinalTranscript, offset: float) -> None:

@@ -19,6 +19,8 @@ step encodes a window ``[left context L | new chunk C | lookahead R]`` and keeps
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Awaitable
 from dataclasses import dataclass
 
 import numpy as np
@@ -199,6 +201,10 @@ class StreamState:
         self._encode(start, start + chunks * self.chunk, start + chunks * self.chunk + self.right)
         return True
 
+    def fork(self) -> StreamState:
+        """An independent copy (sharing the model): to finalise speculatively without ending the stream."""
+        return copy.deepcopy(self, memo={id(self.ckpt): self.ckpt, id(self.ckpt.vocab): self.ckpt.vocab})
+
     def finish(self) -> FinalTranscript:
         """Encode and commit everything left; the utterance's final transcript."""
         available = self.ckpt.frames_for(len(self.audio))
@@ -262,6 +268,10 @@ class Wav2Vec2Session(AsrSession):
             return await self.engine.lane.run(state.finish)
         finally:
             self.reset()
+
+    def finalize_preview(self) -> Awaitable[FinalTranscript]:
+        fork = self.state.fork()  # now, on the loop: the stream keeps stepping meanwhile
+        return self.engine.lane.run(fork.finish)
 
     def reset(self) -> None:
         self.state = StreamState(self.engine)

@@ -1,0 +1,214 @@
+"""Voice-to-voice latency of the whole loop with full-size random-weight models, real-time paced.
+
+End of user speech → first bot sample played, p50/p95, with the per-stage breakdown (endpointing,
+ASR finalisation, handler, TTS first audio, output queue/buffering), for fp32 and int8 on the CPU.
+Models: a random XLSR-53-large wav2vec2 CTC (the default ASR's geometry) and random ChatTTS assets
+in the official layout (20-layer GPT) — the same compute as the real ones. Input: espeak-ng
+utterances with long gaps, fed at real-time pace; the handler echoes (a fixed sentence when the
+random ASR hears nothing). Paths: ``file`` (FileSource → … → a simulated device on the real clock)
+and ``pulse`` (PulseAudio null sinks: the utterances are played into a virtual microphone and the bot
+is played to a virtual speaker; needs pulseaudio, see tests/pulse.py).
+
+    python benchmarks/voice_to_voice.py [--turns 6] [--precisions fp32,int8] [--paths file,pulse]
+
+Prints a table and writes ``benchmarks/results/voice_to_voice.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "tests"))
+
+from asr_fixtures import make_tiny_checkpoint  # noqa: E402
+from chattts_fixtures import write_random_assets  # noqa: E402
+from speech import espeak  # noqa: E402
+
+from voiceloop.app import Engines, LoopOptions, build_pipeline, load_engines  # noqa: E402
+from voiceloop.clock import run  # noqa: E402
+from voiceloop.io.files import FileSource  # noqa: E402
+from voiceloop.io.output import PacedSink  # noqa: E402
+from voiceloop.timeline import Metrics  # noqa: E402
+
+UTTERANCES = ["你好", "今天天气很好", "明天早上八点", "请问车站在哪里", "我要买水", "谢谢再见"]
+FALLBACK_REPLY = "好的，我知道了。"
+STAGES = ["endpointing", "asr_finalisation", "handler_first_text", "tts_first_audio", "output_queue"]
+STAGES += ["output_buffering", "voice_to_voice"]
+
+
+def random_asr(cache: Path) -> Path:
+    """A full-size random XLSR-53-large checkpoint in the modern hub layout (written once)."""
+    root = cache / "asr-random-large"
+    if not (root / "model.safetensors").is_file():
+        print(f"writing a random XLSR-53-large checkpoint to {root} ...", file=sys.stderr)
+        chars = [chr(c) for c in range(0x4E00, 0x4E00 + 2845)]
+        vocab = {
+            "<pad>": 0,
+            "<s>": 1,
+            "</s>": 2,
+            "<unk>": 3,
+            "|": 4,
+            **{c: i + 5 for i, c in enumerate(chars)},
+        }
+        make_tiny_checkpoint(
+            root,
+            layout="modern",
+            vocab=vocab,
+            hidden=1024,
+            layers=24,
+            heads=16,
+            conv_dim=(512,) * 7,
+            num_conv_pos_embeddings=128,
+            num_conv_pos_embedding_groups=16,
+        )
+    return root
+
+
+def random_tts(cache: Path) -> Path:
+    root = cache / "chattts-random-full"
+    if not (root / "asset" / "Vocos.safetensors").is_file():
+        print(f"writing full-size random ChatTTS assets to {root} ...", file=sys.stderr)
+        write_random_assets(root, gpt_layers=20, seed=0, embed_tokens=True, official_tokenizer=None)
+    return root
+
+
+def conversation(turns: int, gap_s: float) -> np.ndarray:
+    """Utterances separated by ``gap_s`` of silence (room for the reply to play out)."""
+    silence = np.zeros(int(gap_s * 16_000), np.int16)
+    parts = [silence[:8000]]
+    for i in range(turns):
+        parts += [espeak(UTTERANCES[i % len(UTTERANCES)], voice="cmn-latn-pinyin"), silence]
+    return np.concatenate(parts)
+
+
+def handler(text: str) -> str:
+    return text if text.strip() else FALLBACK_REPLY
+
+
+def run_file(engines: Engines, options: LoopOptions, audio: np.ndarray) -> Metrics:
+    metrics = Metrics()
+    source = FileSource(audio, sample_rate=16_000, pace=True, tail_silence_s=1.0)
+    sink = PacedSink(engines.tts.sample_rate)
+    pipeline = build_pipeline(source, sink, engines, handler, options, metrics=metrics)
+    run(pipeline.run(), clock="real")
+    metrics.close()
+    return metrics
+
+
+def run_pulse(engines: Engines, options: LoopOptions, audio: np.ndarray) -> Metrics | str:
+    try:
+        from pulse import start_pulse  # the test harness, usable outside pytest
+    except ImportError as exc:
+        return f"no PulseAudio harness: {exc}"
+    try:
+        harness = start_pulse()
+    except Exception as exc:
+        return f"PulseAudio unavailable: {exc}"
+    try:
+        from voiceloop.io.devices import MicSource, SpeakerSink
+
+        metrics = Metrics()
+        source = MicSource(device="vmic")
+        sink = SpeakerSink(device="vspeaker", sample_rate=engines.tts.sample_rate)
+        pipeline = build_pipeline(source, sink, engines, handler, options, metrics=metrics)
+
+        async def main() -> None:
+            task = asyncio.ensure_future(pipeline.run())
+            await asyncio.sleep(1.0)
+            await asyncio.to_thread(harness.play_into_mic, audio, 16_000)
+            await asyncio.sleep(1.0)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+        asyncio.run(main())
+        metrics.close()
+        return metrics
+    finally:
+        harness.stop()
+
+
+def summarise(metrics: Metrics) -> dict[str, Any]:
+    turns = [t for t in metrics.finished if not t.discarded and t.first_played is not None]
+    out: dict[str, Any] = {"turns": len(turns), "counters": dict(metrics.counters)}
+    for name in STAGES:
+        values = [t.durations()[name] for t in turns if t.durations()[name] is not None]
+        if values:
+            out[name] = {
+                "p50": round(statistics.median(values), 3),
+                "p95": round(float(np.percentile(values, 95)), 3),
+            }
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--turns", type=int, default=6)
+    parser.add_argument("--gap-s", type=float, default=6.0, help="silence after each utterance")
+    parser.add_argument("--precisions", default="fp32,int8")
+    parser.add_argument("--paths", default="file,pulse")
+    parser.add_argument("--reply-max-s", type=float, default=1.5, help="cap on each reply sentence's audio")
+    parser.add_argument("--cache", type=Path, default=HERE / ".cache")
+    parser.add_argument("--out", type=Path, default=HERE / "results" / "voice_to_voice.json")
+    args = parser.parse_args()
+    asr_root, tts_root = random_asr(args.cache), random_tts(args.cache)
+    audio = conversation(args.turns, args.gap_s)
+    rows = []
+    for precision in args.precisions.split(","):
+        options = LoopOptions(asr=str(asr_root), tts=str(tts_root), precision=precision)
+        started = time.perf_counter()
+        engines = load_engines(options)
+        from dataclasses import replace
+
+        steps = max(1, round(args.reply_max_s * 46.875))
+        engines.tts.options.sampling = replace(engines.tts.options.sampling, max_new_tokens=steps)
+        print(f"{precision}: models loaded in {time.perf_counter() - started:.1f} s", file=sys.stderr)
+        for path in args.paths.split(","):
+            metrics = (
+                run_file(engines, options, audio) if path == "file" else run_pulse(engines, options, audio)
+            )
+            row = {"precision": precision, "path": path}
+            row.update({"skipped": metrics} if isinstance(metrics, str) else summarise(metrics))
+            print(row, file=sys.stderr)
+            rows.append(row)
+        engines.close()
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="Voice-to-voice (end of speech → first bot sample played), seconds p50 / p95")
+    for column in ["precision", "path", "turns", *STAGES]:
+        table.add_column(column.replace("_", " "))
+    for row in rows:
+        cells = [row["precision"], row["path"], str(row.get("turns", row.get("skipped", "")))]
+        for name in STAGES:
+            value = row.get(name)
+            cells.append(f"{value['p50']:.3f} / {value['p95']:.3f}" if value else "")
+        table.add_row(*cells)
+    Console().print(table)
+    result = {
+        "machine": {"cpu": platform.processor() or platform.machine(), "python": platform.python_version()},
+        "turns": args.turns,
+        "gap_s": args.gap_s,
+        "reply_max_s": args.reply_max_s,
+        "goal": {"p50_cpu_s": 0.9, "p50_gpu_s": 0.3},
+        "rows": rows,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    print(f"wrote {args.out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
