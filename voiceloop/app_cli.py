@@ -123,6 +123,54 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_chat(args: argparse.Namespace) -> int:
+    """The live loop on the desktop: microphone → … → speaker, until Ctrl-C."""
+    from .app import build_pipeline, load_handler
+    from .clock import run
+    from .io.devices import MicSource, SpeakerSink, pick_device
+    from .timeline import Metrics
+
+    options = loop_options(args)
+    handler = load_handler(args.handler)
+    # Devices first: a missing microphone should not cost a model download.
+    mic_index = pick_device(args.input_device, "input")
+    speaker_index = pick_device(args.output_device, "output")
+    engines = _engines(args, options)
+    metrics = Metrics.to_file(args.metrics_out) if args.metrics_out else Metrics()
+    if args.duration is not None and args.duration <= 0:
+        raise UserError("--duration must be positive")
+    source = MicSource(mic_index, max_seconds=args.duration)
+    sink = SpeakerSink(speaker_index, sample_rate=engines.tts.sample_rate)
+    before_vad, barge = echo_handling(args.echo, sink, options.barge_in)
+    options.barge_in = barge
+    pipeline = build_pipeline(source, sink, engines, handler, options, metrics=metrics, before_vad=before_vad)
+    view = _view(args)
+    view.attach(pipeline)
+    try:
+        with view:
+            run(pipeline.run(), clock="real")
+    except KeyboardInterrupt:
+        pass  # Ctrl-C is how a chat ends
+    finally:
+        summary = metrics.close()
+        engines.close()
+    if args.json:
+        print(json.dumps({"type": "summary", **summary}, ensure_ascii=False), flush=True)
+    return 0
+
+
+def echo_handling(mode: str, sink, barge_in):
+    """Stages before the VAD and the barge-in filter for an echo mode (see voiceloop.aec)."""
+    if mode == "off":
+        return [], barge_in
+    from .aec import EchoReference, EchoStage
+
+    reference = EchoReference()
+    sink.echo_reference = reference  # the speaker feeds what it actually plays
+    stage = EchoStage(reference, mode=mode)
+    return [stage], replace(barge_in, allow=stage.allow_barge_in)
+
+
 def cmd_devices(args: argparse.Namespace) -> int:
     from .io.devices import list_devices
 
@@ -146,6 +194,19 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--tail-s", type=float, default=3.0, help="silence appended to the input (default: 3)")
     add_loop_arguments(run)
     run.set_defaults(func=cmd_run)
+
+    chat = sub.add_parser("chat", help="talk to it: the live loop on the desktop microphone and speaker")
+    chat.add_argument("--input-device", help="microphone: index or name substring (default: the system's)")
+    chat.add_argument("--output-device", help="speaker: index or name substring (default: the system's)")
+    chat.add_argument(
+        "--echo",
+        choices=("auto", "aec", "gate", "aec+gate", "off"),
+        default="auto",
+        help="echo handling when the bot plays through speakers (default: auto = aec+gate if available)",
+    )
+    chat.add_argument("--duration", type=float, default=None, help="stop after this many seconds (scripts)")
+    add_loop_arguments(chat)
+    chat.set_defaults(func=cmd_chat)
 
     devices = sub.add_parser("devices", help="list audio input/output devices")
     devices.add_argument("--json", action="store_true")

@@ -17,6 +17,7 @@ from . import __version__
 from .errors import UserError
 from .frames import INPUT_RATE
 from .io.files import read_canonical
+from .pipeline import StageError
 from .vad import VadOptions, detect_segments
 
 
@@ -121,6 +122,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (FileNotFoundError, ValueError, UserError) as exc:
         print(f"voiceloop {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except StageError as exc:  # a stage failed mid-run; a user-fixable cause (a lost device) is one line
+        if isinstance(exc.error, UserError | FileNotFoundError):
+            print(f"voiceloop {args.command}: error: {exc.error}", file=sys.stderr)
+            return 2
+        raise
     except KeyboardInterrupt:
         return 130
 

@@ -16,6 +16,7 @@ from ..audio import OutputAdapter
 from ..clock import now
 from ..frames import AudioChunk, Frame, Interruption, ReplyEnd
 from ..pipeline import Stage
+from ..timeline import Metrics
 
 
 class AudioSink(ABC):
@@ -28,6 +29,9 @@ class AudioSink(ABC):
 
     async def close(self) -> None:
         """Release the sink (called when the pipeline stops)."""
+
+    def bind_metrics(self, metrics: Metrics) -> None:
+        """Where to count the sink's own events (device underruns); called before ``open``."""
 
     @abstractmethod
     async def write(self, samples: np.ndarray) -> float | None:
@@ -113,6 +117,7 @@ class OutputStage(Stage):
         self._piece_open = False
 
     async def start(self) -> None:
+        self.sink.bind_metrics(self.metrics)
         await self.sink.open()
 
     async def stop(self) -> None:

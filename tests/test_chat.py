@@ -1,0 +1,91 @@
+"""``voiceloop chat`` against a real PulseAudio server with null sinks (no sound card needed).
+
+The utterances are espeak-ng Mandarin played into the virtual microphone; the bot (the trained tiny
+ASR + random-weight ChatTTS, echo handler) answers on the virtual speaker, which the tests record.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pulse import pulse_fixture  # noqa: F401  (the fixture)
+from speech import espeak, require_espeak
+
+from voiceloop.cli import main
+
+TINY_ASR = str(Path(__file__).parent / "fixtures" / "tiny-zh-asr")
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def chat(chattts_root, tmp_path, seconds: float, *extra: str) -> tuple[threading.Thread, dict]:
+    """Start ``voiceloop chat`` for ``seconds`` in a thread; the result dict gets code and metrics."""
+    result: dict = {"metrics": tmp_path / "chat.jsonl"}
+    argv = ["chat", "--input-device", "vmic", "--output-device", "vspeaker", "--asr", TINY_ASR]
+    argv += ["--tts", str(chattts_root), "--metrics-out", str(result["metrics"]), "--quiet"]
+    argv += ["--duration", str(seconds), *extra]
+
+    def target() -> None:
+        result["code"] = main(argv)
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    return thread, result
+
+
+def turns(result: dict) -> list[dict]:
+    lines = [json.loads(line) for line in Path(result["metrics"]).read_text().splitlines()]
+    return [line for line in lines if line["type"] == "turn"]
+
+
+def say(pulse, text: str) -> None:
+    """Speak ``text`` into the virtual microphone (blocks until it has been played)."""
+    require_espeak()
+    player = pulse.play(espeak(text, voice="cmn-latn-pinyin"), 16_000)
+    try:
+        player.wait()
+    finally:
+        player.stop()
+
+
+def loudness(audio: np.ndarray) -> float:
+    return float(np.abs(audio.astype(np.float64)).max()) if len(audio) else 0.0
+
+
+def test_an_utterance_gets_a_spoken_answer_and_a_timeline(pulse, chattts_root, tmp_path):
+    thread, result = chat(chattts_root, tmp_path, 9.0, "--tts-max-seconds", "1.0", "--echo", "off")
+    recording = pulse.recorder()
+    time.sleep(3.0)  # models load, the mic opens
+    say(pulse, "你好")
+    thread.join(timeout=60)
+    audio = recording.stop()
+    assert result.get("code") == 0
+    (turn,) = turns(result)
+    assert turn["transcript"] == "你好" and turn["reply"] == "你好"
+    assert turn["first_played"] is not None and turn["durations"]["voice_to_voice"] > 0
+    assert loudness(audio) > 300, "the bot's answer reached the speaker"
+
+
+def test_speaking_over_the_bot_silences_it(pulse, chattts_root, tmp_path):
+    bot = tmp_path / "bot.py"
+    bot.write_text("def reply(text):\n    return '今天天气很好。' * 6\n", encoding="utf-8")
+    thread, result = chat(
+        chattts_root, tmp_path, 14.0, "--handler", f"{bot}:reply", "--tts-max-seconds", "2.5", "--echo", "off"
+    )
+    time.sleep(3.0)
+    say(pulse, "你好")
+    time.sleep(2.5)  # the long answer is playing now
+    recording = pulse.recorder()
+    say(pulse, "明天下雨")
+    time.sleep(1.5)
+    audio = recording.stop()
+    thread.join(timeout=60)
+    assert result.get("code") == 0
+    first = turns(result)[0]
+    assert first["interrupted"], "user speech during the answer cut it"
+    tail = audio[-int(0.5 * pulse.rate) :]
+    assert loudness(tail) < 300 or len(turns(result)) > 1, "silence after the cut (or the next answer)"
