@@ -185,6 +185,16 @@ def cmd_export_onnx(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_random_assets(args: argparse.Namespace) -> int:
+    from .chattts.random_assets import write_random_assets
+
+    root = write_random_assets(
+        Path(args.out_dir), gpt_layers=args.layers, seed=args.seed, embed_tokens=args.layers == 20
+    )
+    print(f"wrote random-weight ChatTTS assets (noise, the real model's compute) to {root}", file=sys.stderr)
+    return 0
+
+
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     say = sub.add_parser("say", help="speak text with the ChatTTS-compatible engine into a WAV file")
     say.add_argument("text", nargs="?", help="text; prosody tags like [laugh] [uv_break] pass through")
@@ -213,3 +223,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     export.add_argument("model", help="hub id or local directory")
     export.add_argument("out_dir")
     export.set_defaults(func=cmd_export_onnx)
+    random = tts_sub.add_parser(
+        "random-assets", help="write random-weight assets in the official layout (try the plumbing offline)"
+    )
+    random.add_argument("out_dir")
+    random.add_argument("--layers", type=int, default=2, help="GPT layers: 2 is fast, 20 is full size")
+    random.add_argument("--seed", type=int, default=0)
+    random.set_defaults(func=cmd_random_assets)
