@@ -70,6 +70,13 @@ class Engines:
     asr: Any
     tts: Any
 
+    def warm_up(self) -> None:
+        """Pay first-inference costs now, not during the first turn (which would then drop audio)."""
+        import numpy as np
+
+        self.asr.lane.call(self.asr.transcribe, np.zeros(16_000, np.int16))
+        self.tts.warm_up()
+
     def close(self) -> None:
         for engine in (self.asr, self.tts):
             lane = getattr(engine, "lane", None)
@@ -94,7 +101,9 @@ def load_engines(options: LoopOptions) -> Engines:
     tts = ChatTts.from_pretrained(options.tts, ChatTtsOptions(model=tts_model))
     if options.voice is not None:
         tts.speaker(options.voice)  # fail now, not at the first reply
-    return Engines(asr, tts)
+    engines = Engines(asr, tts)
+    engines.warm_up()
+    return engines
 
 
 def load_handler(spec: str | None) -> Callable[..., Any]:

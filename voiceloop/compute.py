@@ -49,6 +49,10 @@ class ComputeLane:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, tracked(fn), *args)
 
+    def call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(*args)`` on the lane from synchronous code and wait (warm-ups, CLIs)."""
+        return self._executor.submit(fn, *args).result()
+
     async def stream(
         self, gen_fn: Callable[..., Iterator[T]], *args: Any, cancel: CancelToken | None = None
     ) -> AsyncIterator[T]:

@@ -227,6 +227,18 @@ class ChatTts(TtsEngine):
             raise RuntimeError("decoder='dvae' needs the engine loaded with that option")
         return WaveDecoder(self.code_decoder, self.vocos)
 
+    def warm_up(self) -> None:
+        """A few GPT steps and one decode on the lane: first-call costs (allocations, kernel choice,
+        thread pools) are paid before the first reply instead of during it."""
+
+        def work() -> None:
+            prompt = self.gpt.code_prompt(["你好"], None, self.options.speed_prompt)
+            result = self.gpt.run(prompt, SamplingOptions(seed=0, max_new_tokens=6, min_new_tokens=6))
+            items = result.hiddens[0] if self.options.decoder == "hidden" else result.tokens[0]
+            self._decode_fn().decode(items)
+
+        self.lane.call(work)
+
     def session(self, voice: str | None = None) -> ChatTtsSession:
         return ChatTtsSession(self, voice)
 
