@@ -8,13 +8,14 @@ cores, and the event loop never runs a matrix multiply. Engines create one lane 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from .clock import tracked
+from .clock import ThreadWork
 
 T = TypeVar("T")
 
@@ -46,8 +47,25 @@ class ComputeLane:
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(*args)`` on the lane and await its result."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, tracked(fn), *args)
+        return await asyncio.wrap_future(self._submit(fn, *args))
+
+    def _submit(self, fn: Callable[..., Any], *args: Any) -> concurrent.futures.Future:
+        """Submit, counting the job as thread work from now (not from when a thread picks it up).
+
+        A skip-idle clock must not see the loop as idle between submission and pickup, or it would
+        jump ahead while compute is merely queued. Released when the job ends or is cancelled.
+        """
+        work = ThreadWork()
+
+        def call() -> Any:
+            try:
+                return fn(*args)
+            finally:
+                work.done()
+
+        future = self._executor.submit(call)
+        future.add_done_callback(lambda _: work.done())
+        return future
 
     def call(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(*args)`` on the lane from synchronous code and wait (warm-ups, CLIs)."""
@@ -80,7 +98,7 @@ class ComputeLane:
                 with contextlib.suppress(RuntimeError):  # loop closed: nobody is listening
                     loop.call_soon_threadsafe(items.put_nowait, _DONE)
 
-        job = loop.run_in_executor(self._executor, tracked(pump))
+        job = asyncio.wrap_future(self._submit(pump))
         try:
             while True:
                 item = await items.get()
