@@ -108,28 +108,31 @@ def run_file(engines: Engines, options: LoopOptions, audio: np.ndarray) -> Metri
 
 
 def run_pulse(engines: Engines, options: LoopOptions, audio: np.ndarray) -> Metrics | str:
+    """Play the conversation into the virtual mic of a private PulseAudio server; the bot plays out."""
+    from pulse import Pulse, PulseServer, missing, use_server  # the test harness, usable outside pytest
+
+    reason = missing()
+    if reason:
+        return reason
+    server = PulseServer()
+    server.start()
     try:
-        from pulse import start_pulse  # the test harness, usable outside pytest
-    except ImportError as exc:
-        return f"no PulseAudio harness: {exc}"
-    try:
-        harness = start_pulse()
-    except Exception as exc:
-        return f"PulseAudio unavailable: {exc}"
-    try:
+        use_server(server)
         from voiceloop.io.devices import MicSource, SpeakerSink
 
+        harness = Pulse(server)
         metrics = Metrics()
-        source = MicSource(device="vmic")
-        sink = SpeakerSink(device="vspeaker", sample_rate=engines.tts.sample_rate)
+        seconds = len(audio) / 16_000 + 2.0
+        source = MicSource("vmic", max_seconds=seconds + 1.0)
+        sink = SpeakerSink("vspeaker", sample_rate=engines.tts.sample_rate)
         pipeline = build_pipeline(source, sink, engines, handler, options, metrics=metrics)
 
         async def main() -> None:
             task = asyncio.ensure_future(pipeline.run())
             await asyncio.sleep(1.0)
-            await asyncio.to_thread(harness.play_into_mic, audio, 16_000)
-            await asyncio.sleep(1.0)
-            task.cancel()
+            player = harness.play(audio, 16_000)
+            await asyncio.to_thread(player.wait, seconds + 30)
+            player.stop()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
@@ -137,7 +140,7 @@ def run_pulse(engines: Engines, options: LoopOptions, audio: np.ndarray) -> Metr
         metrics.close()
         return metrics
     finally:
-        harness.stop()
+        server.stop()
 
 
 def summarise(metrics: Metrics) -> dict[str, Any]:
@@ -159,6 +162,8 @@ def main() -> None:
     parser.add_argument("--gap-s", type=float, default=6.0, help="silence after each utterance")
     parser.add_argument("--precisions", default="fp32,int8")
     parser.add_argument("--paths", default="file,pulse")
+    parser.add_argument("--asr-threads", type=int, default=LoopOptions.asr_threads)
+    parser.add_argument("--tts-threads", type=int, default=None)
     parser.add_argument("--reply-max-s", type=float, default=1.5, help="cap on each reply sentence's audio")
     parser.add_argument("--cache", type=Path, default=HERE / ".cache")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "voice_to_voice.json")
@@ -167,7 +172,13 @@ def main() -> None:
     audio = conversation(args.turns, args.gap_s)
     rows = []
     for precision in args.precisions.split(","):
-        options = LoopOptions(asr=str(asr_root), tts=str(tts_root), precision=precision)
+        options = LoopOptions(
+            asr=str(asr_root),
+            tts=str(tts_root),
+            precision=precision,
+            asr_threads=args.asr_threads,
+            tts_threads=args.tts_threads,
+        )
         started = time.perf_counter()
         engines = load_engines(options)
         from dataclasses import replace

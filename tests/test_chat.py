@@ -89,3 +89,21 @@ def test_speaking_over_the_bot_silences_it(pulse, chattts_root, tmp_path):
     assert first["interrupted"], "user speech during the answer cut it"
     tail = audio[-int(0.5 * pulse.rate) :]
     assert loudness(tail) < 300 or len(turns(result)) > 1, "silence after the cut (or the next answer)"
+
+
+def test_the_bots_own_voice_looped_back_does_not_interrupt_it(pulse, chattts_root, tmp_path):
+    """Speaker → microphone loopback (an acoustic echo): with echo handling the bot finishes its reply."""
+    bot = tmp_path / "bot.py"
+    bot.write_text("def reply(text):\n    return '今天天气很好。' * 3\n", encoding="utf-8")
+    thread, result = chat(
+        chattts_root, tmp_path, 12.0, "--handler", f"{bot}:reply", "--tts-max-seconds", "2.0"
+    )
+    with pulse.loopback():
+        time.sleep(3.0)
+        say(pulse, "你好")
+        thread.join(timeout=60)
+    assert result.get("code") == 0
+    first, *others = turns(result)
+    assert "你好" in first["transcript"] and first["first_played"] is not None  # (AEC colours the audio)
+    assert not first["interrupted"], "the bot's own voice must not cut it off"
+    assert all(t["discarded"] or not t["transcript"] for t in others), "nor start a turn of its own"

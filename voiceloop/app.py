@@ -12,7 +12,7 @@ import importlib.util
 import inspect
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -149,19 +149,32 @@ def build_pipeline(
     options: LoopOptions,
     *,
     metrics: Metrics | None = None,
-    before_vad: list[Stage] | None = None,
+    echo: Any = None,
 ) -> Pipeline:
-    """``source → [before_vad…] → vad → asr → dialogue → tts → output(sink)``."""
+    """``source → [echo] → vad → [echo turn filter] → asr → dialogue → tts → output(sink)``.
+
+    ``echo`` is a :class:`voiceloop.aec.EchoStage` (desktop speakers): it cleans the microphone
+    against what the output reports playing, and vetoes barge-ins the bot's own voice caused.
+    """
     from .asr import AsrStage
     from .io.output import OutputStage
     from .tts import TtsStage
 
-    stages: list[Stage] = [source, *(before_vad or [])]
+    barge_in = options.barge_in
+    stages: list[Stage] = [source]
+    if echo is not None:
+        stages += [echo, VadStage(options.vad), echo.turn_filter()]
+        user_allow = barge_in.allow
+        allow = echo.allow_barge_in
+        if user_allow is not None:
+            allow = lambda started: echo.allow_barge_in(started) and user_allow(started)  # noqa: E731
+        barge_in = replace(barge_in, allow=allow)
+    else:
+        stages.append(VadStage(options.vad))
     stages += [
-        VadStage(options.vad),
         AsrStage(engines.asr),
         DialogueStage(handler, options=options.dialogue),
         TtsStage(engines.tts, voice=options.voice),
-        OutputStage(sink),
+        OutputStage(sink, echo_reference=None if echo is None else echo.reference),
     ]
-    return Pipeline(stages, metrics=metrics, barge_in=options.barge_in)
+    return Pipeline(stages, metrics=metrics, barge_in=barge_in)

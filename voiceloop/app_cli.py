@@ -141,9 +141,8 @@ def cmd_chat(args: argparse.Namespace) -> int:
         raise UserError("--duration must be positive")
     source = MicSource(mic_index, max_seconds=args.duration)
     sink = SpeakerSink(speaker_index, sample_rate=engines.tts.sample_rate)
-    before_vad, barge = echo_handling(args.echo, sink, options.barge_in)
-    options.barge_in = barge
-    pipeline = build_pipeline(source, sink, engines, handler, options, metrics=metrics, before_vad=before_vad)
+    echo = echo_stage(args.echo)
+    pipeline = build_pipeline(source, sink, engines, handler, options, metrics=metrics, echo=echo)
     view = _view(args)
     view.attach(pipeline)
     try:
@@ -159,16 +158,16 @@ def cmd_chat(args: argparse.Namespace) -> int:
     return 0
 
 
-def echo_handling(mode: str, sink, barge_in):
-    """Stages before the VAD and the barge-in filter for an echo mode (see voiceloop.aec)."""
+def echo_stage(mode: str):
+    """The echo stage for ``--echo`` (None for "off"); "auto": AEC3 + energy gate when livekit is
+    installed (the gate catches what AEC misses when play-time estimates are off), else the gate."""
     if mode == "off":
-        return [], barge_in
-    from .aec import EchoReference, EchoStage
+        return None
+    from .aec import EchoReference, EchoStage, aec_available
 
-    reference = EchoReference()
-    sink.echo_reference = reference  # the speaker feeds what it actually plays
-    stage = EchoStage(reference, mode=mode)
-    return [stage], replace(barge_in, allow=stage.allow_barge_in)
+    if mode == "auto":
+        mode = "aec+gate" if aec_available() else "gate"
+    return EchoStage(EchoReference(), mode)
 
 
 def cmd_devices(args: argparse.Namespace) -> int:

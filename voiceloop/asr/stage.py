@@ -18,6 +18,9 @@ from ..frames import (
 from ..pipeline import Stage
 from .base import AsrEngine, AsrSession
 
+#: Frames held after a pause hint before concluding the speech resumed (the hangover is shorter).
+HOLD_FRAMES = 25
+
 
 class AsrStage(Stage):
     """Feeds utterance audio to a streaming session; emits partial and final transcripts.
@@ -38,6 +41,9 @@ class AsrStage(Stage):
         self.offset: float | None = None  # stream time of the utterance's first fed sample
         #: final transcript computed speculatively at the latest SpeechPaused of this utterance
         self._speculative: asyncio.Future | None = None
+        #: audio that arrived after the pause: held back (no streaming steps competing with the
+        #: final pass) until the end of speech makes it irrelevant or resumed speech needs it
+        self._held: list[AudioFrame] = []
 
     async def start(self) -> None:
         self.session = self.engine.session()
@@ -50,33 +56,39 @@ class AsrStage(Stage):
                 return  # audio outside an utterance carries no speech for us
             if self.offset is None:
                 self.offset = frame.stream_time
-            partial = await session.accept(frame.samples)
-            if partial is not None:
-                _shift(partial, self.offset)
-                partial.turn_id = self.turn_id
-                self.metrics.stamp(self.turn_id, "first_partial", now())
-                await self.emit(partial)
+            if self._speculative is not None:
+                self._held.append(frame)
+                if len(self._held) > HOLD_FRAMES:  # no end of speech this long after the pause: resumed
+                    self._drop_speculation()
+                    await self._release_held()
+                return
+            await self._accept(frame)
         elif isinstance(frame, SpeechStarted):
             self._drop_speculation()
+            self._held.clear()
             session.reset()
             self.turn_id, self.offset = frame.turn_id, None
         elif isinstance(frame, SpeechPaused):
             if frame.turn_id == self.turn_id:
                 self._drop_speculation()  # speech resumed since the last pause: that one is stale
+                await self._release_held()
                 self._speculative = asyncio.ensure_future(session.finalize_preview())
         elif isinstance(frame, SpeechEnded):
             turn_id, offset, self.turn_id, self.offset = frame.turn_id, self.offset or 0.0, None, None
             speculative, self._speculative = self._speculative, None
             if frame.discarded:
                 _cancel(speculative)
+                self._held.clear()
                 session.reset()
                 return
             # After a silence endpoint the last pause hint covers all the speech: its final is exact.
             final = await speculative if speculative is not None and frame.reason == "silence" else None
             if final is None:
                 _cancel(speculative)
+                await self._release_held(turn_id, offset)
                 final = await session.finalize()
             else:
+                self._held.clear()  # trailing silence: the speculative final already covers the speech
                 session.reset()
             _shift(final, offset)
             final.turn_id = turn_id
@@ -85,6 +97,23 @@ class AsrStage(Stage):
             await self.emit(final)
         else:
             await self.forward(frame)
+
+    async def _accept(
+        self, frame: AudioFrame, turn_id: int | None = None, offset: float | None = None
+    ) -> None:
+        assert self.session is not None
+        partial = await self.session.accept(frame.samples)
+        turn_id = self.turn_id if turn_id is None else turn_id
+        if partial is not None and turn_id is not None:
+            _shift(partial, self.offset if offset is None else offset)
+            partial.turn_id = turn_id
+            self.metrics.stamp(turn_id, "first_partial", now())
+            await self.emit(partial)
+
+    async def _release_held(self, turn_id: int | None = None, offset: float | None = None) -> None:
+        held, self._held = self._held, []
+        for frame in held:
+            await self._accept(frame, turn_id, offset)
 
     def _drop_speculation(self) -> None:
         _cancel(self._speculative)

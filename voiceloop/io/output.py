@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from abc import ABC, abstractmethod
+from typing import Any
 
 import numpy as np
 
@@ -106,9 +107,12 @@ class OutputStage(Stage):
     name = "output"
     interruptible = True
 
-    def __init__(self, sink: AudioSink) -> None:
+    def __init__(self, sink: AudioSink, *, echo_reference: Any = None) -> None:
         super().__init__()
         self.sink = sink
+        #: told what is played and when (``push(samples, rate, play_time)``, ``flush(at)``), so
+        #: echo handling can subtract the bot's own voice from the microphone (voiceloop.aec)
+        self.echo_reference = echo_reference
         self._turn: int | None = None
         self._adapter: OutputAdapter | None = None
         self._adapter_rate = 0
@@ -163,12 +167,20 @@ class OutputStage(Stage):
         played_at = await self.sink.write(samples)
         if played_at is not None:
             metrics.stamp(turn_id, "first_played", played_at)
+        if self.echo_reference is not None:
+            start = played_at
+            if start is None:  # the sink cannot tell: queued behind what it still holds
+                start = now() + max(0, self.sink.buffered() - len(samples)) / self.sink.sample_rate
+            self.echo_reference.push(samples, self.sink.sample_rate, start)
         self._written += len(samples)
         if self._pieces:
             self._pieces[-1][2] = self._written
 
     def on_interrupt(self, interruption: Interruption) -> None:
         dropped = self.sink.flush()
+        if self.echo_reference is not None:
+            # what the device already holds still plays: its output latency
+            self.echo_reference.flush(now() + float(getattr(self.sink, "latency", 0.0)))
         if dropped:
             self.metrics.count("flushed.output_samples", dropped)
         if self._turn is not None and self._turn == interruption.turn_id:

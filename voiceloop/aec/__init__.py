@@ -1,0 +1,42 @@
+"""Echo handling: the bot must never hear (and answer, or interrupt) itself through the speakers.
+
+    output side ── EchoReference.push(samples, rate, play_time) ──┐
+    mic ──► EchoStage (AEC3 and/or energy gate) ──► VadStage ──► EchoTurnFilter ──► asr ...
+                  └── allow_barge_in: BargeInOptions(allow=...) ─┘
+
+* :class:`EchoReference` — the bot audio as played, on the pipeline clock.
+* :class:`EchoCanceller` — WebRTC AEC3 (``pip install 'voiceloop[echo]'``, the ``livekit`` package).
+* :class:`EchoGate` — model-free fallback and second line of defence: mic energy the echo
+  cannot explain is the user's; a barge-in predicate and an optional mute while the bot plays.
+* :class:`EchoStage` / :class:`EchoTurnFilter` — the two in the graph; modes "aec" (default
+  when AEC3 is installed), "gate" (default otherwise), "aec+gate", "off".
+* :mod:`voiceloop.aec.room` — synthetic echo paths for tests and benchmarks.
+
+The package is ``aec``, not ``echo``: ``voiceloop.echo`` is the default dialogue handler, and a
+submodule of that name would replace it as an attribute of the package once imported.
+"""
+
+from .canceller import AecOptions, EchoCanceller, EchoUnavailable, aec_available, check_mic_frame
+from .gate import EchoGate, GateFrame, GateOptions, level_db
+from .reference import EchoReference
+from .stage import MODES, EchoModeError, EchoProcessor, EchoStage, EchoTurnFilter, default_mode, resolve_mode
+
+__all__ = [
+    "MODES",
+    "AecOptions",
+    "EchoCanceller",
+    "EchoGate",
+    "EchoModeError",
+    "EchoProcessor",
+    "EchoReference",
+    "EchoStage",
+    "EchoTurnFilter",
+    "EchoUnavailable",
+    "GateFrame",
+    "GateOptions",
+    "aec_available",
+    "check_mic_frame",
+    "default_mode",
+    "level_db",
+    "resolve_mode",
+]

@@ -1,0 +1,180 @@
+"""Echo handling in the graph: ``[mic, EchoStage, VadStage, EchoTurnFilter, asr, ...]``.
+
+``EchoStage`` cleans (and optionally mutes) mic frames before the VAD hears them; its
+:meth:`EchoStage.allow_barge_in` is the ``BargeInOptions(allow=...)`` predicate; the optional
+``EchoTurnFilter`` after the VAD drops the utterances whose barge-in the gate refused, so the
+bot's own voice never reaches the ASR and the bot never answers itself.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+from ..errors import UserError
+from ..frames import AudioFrame, Frame, SpeechEnded, SpeechStarted
+from ..pipeline import Stage
+from .canceller import AecOptions, EchoCanceller, EchoUnavailable, aec_available
+from .gate import EchoGate, GateOptions
+from .reference import EchoReference
+
+log = logging.getLogger("voiceloop")
+
+MODES = ("aec", "gate", "aec+gate", "off")
+
+
+class EchoModeError(UserError, ValueError):
+    """An unknown echo mode (a user-facing option: ``--echo``)."""
+
+
+def default_mode() -> str:
+    """The default mode: "aec" when the AEC engine is installed, else "gate"."""
+    return "aec" if aec_available() else "gate"
+
+
+def resolve_mode(mode: str | None) -> str:
+    """Validate a mode; None or "auto" picks :func:`default_mode`."""
+    if mode is None or mode == "auto":
+        return default_mode()
+    if mode not in MODES:
+        raise EchoModeError(f"echo mode must be one of auto, {', '.join(MODES)}; got {mode!r}")
+    return mode
+
+
+class EchoProcessor:
+    """The stage's work without the graph (tests, benchmarks, custom capture loops).
+
+    ``mode`` "aec": AEC3 only; "gate": energy gate only; "aec+gate": the gate judges the
+    cancelled signal; "off": frames pass untouched. With ``mode=None`` an unloadable AEC engine
+    falls back to the gate (logged); naming "aec" explicitly raises :class:`EchoUnavailable`.
+    """
+
+    def __init__(
+        self,
+        reference: EchoReference,
+        mode: str | None = None,
+        *,
+        aec: AecOptions | None = None,
+        gate: GateOptions | None = None,
+    ) -> None:
+        self.reference = reference
+        resolved = resolve_mode(mode)
+        self.canceller: EchoCanceller | None = None
+        if "aec" in resolved:
+            try:
+                self.canceller = EchoCanceller(reference, aec)
+            except EchoUnavailable as exc:
+                if mode not in (None, "auto"):
+                    raise
+                log.warning("echo cancellation unavailable, using the echo gate: %s", exc)
+                resolved = "gate"
+        self.mode = resolved
+        self.gate = EchoGate(reference, gate) if "gate" in resolved else None
+        self.frames = 0
+
+    def process(self, frame: AudioFrame) -> AudioFrame:
+        """Clean one 16 kHz mono int16 mic frame (whole 10 ms blocks)."""
+        self.frames += 1
+        if self.canceller is not None:
+            frame = self.canceller.process(frame)
+        if self.gate is not None:
+            frame = self.gate.process(frame)
+        return frame
+
+    def allow(self, started: SpeechStarted) -> bool:
+        """Barge-in predicate (always True without a gate)."""
+        return self.gate is None or self.gate.allow(started)
+
+
+class EchoStage(Stage):
+    """Sits between the mic source and the VAD; everything but AudioFrames passes through.
+
+    The output side feeds ``reference`` (see :class:`EchoReference`); wire
+    ``BargeInOptions(allow=stage.allow_barge_in)`` for the gate to decide barge-ins. Counters:
+    ``echo.suppressed_frames`` (muted by the gate), ``echo.refused_barge_ins``.
+    """
+
+    name = "echo"
+
+    def __init__(
+        self,
+        reference: EchoReference,
+        mode: str | None = None,
+        *,
+        aec: AecOptions | None = None,
+        gate: GateOptions | None = None,
+    ) -> None:
+        super().__init__()
+        self.processor = EchoProcessor(reference, mode, aec=aec, gate=gate)
+        self.reference = reference
+
+    @property
+    def mode(self) -> str:
+        return self.processor.mode
+
+    @property
+    def gate(self) -> EchoGate | None:
+        return self.processor.gate
+
+    async def process(self, frame: Frame) -> None:
+        if frame.__class__ is not AudioFrame:
+            await self.forward(frame)
+            return
+        gate = self.processor.gate
+        muted = gate.suppressed if gate is not None else 0
+        out = self.processor.process(frame)  # type: ignore[arg-type]
+        if gate is not None and gate.suppressed != muted:
+            self.metrics.count("echo.suppressed_frames")
+        await self.forward(out)
+
+    def allow_barge_in(self, started: SpeechStarted) -> bool:
+        """``BargeInOptions(allow=...)``: refuse barge-ins the echo explains."""
+        allowed = self.processor.allow(started)
+        if not allowed and self.pipeline is not None:
+            self.metrics.count("echo.refused_barge_ins")
+        return allowed
+
+    def turn_filter(self) -> EchoTurnFilter:
+        """The matching post-VAD filter (drops refused utterances)."""
+        return EchoTurnFilter(self.processor.gate)
+
+
+class EchoTurnFilter(Stage):
+    """After the VAD: utterances whose barge-in the gate refused are discarded, not transcribed.
+
+    A refused SpeechStarted still opens a VAD utterance; left alone, the ASR would transcribe the
+    bot's own words and the dialogue would answer them. Here its audio is dropped and its
+    SpeechEnded marked ``discarded`` (the ASR then forgets it, as for too-short speech); counted
+    as ``echo.discarded_turns``.
+    """
+
+    name = "echo_filter"
+
+    def __init__(self, gate: EchoGate | None) -> None:
+        super().__init__()
+        self.gate = gate
+        self._dropping: int | None = None  # turn id of the refused utterance in progress
+
+    async def process(self, frame: Frame) -> None:
+        gate = self.gate
+        if gate is None:
+            await self.forward(frame)
+        elif frame.__class__ is AudioFrame:
+            if self._dropping is None:
+                await self.forward(frame)
+        elif isinstance(frame, SpeechStarted):
+            self._dropping = frame.turn_id if frame.turn_id in gate.refused else None
+            await self.forward(frame)
+        elif isinstance(frame, SpeechEnded) and frame.turn_id == self._dropping:
+            self._dropping = None
+            metrics = self.metrics
+            metrics.count("echo.discarded_turns")
+            if not frame.discarded:
+                metrics.turn(frame.turn_id).discarded = True
+                frame = dataclasses.replace(frame, discarded=True)
+                await self.forward(frame)
+                self.pipeline.finish_turn(frame.turn_id)  # type: ignore[union-attr]
+            else:
+                await self.forward(frame)  # the VAD discarded it already (and closed the turn)
+        else:
+            await self.forward(frame)
