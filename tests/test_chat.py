@@ -91,13 +91,14 @@ def test_speaking_over_the_bot_silences_it(pulse, chattts_root, tmp_path):
     assert loudness(tail) < 300 or len(turns(result)) > 1, "silence after the cut (or the next answer)"
 
 
-def test_the_bots_own_voice_looped_back_does_not_interrupt_it(pulse, chattts_root, tmp_path):
-    """Speaker → microphone loopback (an acoustic echo): with echo handling the bot finishes its reply."""
+@pytest.mark.parametrize("echo", ["auto", "off"])
+def test_the_bots_own_voice_looped_back_does_not_interrupt_it(pulse, chattts_root, tmp_path, echo):
+    """Speaker → microphone loopback (an acoustic echo): with echo handling the bot finishes its reply;
+    without it (the control) its own voice cuts it off."""
     bot = tmp_path / "bot.py"
     bot.write_text("def reply(text):\n    return '今天天气很好。' * 3\n", encoding="utf-8")
-    thread, result = chat(
-        chattts_root, tmp_path, 12.0, "--handler", f"{bot}:reply", "--tts-max-seconds", "2.0"
-    )
+    extra = ("--handler", f"{bot}:reply", "--tts-max-seconds", "2.0", "--echo", echo)
+    thread, result = chat(chattts_root, tmp_path, 12.0, *extra)
     with pulse.loopback():
         time.sleep(3.0)
         say(pulse, "你好")
@@ -105,5 +106,8 @@ def test_the_bots_own_voice_looped_back_does_not_interrupt_it(pulse, chattts_roo
     assert result.get("code") == 0
     first, *others = turns(result)
     assert "你好" in first["transcript"] and first["first_played"] is not None  # (AEC colours the audio)
+    if echo == "off":
+        assert first["interrupted"], "the control: without echo handling the bot hears itself"
+        return
     assert not first["interrupted"], "the bot's own voice must not cut it off"
     assert all(t["discarded"] or not t["transcript"] for t in others), "nor start a turn of its own"
