@@ -168,7 +168,7 @@ def test_parity_with_chattts_golden_waves(tmp_path):
     import hashlib
     from pathlib import Path
 
-    import chattts_fixtures as fixtures
+    from voiceloop.tts.chattts import random_assets as fixtures
 
     golden_file = Path(__file__).parent / "fixtures" / "chattts-golden" / "golden.json"
     golden = json.loads(golden_file.read_text())

@@ -119,7 +119,9 @@ def test_eos_ends_a_row_and_min_new_tokens_holds_it_back(gpt, monkeypatch):
 def test_cancel_stops_within_one_step(gpt):
     token = CancelToken()
     steps = 0
-    for _ in gpt.generate(gpt.code_prompt(["你好"], None), SamplingOptions(max_new_tokens=50), cancel=token):
+    for _ in gpt.generate(
+        gpt.code_prompt(["你好"], None), SamplingOptions(max_new_tokens=50, min_new_tokens=50), cancel=token
+    ):
         steps += 1
         if steps == 3:
             token.cancel()

@@ -288,7 +288,7 @@ class ChatTtsGpt:
                 logits = _penalize(logits, window, sampling.repetition_penalty)
             for warp in warpers:
                 logits = warp(None, logits)
-            if step < sampling.min_new_tokens:
+            if step < max(1, sampling.min_new_tokens):  # never an empty result (EOS at step 0)
                 logits[:, eos] = -torch.inf
             probs = torch.softmax(logits, -1)
             if sampling.reseed_every_step:
