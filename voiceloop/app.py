@@ -37,8 +37,11 @@ class LoopOptions:
     voice: str | None = None  # seed:N | name | speaker string | file; None: one random voice per session
     precision: str = "auto"  # auto: int8 on CPU (the only way near real time there), fp16 on CUDA
     device: str = "auto"
-    asr_threads: int | None = 1  # ASR and TTS share the cores: ASR windows are small, TTS steps are not
-    tts_threads: int | None = None  # None: torch's default (all cores)
+    # Both engines may use every core: the ASR computes while the user speaks, the TTS while the bot
+    # does; measured (full-size int8, 2 cores): 2 ASR threads give the final transcript 0.18 s after the
+    # endpoint vs 0.46 s with 1, voice-to-voice p50 1.33 s vs 1.69 s.
+    asr_threads: int | None = None  # None: torch's default (all cores)
+    tts_threads: int | None = None
     vad: VadOptions = field(default_factory=VadOptions)
     barge_in: BargeInOptions = field(default_factory=BargeInOptions)
     dialogue: DialogueOptions = field(default_factory=DialogueOptions)

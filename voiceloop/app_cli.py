@@ -31,7 +31,7 @@ def add_loop_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--device", default="auto", help="compute device: auto | cpu | cuda | mps")
     parser.add_argument("--tts-threads", type=int, default=None, help="torch threads for TTS (default: all)")
-    parser.add_argument("--asr-threads", type=int, default=1, help="torch threads for ASR (default: 1)")
+    parser.add_argument("--asr-threads", type=int, default=None, help="torch threads for ASR (default: all)")
     parser.add_argument(
         "--tts-max-seconds", type=float, default=None, help="longest audio per reply sentence"
     )
