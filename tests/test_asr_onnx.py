@@ -38,7 +38,6 @@ LENGTHS_S = (0.73, 3.1)
 LAYOUTS = ("2021", "modern", "group")
 
 
-
 @pytest.fixture(scope="module")
 def sources(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("sources")

@@ -15,6 +15,7 @@ from voiceloop.frames import FRAME_SAMPLES, FinalTranscript, PartialTranscript
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
+
 @pytest.fixture(scope="module")
 def checkpoint_dir(tmp_path_factory) -> Path:
     return make_tiny_checkpoint(tmp_path_factory.mktemp("tiny"), layout="2021", seed=3)

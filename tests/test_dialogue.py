@@ -43,8 +43,6 @@ class Script(Stage):
         await self.emit(EndOfStream())
 
 
-
-
 def converse(
     handler, texts: list[str], clock: str = "virtual", **kwargs
 ) -> tuple[list[Frame], DialogueStage]:

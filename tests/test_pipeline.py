@@ -45,8 +45,6 @@ class Passthrough(Stage):
         await self.emit(frame)
 
 
-
-
 def test_frames_flow_in_order_and_end_of_stream_arrives() -> None:
     sink = Collect()
     stages = [Numbers(500), *(Passthrough(f"p{i}") for i in range(6)), sink]
