@@ -31,3 +31,10 @@ def test_ruff_clean() -> None:
         text=True,
     )
     assert result.returncode == 0, result.stdout[-3000:]
+    formatted = subprocess.run(
+        ["ruff", "format", "--check", "voiceloop", "tests", "examples", "benchmarks"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert formatted.returncode == 0, formatted.stdout[-3000:]
