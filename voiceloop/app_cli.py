@@ -170,6 +170,42 @@ def echo_stage(mode: str):
     return EchoStage(EchoReference(), mode)
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    """The WebRTC voice bot: one pipeline per browser peer, one set of models for all of them."""
+    import asyncio
+
+    from .app import load_handler
+    from .io.webrtc_server import ServerOptions, VoiceServer
+
+    options = loop_options(args)
+    server_options = ServerOptions(
+        host=args.host,
+        port=args.port,
+        token=args.token,
+        max_sessions=args.max_sessions,
+        ice_servers=list(args.ice_server or []),
+    )
+    handler = load_handler(args.handler)
+    engines = _engines(args, options)
+
+    async def main() -> None:
+        server = VoiceServer(engines, handler, options, server_options)
+        await server.start()
+        print(f"voiceloop serve: listening on {server.url}", file=sys.stderr, flush=True)
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await server.stop()
+
+    try:
+        asyncio.run(main())
+    except KeyboardInterrupt:
+        pass
+    finally:
+        engines.close()
+    return 0
+
+
 def cmd_devices(args: argparse.Namespace) -> int:
     from .io.devices import list_devices
 
@@ -206,6 +242,15 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     chat.add_argument("--duration", type=float, default=None, help="stop after this many seconds (scripts)")
     add_loop_arguments(chat)
     chat.set_defaults(func=cmd_chat)
+
+    serve = sub.add_parser("serve", help="the WebRTC voice bot (aiohttp + aiortc), one pipeline per peer")
+    serve.add_argument("--host", default="127.0.0.1", help="bind address (default: %(default)s)")
+    serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument("--token", help="require 'Authorization: Bearer TOKEN' on /offer")
+    serve.add_argument("--max-sessions", type=int, default=4, help="concurrent peers (503 beyond)")
+    serve.add_argument("--ice-server", action="append", help="STUN/TURN URL (repeatable; default: none)")
+    add_loop_arguments(serve)
+    serve.set_defaults(func=cmd_serve)
 
     devices = sub.add_parser("devices", help="list audio input/output devices")
     devices.add_argument("--json", action="store_true")

@@ -1,0 +1,326 @@
+"""WebRTC media ends and the signalling server, on loopback only (fake engines keep it fast)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from fractions import Fraction
+from typing import Any
+
+import aiohttp
+import aioice.ice
+import av
+import numpy as np
+import pytest
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from fakes import FakeAsr, FakeTts
+from speech import espeak, require_espeak
+
+from voiceloop.app import Engines, LoopOptions
+from voiceloop.dialogue import echo
+from voiceloop.errors import UserError
+from voiceloop.frames import EndOfStream
+from voiceloop.io.webrtc import WebRtcSink, WebRtcSource
+from voiceloop.io.webrtc_server import ServerOptions, VoiceServer
+from voiceloop.pipeline import Pipeline
+from voiceloop.timeline import Metrics
+
+pytestmark = pytest.mark.timeout(90)
+
+
+@pytest.fixture(autouse=True)
+def loopback_only(monkeypatch):
+    """aioice gathers every interface but loopback; these tests must stay on 127.0.0.1."""
+    monkeypatch.setattr(aioice.ice, "get_host_addresses", lambda use_ipv4, use_ipv6: ["127.0.0.1"])
+
+
+class SineTts(FakeTts):
+    """FakeTts with a 440 Hz tone (Opus removes the DC that FakeTts emits)."""
+
+    def session(self, voice: str | None = None):
+        session = super().session(voice)
+        inner = session.synthesize
+
+        async def synthesize(text: str):
+            async for chunk in inner(text):
+                t = np.arange(len(chunk)) / self.sample_rate
+                yield (np.sin(2 * np.pi * 440 * t) * 8000).astype(np.int16)
+
+        session.synthesize = synthesize  # type: ignore[method-assign]
+        return session
+
+
+class PcmTrack(MediaStreamTrack):
+    """Plays 16 kHz mono int16 in paced 20 ms frames, then silence forever (like an open mic)."""
+
+    kind = "audio"
+
+    def __init__(self, pcm: np.ndarray) -> None:
+        super().__init__()
+        self.pcm = pcm
+        self._start: float | None = None
+        self._pts = 0
+
+    async def recv(self) -> Any:
+        loop = asyncio.get_running_loop()
+        if self._start is None:
+            self._start = loop.time()
+        else:
+            await asyncio.sleep(max(0.0, self._start + self._pts / 16_000 - loop.time()))
+        chunk = np.zeros(320, np.int16)
+        piece = self.pcm[self._pts : self._pts + 320]
+        chunk[: len(piece)] = piece
+        frame = av.AudioFrame.from_ndarray(chunk.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate, frame.pts, frame.time_base = 16_000, self._pts, Fraction(1, 16_000)
+        self._pts += 320
+        return frame
+
+
+class Client:
+    """An aiortc peer like the browser page: mic track out, bot track in, 'events' data channel."""
+
+    def __init__(self, pcm: np.ndarray) -> None:
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        self.events: list[dict] = []
+        self.bot_frames = 0
+        self.bot_peak = 0
+        self._tasks: list[asyncio.Task] = []
+        channel = self.pc.createDataChannel("events")
+        channel.on("message", lambda m: self.events.append(json.loads(m)))
+        self.pc.addTrack(PcmTrack(pcm))
+        self.pc.on("track", lambda track: self._tasks.append(asyncio.ensure_future(self._drain(track))))
+
+    async def _drain(self, track: Any) -> None:
+        try:
+            while True:
+                frame = await track.recv()
+                self.bot_frames += 1
+                self.bot_peak = max(self.bot_peak, int(np.abs(frame.to_ndarray().astype(np.int32)).max()))
+        except MediaStreamError:
+            pass
+
+    async def offer(self) -> dict:
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        return {"sdp": self.pc.localDescription.sdp, "type": "offer"}
+
+    async def connect(self, url: str, token: str | None = None) -> tuple[int, dict]:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        offer = await self.offer()
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(url + "offer", json=offer, headers=headers) as response,
+        ):
+            body = await response.json()
+        if response.status == 200:
+            await self.pc.setRemoteDescription(RTCSessionDescription(sdp=body["sdp"], type=body["type"]))
+        return response.status, body
+
+    async def close(self) -> None:
+        await self.pc.close()
+        for task in self._tasks:  # a track that never started does not end by itself
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+async def until(predicate, timeout: float = 30.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        assert loop.time() < deadline, "timed out waiting"
+        await asyncio.sleep(0.05)
+
+
+def engines(texts: list[str] | None = None) -> Engines:
+    return Engines(FakeAsr(texts or ["hello"], final_delay=0.05), SineTts(first_delay=0.05, chunk_delay=0.02))
+
+
+def pipeline_tasks() -> list[asyncio.Task]:
+    return [t for t in asyncio.all_tasks() if t.get_name().startswith("voiceloop:") and not t.done()]
+
+
+async def post(url: str, data: bytes, token: str | None = None) -> tuple[int, dict]:
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(url + "offer", data=data, headers=headers) as response,
+    ):
+        return response.status, await response.json(content_type=None)
+
+
+@pytest.fixture
+async def server():
+    made: list[VoiceServer] = []
+
+    async def make(**options) -> VoiceServer:
+        srv = VoiceServer(engines(), echo, LoopOptions(), ServerOptions(port=0, **options))
+        await srv.start()
+        made.append(srv)
+        return srv
+
+    yield make
+    for srv in made:
+        await srv.stop()
+
+
+def speech() -> np.ndarray:
+    require_espeak()
+    silence = np.zeros(8000, np.int16)
+    return np.concatenate([silence, espeak("hello there, how are you", voice="en"), silence])
+
+
+# -- the whole loop over WebRTC ------------------------------------------------------------------
+async def test_a_peer_speaks_and_hears_the_bot_and_gets_events(server):
+    srv = await server(token="s3cret")
+    client = Client(speech())
+    status, answer = await client.connect(srv.url, "s3cret")
+    assert status == 200 and answer["type"] == "answer"
+    assert srv.sessions == 1
+    await until(lambda: any(e["type"] == "turn" for e in client.events))
+    types = [e["type"] for e in client.events]
+    assert {"speech_started", "speech_ended", "final", "reply_text", "reply_end"} <= set(types)
+    final = next(e for e in client.events if e["type"] == "final")
+    assert final["text"] == "hello"
+    turn = next(e for e in client.events if e["type"] == "turn")
+    assert turn["reply"] == "hello" and turn["durations"]["voice_to_voice"] > 0
+    await until(lambda: client.bot_peak > 1000)  # the 440 Hz reply arrived on the bot track
+    assert client.bot_frames > 0
+    await client.close()
+    await until(lambda: srv.sessions == 0)
+    await until(lambda: not pipeline_tasks())
+
+
+async def test_teardown_when_the_client_goes_away(server):
+    srv = await server()
+    client = Client(np.zeros(16_000, np.int16))
+    status, _ = await client.connect(srv.url)
+    assert status == 200
+    await until(lambda: client.bot_frames > 5)  # connected: silence flows from the bot
+    assert srv.sessions == 1 and pipeline_tasks()
+    await client.close()
+    await until(lambda: srv.sessions == 0)
+    await until(lambda: not pipeline_tasks())
+
+
+# -- request validation ----------------------------------------------------------------------------
+async def test_token_required(server):
+    srv = await server(token="s3cret")
+    offer = json.dumps(await Client(np.zeros(320, np.int16)).offer()).encode()
+    for token in (None, "wrong"):
+        status, body = await post(srv.url, offer, token)
+        assert status == 401 and "token" in body["error"]
+    assert srv.sessions == 0
+
+
+async def test_bad_requests(server):
+    srv = await server(max_body_bytes=4096)
+    status, body = await post(srv.url, b"x" * 10_000)
+    assert status == 413
+    status, body = await post(srv.url, b"{not json")
+    assert status == 400 and "JSON" in body["error"]
+    status, body = await post(srv.url, json.dumps({"sdp": 1, "type": "offer"}).encode())
+    assert status == 400 and "sdp" in body["error"]
+    status, body = await post(srv.url, json.dumps({"sdp": "garbage", "type": "offer"}).encode())
+    assert status == 400 and "SDP" in body["error"]
+    broken = "v=0\r\nm=audio notaport UDP/TLS/RTP/SAVPF 111\r\n"
+    status, body = await post(srv.url, json.dumps({"sdp": broken, "type": "offer"}).encode())
+    assert status == 400 and "SDP" in body["error"]
+    assert srv.sessions == 0 and not pipeline_tasks()
+    async with aiohttp.ClientSession() as http, http.get(srv.url) as response:
+        assert response.status == 200 and "voiceloop" in await response.text()
+
+
+async def test_session_cap(server):
+    srv = await server(max_sessions=1)
+    first = Client(np.zeros(16_000, np.int16))
+    assert (await first.connect(srv.url))[0] == 200
+    await until(lambda: first.bot_frames > 5)
+    second = Client(np.zeros(16_000, np.int16))
+    status, body = await second.connect(srv.url)
+    assert status == 503 and "busy" in body["error"]
+    await second.close()
+    await first.close()
+    await until(lambda: srv.sessions == 0)
+    third = Client(np.zeros(16_000, np.int16))
+    assert (await third.connect(srv.url))[0] == 200  # the slot is free again
+    await third.close()
+
+
+async def test_a_peer_that_never_connects_is_dropped(server):
+    srv = await server(connect_timeout_s=0.5)
+    offer = await Client(np.zeros(320, np.int16)).offer()  # offered, then vanished
+    status, _ = await post(srv.url, json.dumps(offer).encode())
+    assert status == 200 and srv.sessions == 1
+    await until(lambda: srv.sessions == 0)
+    await until(lambda: not pipeline_tasks())
+
+
+def test_bad_options():
+    with pytest.raises(UserError):
+        ServerOptions(max_sessions=0)
+    with pytest.raises(UserError):
+        ServerOptions(token=" ")
+    with pytest.raises(UserError):
+        ServerOptions(port=70_000)
+
+
+# -- media ends without a network --------------------------------------------------------------
+class FrameTrack:
+    """A remote track stand-in: 48 kHz stereo 960-sample frames (what aiortc decodes), then ends."""
+
+    kind = "audio"
+
+    def __init__(self, frames: int) -> None:
+        self.left = frames
+
+    async def recv(self) -> Any:
+        if not self.left:
+            raise MediaStreamError
+        self.left -= 1
+        pcm = np.full((1, 1920), 500, np.int16)
+        frame = av.AudioFrame.from_ndarray(pcm, format="s16", layout="stereo")
+        frame.sample_rate = 48_000
+        return frame
+
+
+async def test_source_resamples_to_canonical_frames_and_ends_with_the_track():
+    from fakes import Collect
+
+    source = WebRtcSource(FrameTrack(50))  # 1 s
+    collect = Collect()
+    await Pipeline([source, collect]).run()
+    audio = [f for f in collect.frames if not isinstance(f, EndOfStream)]
+    assert source.received == 50 and collect.ended
+    assert all(len(f.samples) == 320 and f.sample_rate == 16_000 for f in audio)
+    assert 48 <= len(audio) <= 50 and [f.seq for f in audio] == list(range(len(audio)))
+    assert abs(int(np.median(np.concatenate([f.samples for f in audio])))) == 500
+
+
+async def test_sink_paces_flushes_and_counts_underruns_mid_reply():
+    sink = WebRtcSink(buffer_s=0.2)
+    metrics = Metrics()
+    sink.bind_metrics(metrics)
+    first = await sink.track.recv()  # starts the schedule: silence while idle
+    assert first.samples == 960 and first.sample_rate == 48_000 and not np.any(first.to_ndarray())
+    assert metrics.counters.get("underruns", 0) == 0
+    tone = np.full(48_000, 1000, np.int16)  # 1 s: the write waits until the buffer is under 0.2 s
+    writer = asyncio.ensure_future(sink.write(tone))
+    await asyncio.sleep(0)
+    assert not writer.done() or sink.buffered() > 0
+    frames = [await sink.track.recv() for _ in range(5)]
+    assert all(np.all(f.to_ndarray() == 1000) for f in frames)
+    assert [f.pts for f in frames] == [960 * k for k in range(1, 6)]
+    await writer
+    assert sink.flush() > 0 and sink.buffered() == 0  # barge-in
+    await sink.write(np.full(480, 1000, np.int16))  # a reply shorter than a frame: runs dry mid-reply
+    await sink.track.recv()
+    await sink.track.recv()
+    assert sink.underruns == 1 and metrics.counters["underruns"] == 1
+    await sink.drain()
+    await sink.track.recv()  # idle silence after the reply is not an underrun
+    assert sink.underruns == 1
+    await sink.close()
+    with pytest.raises(MediaStreamError):
+        await sink.track.recv()

@@ -1,0 +1,315 @@
+"""``voiceloop serve``'s core: an aiohttp signalling server, one conversation pipeline per WebRTC peer.
+
+The browser POSTs its complete offer (aiortc has no trickle ICE) to ``/offer`` and gets the complete
+answer back. Each peer gets its own pipeline (``WebRtcSource → vad → asr → dialogue → tts →
+WebRtcSink``) built by :func:`voiceloop.app.build_pipeline`, all sharing one :class:`Engines` (models
+load once per process). Pipeline events go to the client's ``events`` data channel, one JSON object
+per message (:func:`voiceloop.io.console.event_record`).
+
+Defaults are for a machine you trust: bind 127.0.0.1, no STUN/TURN (``iceServers=[]``; aiortc would
+otherwise contact Google's STUN server). Exposing it needs a bearer token (401 without it), and
+sessions (503 beyond), request bodies (413) and malformed offers (400) are bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from ..app import Engines, LoopOptions, build_pipeline
+from ..errors import UserError
+from ..frames import Frame
+from .console import event_record
+from .webrtc import WebRtcSink, WebRtcSource
+
+log = logging.getLogger(__name__)
+
+PLACEHOLDER_PAGE = """<!doctype html>
+<html><head><meta charset="utf-8"><title>voiceloop</title></head>
+<body><h1>voiceloop</h1><p>The voice bot is running. POST a WebRTC offer to <code>/offer</code>.</p></body>
+</html>
+"""
+#: events kept for a client whose data channel is not open yet (oldest dropped beyond)
+EVENT_BACKLOG = 200
+
+
+@dataclass
+class ServerOptions:
+    """Where and for whom the server listens."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080  # 0: any free port (see VoiceServer.port after start)
+    token: str | None = None  # bearer token required on /offer; None: open
+    max_sessions: int = 4
+    max_body_bytes: int = 64 * 1024  # an SDP offer is a few KiB
+    #: STUN/TURN servers for the peer connections: urls ("stun:host:port") or aiortc RTCIceServer
+    ice_servers: list[Any] = field(default_factory=list)
+    page: str = PLACEHOLDER_PAGE  # what GET / returns
+    #: a peer that is not connected this long after its offer is dropped (it vanished mid-handshake)
+    connect_timeout_s: float = 20.0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise UserError(f"port must be in [0, 65535], got {self.port}")
+        if self.max_sessions < 1:
+            raise UserError(f"max sessions must be >= 1, got {self.max_sessions}")
+        if self.max_body_bytes < 1024:
+            raise UserError(f"max body size must be >= 1024 bytes, got {self.max_body_bytes}")
+        if self.connect_timeout_s <= 0:
+            raise UserError(f"connect timeout must be > 0 s, got {self.connect_timeout_s}")
+        if self.token is not None and not self.token.strip():
+            raise UserError("the bearer token must not be empty")
+
+
+class Session:
+    """One peer: its connection, pipeline task and events channel."""
+
+    def __init__(self, sid: int, pc: Any, source: WebRtcSource, sink: WebRtcSink, pipeline: Any) -> None:
+        self.id = sid
+        self.pc = pc
+        self.source = source
+        self.sink = sink
+        self.pipeline = pipeline
+        self.channel: Any = None
+        self.task: asyncio.Task[Any] | None = None
+        self.backlog: list[str] = []
+        self.closing = False
+        self.watchdog: asyncio.TimerHandle | None = None
+
+    def send_event(self, frame: Frame) -> None:
+        record = event_record(frame, dict(self.pipeline.metrics.counters))
+        line = json.dumps(record, ensure_ascii=False, default=str)
+        channel = self.channel
+        if channel is not None and channel.readyState == "open":
+            channel.send(line)
+        else:
+            self.backlog.append(line)
+            del self.backlog[:-EVENT_BACKLOG]
+
+    def open_channel(self, channel: Any) -> None:
+        self.channel = channel
+        if channel.readyState == "open":
+            self.flush_backlog()
+
+    def flush_backlog(self) -> None:
+        backlog, self.backlog = self.backlog, []
+        for line in backlog:
+            self.channel.send(line)
+
+
+class VoiceServer:
+    """HTTP signalling + per-peer pipelines. ``await start()``, then ``await stop()``."""
+
+    def __init__(
+        self,
+        engines: Engines,
+        handler: Callable[..., Any],
+        loop_options: LoopOptions | None = None,
+        options: ServerOptions | None = None,
+    ) -> None:
+        self.engines = engines
+        self.handler = handler
+        self.loop_options = loop_options if loop_options is not None else LoopOptions()
+        self.options = options if options is not None else ServerOptions()
+        self._sessions: dict[int, Session] = {}
+        self._pending = 0  # offers being negotiated (count toward the cap)
+        self._next_id = 0
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._runner: web.AppRunner | None = None
+        self.port: int | None = None
+        self.app = web.Application(client_max_size=self.options.max_body_bytes)
+        self.app.router.add_get("/", self._page)
+        self.app.router.add_post("/offer", self._offer)
+
+    @property
+    def sessions(self) -> int:
+        """Live peer sessions."""
+        return len(self._sessions)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.options.host}:{self.port}/"
+
+    # -- lifecycle -------------------------------------------------------------------------
+    async def start(self) -> None:
+        runner = web.AppRunner(self.app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, self.options.host, self.options.port)
+        try:
+            await site.start()
+        except OSError as exc:
+            await runner.cleanup()
+            raise UserError(f"cannot listen on {self.options.host}:{self.options.port}: {exc}") from exc
+        self._runner = runner
+        server = site._server  # aiohttp exposes the bound port only here
+        sockets = getattr(server, "sockets", None) or []
+        self.port = sockets[0].getsockname()[1] if sockets else self.options.port
+
+    async def stop(self) -> None:
+        await asyncio.gather(*(self._close(s) for s in list(self._sessions.values())))
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    # -- HTTP ------------------------------------------------------------------------------
+    async def _page(self, request: web.Request) -> web.Response:
+        return web.Response(text=self.options.page, content_type="text/html")
+
+    def _authorized(self, request: web.Request) -> bool:
+        token = self.options.token
+        if token is None:
+            return True
+        header = request.headers.get("Authorization", "")
+        scheme, _, given = header.partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
+
+    async def _offer(self, request: web.Request) -> web.Response:
+        if not self._authorized(request):
+            return _error(401, "missing or wrong bearer token", {"WWW-Authenticate": "Bearer"})
+        if request.content_length is not None and request.content_length > self.options.max_body_bytes:
+            return _error(413, f"request body over {self.options.max_body_bytes} bytes")
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            return _error(413, f"request body over {self.options.max_body_bytes} bytes")
+        try:
+            offer = json.loads(body)
+        except (ValueError, UnicodeDecodeError) as exc:
+            return _error(400, f"body is not JSON: {exc}")
+        if (
+            not isinstance(offer, dict)
+            or not isinstance(offer.get("sdp"), str)
+            or offer.get("type") != "offer"
+        ):
+            return _error(400, 'body must be {"sdp": "<offer SDP>", "type": "offer"}')
+        if len(self._sessions) + self._pending >= self.options.max_sessions:
+            return _error(503, f"server busy: {self.options.max_sessions} sessions already")
+        self._pending += 1
+        try:
+            answer = await self._negotiate(offer["sdp"])
+        except _BadOffer as exc:
+            return _error(400, str(exc))
+        finally:
+            self._pending -= 1
+        return web.json_response(answer)
+
+    # -- peers -----------------------------------------------------------------------------
+    async def _negotiate(self, sdp: str) -> dict[str, Any]:
+        from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
+
+        servers = [
+            s if isinstance(s, RTCIceServer) else RTCIceServer(urls=s) for s in self.options.ice_servers
+        ]
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=servers))
+        source, sink = WebRtcSource(), WebRtcSink()
+        pipeline = build_pipeline(source, sink, self.engines, self.handler, self.loop_options)
+        self._next_id += 1
+        session = Session(self._next_id, pc, source, sink, pipeline)
+        pipeline.add_observer(session.send_event)
+        self._wire(session)
+        try:
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+            if not any(t.kind == "audio" for t in pc.getTransceivers()):
+                raise _BadOffer("the offer SDP has no audio track (m=audio line)")
+            pc.addTrack(sink.track)
+            await pc.setLocalDescription(await pc.createAnswer())
+        except _BadOffer:
+            await pc.close()
+            raise
+        except Exception as exc:  # aiortc raises ValueError, AttributeError, ... on bad SDP
+            await pc.close()
+            raise _BadOffer(f"cannot use the offer SDP: {type(exc).__name__}: {exc}") from exc
+        self._sessions[session.id] = session
+        session.task = asyncio.get_running_loop().create_task(
+            self._run(session), name=f"voiceloop:peer{session.id}"
+        )
+        session.watchdog = asyncio.get_running_loop().call_later(
+            self.options.connect_timeout_s, self._check_connected, session
+        )
+        local = pc.localDescription
+        return {"sdp": local.sdp, "type": local.type, "session": session.id}
+
+    def _wire(self, session: Session) -> None:
+        pc = session.pc
+
+        @pc.on("track")
+        def on_track(track: Any) -> None:
+            if track.kind == "audio" and session.source.track is None:
+                session.source.attach(track)
+            else:  # not ours to play: still drain it (its queue is unbounded)
+                self._spawn(_drain(track))
+
+        @pc.on("datachannel")
+        def on_datachannel(channel: Any) -> None:
+            if channel.label != "events":
+                return
+            session.open_channel(channel)
+            channel.on("open", session.flush_backlog)
+            channel.on("close", lambda: self._spawn(self._close(session)))
+
+        @pc.on("connectionstatechange")
+        def on_state() -> None:
+            if pc.connectionState in ("failed", "closed"):
+                self._spawn(self._close(session))
+
+    def _check_connected(self, session: Session) -> None:
+        if session.pc.connectionState != "connected":
+            log.info("session %s: not connected after %.0f s", session.id, self.options.connect_timeout_s)
+            self._spawn(self._close(session))
+
+    async def _run(self, session: Session) -> None:
+        try:
+            await session.pipeline.run()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("session %s: pipeline failed", session.id)
+        finally:
+            if not session.closing:
+                self._spawn(self._close(session))
+
+    async def _close(self, session: Session) -> None:
+        """Tear a session down once: cancel its pipeline, close the connection, forget it."""
+        if session.closing:
+            return
+        session.closing = True
+        if session.watchdog is not None:
+            session.watchdog.cancel()
+        task = session.task
+        if task is not None and not task.done() and task is not asyncio.current_task():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        await session.pc.close()
+        self._sessions.pop(session.id, None)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+class _BadOffer(Exception):
+    pass
+
+
+async def _drain(track: Any) -> None:
+    from aiortc.mediastreams import MediaStreamError
+
+    try:
+        while True:
+            await track.recv()
+    except MediaStreamError:
+        pass
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    return web.json_response({"error": message}, status=status, headers=headers)
