@@ -105,9 +105,11 @@ def test_the_bots_own_voice_looped_back_does_not_interrupt_it(pulse, chattts_roo
         thread.join(timeout=60)
     assert result.get("code") == 0
     first, *others = turns(result)
-    assert "你好" in first["transcript"] and first["first_played"] is not None  # (AEC colours the audio)
+    lines = Path(result["metrics"]).read_text().splitlines()
+    why = f"turns {[(t['transcript'], t['interrupted'], t['discarded']) for t in turns(result)]}, {lines[-1]}"
+    assert "你好" in first["transcript"] and first["first_played"] is not None, why  # (AEC colours the audio)
     if echo == "off":
-        assert first["interrupted"], "the control: without echo handling the bot hears itself"
+        assert first["interrupted"], f"the control: without echo handling the bot hears itself; {why}"
         return
-    assert not first["interrupted"], "the bot's own voice must not cut it off"
-    assert all(t["discarded"] or not t["transcript"] for t in others), "nor start a turn of its own"
+    assert not first["interrupted"], f"the bot's own voice must not cut it off; {why}"
+    assert all(t["discarded"] or not t["transcript"] for t in others), f"nor start a turn of its own; {why}"

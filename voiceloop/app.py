@@ -144,6 +144,17 @@ def load_handler(spec: str | None) -> Callable[..., Any]:
     return target
 
 
+def _output_reference(sink: Any, echo: Any) -> Any:
+    """Who tells echo handling what plays: the device sink itself when it can (from its callback,
+    exact through underruns), else the output stage (from the sink's play-time estimates)."""
+    if echo is None:
+        return None
+    if hasattr(sink, "echo_reference"):
+        sink.echo_reference = echo.reference
+        return None
+    return echo.reference
+
+
 def build_pipeline(
     source: Stage,
     sink: Any,
@@ -178,6 +189,6 @@ def build_pipeline(
         AsrStage(engines.asr),
         DialogueStage(handler, options=options.dialogue),
         TtsStage(engines.tts, voice=options.voice),
-        OutputStage(sink, echo_reference=None if echo is None else echo.reference),
+        OutputStage(sink, echo_reference=_output_reference(sink, echo)),
     ]
     return Pipeline(stages, metrics=metrics, barge_in=barge_in)

@@ -64,6 +64,9 @@ class SpeakerSink(AudioSink):
         self.info: DeviceInfo | None = None
         self.channels = 1
         self.latency = 0.0
+        #: echo handling's reference (``push(samples, rate, play_time)``), fed from the device callback
+        self.echo_reference: Any = None
+        self._clock: Any = None  # the pipeline clock, captured at open (callable from any thread)
         #: gaps while a reply played, and the zero samples they cost; samples actually played
         self.underruns = 0
         self.underrun_samples = 0
@@ -87,6 +90,7 @@ class SpeakerSink(AudioSink):
 
     # -- lifecycle -------------------------------------------------------------------------
     async def open(self) -> None:
+        self._clock = asyncio.get_running_loop().time
         sd = import_sounddevice()
         self.info = info = device_info(pick_device(self.device, "output"))
         self._watch = watch = StreamWatch(f"speaker {info.name!r}", self.stall_timeout_s, self._wake.set)
@@ -148,6 +152,10 @@ class SpeakerSink(AudioSink):
             notify = self._waiting or new_gap
         if self.channels > 1:
             out.reshape(frames, self.channels)[:] = mono[:, None]
+        reference, clock = self.echo_reference, self._clock
+        if reference is not None and clock is not None and copied:
+            # exactly what goes to the device and when it sounds: stays aligned through underruns
+            reference.push(mono[:copied].copy(), self.sample_rate, clock() + self.latency)
         if notify and watch is not None:
             watch.call(self._progress, new_gap)
 
