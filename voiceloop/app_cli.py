@@ -11,7 +11,6 @@ from pathlib import Path
 
 from .errors import UserError
 
-STEPS_PER_SECOND = 46.875
 SPEAKER_BARGE_IN_MS = 300  # chat with echo handling: speech needed before a barge-in (see cmd_chat)
 
 
@@ -76,6 +75,8 @@ def _engines(args: argparse.Namespace, options):
         if args.tts_max_seconds <= 0:
             raise UserError("--tts-max-seconds must be positive")
         tts = engines.tts
+        from .tts.chattts.engine import STEPS_PER_SECOND
+
         steps = max(1, math.ceil(args.tts_max_seconds * STEPS_PER_SECOND))
         tts.options.sampling = replace(tts.options.sampling, max_new_tokens=steps)
     return engines

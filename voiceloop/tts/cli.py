@@ -18,7 +18,6 @@ if TYPE_CHECKING:  # torch/transformers load lazily so `voiceloop --help` stays 
     from .chattts.engine import ChatTts
 
 DEFAULT_TTS = "2Noise/ChatTTS"
-STEPS_PER_SECOND = 46.875  # one GPT step = 512 samples at 24 kHz
 
 
 def add_tts_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -50,6 +49,8 @@ def load_tts(args: argparse.Namespace) -> ChatTts:
     if getattr(args, "max_seconds", None) is not None:
         if args.max_seconds <= 0:
             raise UserError("--max-seconds must be positive")
+        from .chattts.engine import STEPS_PER_SECOND
+
         steps = max(1, math.ceil(args.max_seconds * STEPS_PER_SECOND))
         options.sampling = replace(options.sampling, max_new_tokens=steps)
     return ChatTts.from_pretrained(args.model, options)

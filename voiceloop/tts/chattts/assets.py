@@ -37,13 +37,8 @@ class AssetError(ValueError):
     """An asset file does not match the architecture it is loaded into."""
 
 
-def load_strict(module: nn.Module, state: Mapping[str, torch.Tensor], label: str) -> None:
-    """Load ``state`` into ``module`` requiring exactly the same keys and shapes.
-
-    The error names every missing, unexpected and mis-shaped key, so a wrong or truncated file is
-    diagnosed from the message alone.
-    """
-    expected = module.state_dict()
+def check_keys(expected: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor], label: str) -> None:
+    """Raise :class:`AssetError` naming every missing, unexpected and mis-shaped key."""
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     shapes = sorted(
@@ -58,6 +53,15 @@ def load_strict(module: nn.Module, state: Mapping[str, torch.Tensor], label: str
                 shown = ", ".join(keys[:12]) + (f", … ({len(keys) - 12} more)" if len(keys) > 12 else "")
                 parts.append(f"{title} keys: {shown}")
         raise AssetError(f"{label} does not match the expected architecture — " + "; ".join(parts))
+
+
+def load_strict(module: nn.Module, state: Mapping[str, torch.Tensor], label: str) -> None:
+    """Load ``state`` into ``module`` requiring exactly the same keys and shapes.
+
+    The error names every missing, unexpected and mis-shaped key, so a wrong or truncated file is
+    diagnosed from the message alone.
+    """
+    check_keys(module.state_dict(), state, label)
     module.load_state_dict(dict(state), strict=True)
 
 

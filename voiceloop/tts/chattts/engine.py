@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 24_000
 SAMPLES_PER_STEP = 512  # one GPT step = 2 mel frames at hop 256
+STEPS_PER_SECOND = SAMPLE_RATE / SAMPLES_PER_STEP  # 46.875: real time
 
 
 @dataclass

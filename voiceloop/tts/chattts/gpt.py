@@ -29,7 +29,7 @@ from transformers.generation import TopKLogitsWarper, TopPLogitsWarper
 from ...asr.model import ModelOptions
 from ...compute import CancelToken
 from . import assets
-from .assets import AssetError, load_strict
+from .assets import AssetError, check_keys, load_strict
 from .llama import LeanLlama
 
 NUM_VQ = 4
@@ -169,7 +169,7 @@ class ChatTtsGpt:
         state.pop("embed_tokens.weight", None)
         with torch.device("meta"):
             expected = llama.state_dict()
-        _check_keys(expected, state, "asset/gpt/model.safetensors")
+        check_keys(expected, state, "asset/gpt/model.safetensors")
         llama.load_state_dict(state, strict=True, assign=True)
         llama.rotary_emb = type(llama.rotary_emb)(llama_config)  # non-persistent buffers: rebuild off meta
         llama.config = llama_config
@@ -354,16 +354,3 @@ def _penalize(logits: torch.Tensor, window: torch.Tensor, penalty: float) -> tor
 def _empty_tokens(text: bool, gpt: ChatTtsGpt) -> torch.Tensor:
     shape = (0,) if text else (0, gpt.num_vq)
     return torch.zeros(shape, dtype=torch.long, device=gpt.device)
-
-
-def _check_keys(expected: dict, state: dict, label: str) -> None:
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    shapes = sorted(
-        k for k in set(expected) & set(state) if tuple(expected[k].shape) != tuple(state[k].shape)
-    )
-    if missing or unexpected or shapes:
-        raise AssetError(
-            f"{label} does not match asset/gpt/config.json — missing keys: {missing[:8]}, "
-            f"unexpected keys: {unexpected[:8]}, wrong shapes: {shapes[:8]}"
-        )
