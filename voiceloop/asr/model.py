@@ -263,23 +263,52 @@ class Wav2Vec2Checkpoint:
         first block (after the positional conv), ``i`` the output of block ``i`` (1-based, before any
         final encoder LayerNorm), negative values count from the end (-1 = output of the last block).
         """
+        return self.encode_many([hidden], layer=layer)[0]
+
+    @torch.inference_mode()
+    def encode_many(
+        self, hiddens: list[torch.Tensor], *, layer: int | None = None
+    ) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+        """:meth:`encode` for several windows in one encoder pass (several streams' steps at once).
+
+        Windows of unequal length are right-padded with an attention mask; padding is zeroed before
+        the positional convolution, which pads with zeros anyway, so each row computes what it would
+        alone (up to float rounding; int8 dynamic quantization scales activations per batch).
+        """
         index = None if layer is None else self._layer_index(layer)
-        if hidden.shape[0] == 0:
-            empty = None if index is None else torch.empty(0, self.hidden_size)
-            return torch.empty(0, self.vocab_size), empty
+        results: list[tuple[torch.Tensor, torch.Tensor | None]] = [
+            (torch.empty(0, self.vocab_size), None if index is None else torch.empty(0, self.hidden_size))
+        ] * len(hiddens)
+        rows = [i for i, h in enumerate(hiddens) if h.shape[0] > 0]
+        if not rows:
+            return results
+        lengths = [hiddens[i].shape[0] for i in rows]
+        longest = max(lengths)
+        batch = torch.zeros(len(rows), longest, self.hidden_size, device=self.device, dtype=self.dtype)
+        for row, i in enumerate(rows):
+            batch[row, : lengths[row]] = hiddens[i].to(self.device, self.dtype)
+        mask = None
+        if min(lengths) != longest:
+            mask = (
+                torch.arange(longest, device=self.device)[None]
+                < torch.tensor(lengths, device=self.device)[:, None]
+            )
         captured: list[torch.Tensor] = []
         handle = None if index is None else self._capture(index, captured)
         try:
-            states = self.model.wav2vec2.encoder(hidden.to(self.device, self.dtype)[None])[0]
+            states = self.model.wav2vec2.encoder(batch, attention_mask=mask)[0]
         finally:
             if handle is not None:
                 handle.remove()
         if self.model.wav2vec2.adapter is not None:
             states = self.model.wav2vec2.adapter(states)
-        logits = self.model.lm_head(states)[0]
-        log_probs = torch.log_softmax(logits.float(), dim=-1).cpu()
-        layer_state = captured[0][0].float().cpu() if captured else None
-        return log_probs, layer_state
+        log_probs = torch.log_softmax(self.model.lm_head(states).float(), dim=-1).cpu()
+        layer_states = captured[0].float().cpu() if captured else None
+        results = list(results)
+        for row, i in enumerate(rows):
+            n = lengths[row]
+            results[i] = (log_probs[row, :n], None if layer_states is None else layer_states[row, :n])
+        return results
 
     def log_probs(self, audio: np.ndarray) -> np.ndarray:
         """Offline one pass over a whole utterance: float32 ``[T, V]`` log-probabilities."""

@@ -86,6 +86,15 @@ class Wav2Vec2Engine(AsrEngine):
     def session(self) -> Wav2Vec2Session:
         return Wav2Vec2Session(self)
 
+    def step_many(self, states: list[StreamState]) -> list[bool]:
+        """:meth:`StreamState.step` for several streams with one batched encoder pass (on the lane)."""
+        windows = [state.plan() for state in states]
+        due = [(state, w) for state, w in zip(states, windows, strict=True) if w is not None]
+        outputs = self.checkpoint.encode_many([w.hidden for _, w in due], layer=self.options.embed_layer)
+        for (state, window), output in zip(due, outputs, strict=True):
+            state.apply(window, *output)
+        return [w is not None for w in windows]
+
     # -- offline helpers (run them on the lane from async code: ``await engine.lane.run(...)``) ----
     def transcribe(self, audio: np.ndarray) -> FinalTranscript:
         """Whole-input recognition; long inputs go through the streaming windows (bounded memory)."""
@@ -189,16 +198,27 @@ class StreamState:
         return self.ckpt.project(self.features[first:last])
 
     # -- steps -----------------------------------------------------------------------------
-    def step(self) -> bool:
-        """Commit every due chunk in one encoder pass; returns whether anything was committed."""
+    def plan(self) -> Window | None:
+        """The next step's encoder input (every due chunk at once), or None when nothing is due.
+
+        Computes the window's features now; the encoder pass may then run batched with other
+        streams' windows (:meth:`Wav2Vec2Engine.step_many`) before :meth:`apply`.
+        """
         available = self.ckpt.frames_for(len(self.audio))
         start = self.committed
         chunks = (available - start - self.right) // self.chunk
         if chunks < 1:
-            return False
+            return None
         chunks = min(chunks, max(1, (self.max_window - self.left - self.right) // self.chunk))
         self._freeze_stats()
-        self._encode(start, start + chunks * self.chunk, start + chunks * self.chunk + self.right)
+        return self._window(start, start + chunks * self.chunk, start + chunks * self.chunk + self.right)
+
+    def step(self) -> bool:
+        """Commit every due chunk in one encoder pass; returns whether anything was committed."""
+        window = self.plan()
+        if window is None:
+            return False
+        self.apply(window, *self.ckpt.encode(window.hidden, layer=self.embed_layer))
         return True
 
     def fork(self) -> StreamState:
@@ -226,19 +246,36 @@ class StreamState:
             embedding=embedding,
         )
 
-    def _encode(self, commit_from: int, commit_to: int, window_end: int) -> None:
+    def _window(self, commit_from: int, commit_to: int, window_end: int) -> Window:
         first = max(0, commit_from - self.left)
         with torch.inference_mode():
             hidden = self._window_features(first, window_end)
-            log_probs, states = self.ckpt.encode(hidden, layer=self.embed_layer)
+        return Window(first, commit_from, commit_to, hidden)
+
+    def _encode(self, commit_from: int, commit_to: int, window_end: int) -> None:
+        window = self._window(commit_from, commit_to, window_end)
+        self.apply(window, *self.ckpt.encode(window.hidden, layer=self.embed_layer))
+
+    def apply(self, window: Window, log_probs: torch.Tensor, states: torch.Tensor | None) -> None:
+        """Commit the window's chunk frames and refresh the provisional tail from its outputs."""
         lp = log_probs.numpy()
-        keep = slice(commit_from - first, commit_to - first)
+        keep = slice(window.commit_from - window.first, window.commit_to - window.first)
         self.decoder.commit(lp[keep])
-        self.preview = self.decoder.hypothesis(lp[commit_to - first :])
+        self.preview = self.decoder.hypothesis(lp[window.commit_to - window.first :])
         if states is not None:
             kept = states[keep].numpy().astype(np.float64)
             self.embed_sum = kept.sum(axis=0) + (0 if self.embed_sum is None else self.embed_sum)
             self.embed_frames += len(kept)
+
+
+@dataclass
+class Window:
+    """One encoder pass of a stream: frames [first, end) in, frames [commit_from, commit_to) kept."""
+
+    first: int
+    commit_from: int
+    commit_to: int
+    hidden: torch.Tensor  # projected features [end - first, hidden]
 
 
 class Wav2Vec2Session(AsrSession):
@@ -254,7 +291,7 @@ class Wav2Vec2Session(AsrSession):
         state.add(_as_float(samples))
         if not state.due():
             return None
-        await self.engine.lane.run(state.step)
+        await self.engine.lane.batch(self.engine.step_many, state)  # with other streams' steps
         text, chars, stable = state.preview
         if text == self._last_text:
             return None

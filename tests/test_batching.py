@@ -1,0 +1,193 @@
+"""Cross-session batching: batch calls on a ComputeLane, batched ASR windows (tiny random checkpoint)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from asr_fixtures import make_tiny_checkpoint
+
+from voiceloop.asr.streaming import StreamingOptions, StreamState, Wav2Vec2Engine
+from voiceloop.compute import ComputeLane
+from voiceloop.frames import FRAME_SAMPLES
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_items_queued_while_the_lane_is_busy_run_as_one_batch() -> None:
+    lane = ComputeLane("batch")
+    gate = threading.Event()
+    calls: list[list[int]] = []
+
+    def double(items: list[int]) -> list[int]:
+        calls.append(list(items))
+        return [2 * i for i in items]
+
+    async def main() -> list[int]:
+        blocker = asyncio.ensure_future(lane.run(gate.wait))
+        await asyncio.sleep(0.05)  # the lane is now busy: the next calls pile up
+        jobs = [asyncio.ensure_future(lane.batch(double, i)) for i in range(5)]
+        await asyncio.sleep(0.05)
+        gate.set()
+        await blocker
+        return list(await asyncio.gather(*jobs))
+
+    try:
+        assert asyncio.run(main()) == [0, 2, 4, 6, 8]
+        assert calls == [[0, 1, 2, 3, 4]]
+        assert lane.batch_sizes == {5: 1}
+    finally:
+        lane.close()
+
+
+def test_without_batching_each_item_runs_alone_and_a_lone_item_never_waits() -> None:
+    lane = ComputeLane("single", batching=False)
+    calls: list[list[int]] = []
+
+    def ident(items: list[int]) -> list[int]:
+        calls.append(list(items))
+        return items
+
+    async def main() -> list[int]:
+        return list(await asyncio.gather(*(lane.batch(ident, i) for i in range(3))))
+
+    try:
+        assert asyncio.run(main()) == [0, 1, 2]
+        assert sorted(calls) == [[0], [1], [2]]
+    finally:
+        lane.close()
+
+
+def test_a_failing_item_fails_alone_and_its_batch_mates_still_get_results() -> None:
+    lane = ComputeLane("faulty")
+    gate = threading.Event()
+
+    def checked(items: list[int]) -> list[int]:
+        if any(i < 0 for i in items):
+            raise ValueError("negative item")
+        return [i + 1 for i in items]
+
+    async def main() -> list[object]:
+        blocker = asyncio.ensure_future(lane.run(gate.wait))
+        await asyncio.sleep(0.05)
+        jobs = [asyncio.ensure_future(lane.batch(checked, i)) for i in (1, -1, 2)]
+        await asyncio.sleep(0.05)
+        gate.set()
+        await blocker
+        return list(await asyncio.gather(*jobs, return_exceptions=True))
+
+    try:
+        good, bad, other = asyncio.run(main())
+        assert (good, other) == (2, 3)
+        assert isinstance(bad, ValueError)
+    finally:
+        lane.close()
+
+
+def test_a_driver_thread_sends_its_calls_to_the_lane_and_calls_on_the_lane_run_inline() -> None:
+    lane = ComputeLane("drv")
+    seen: list[tuple[str, bool]] = []
+
+    def where(items: list[str]) -> list[str]:
+        seen.append((threading.current_thread().name, lane.on_lane()))
+        return items
+
+    def driven():
+        yield lane.batch_call(where, "a")
+        yield lane.call(lambda: lane.batch_call(where, "b"))  # already on the lane: inline, no deadlock
+
+    async def main() -> list[str]:
+        return [item async for item in lane.stream(driven, driver=True)]
+
+    try:
+        assert asyncio.run(main()) == ["a", "b"]
+        assert all(on_lane and name.startswith("voiceloop-drv") for name, on_lane in seen)
+    finally:
+        lane.close()
+
+
+# -- ASR: several streams' windows in one encoder pass ------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory) -> Wav2Vec2Engine:
+    root: Path = make_tiny_checkpoint(tmp_path_factory.mktemp("tiny"), layout="2021", seed=5)
+    return Wav2Vec2Engine.from_pretrained(str(root), options=StreamingOptions(embed_layer=-1))
+
+
+def speechlike(seconds: float, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    n = round(seconds * 16_000)
+    envelope = np.abs(np.sin(np.arange(n) / 16_000 * np.pi * 3)) + 0.1
+    return (rng.normal(0, 0.2, n) * envelope * 32767 * 0.3).astype(np.int16) / 32768.0
+
+
+@pytest.mark.parametrize("lengths", [(4.0, 4.0, 4.0), (1.3, 4.0, 2.6)], ids=["equal", "ragged"])
+def test_batched_asr_steps_match_each_stream_alone(engine, lengths) -> None:
+    """Equal windows stack as they are; ragged ones (a stream's first windows) are padded and masked."""
+    audios = [speechlike(s, seed=i).astype(np.float32) for i, s in enumerate(lengths)]
+    alone = [StreamState(engine) for _ in audios]
+    together = [StreamState(engine) for _ in audios]
+    batched_steps = 0
+    for start in range(0, max(len(a) for a in audios), FRAME_SAMPLES):
+        for states in (alone, together):
+            for state, audio in zip(states, audios, strict=True):
+                state.add(audio[start : start + FRAME_SAMPLES])
+        for state in alone:
+            state.step()
+        due = [s for s in together if s.due()]
+        if len(due) > 1:
+            batched_steps += 1
+        if due:
+            engine.step_many(due)
+    assert batched_steps > 0
+    for a, b in zip(alone, together, strict=True):
+        assert a.committed == b.committed
+        fa, fb = a.finish(), b.finish()
+        assert fa.text == fb.text
+        assert [c.start for c in fa.chars] == [c.start for c in fb.chars]
+        np.testing.assert_allclose(
+            [c.confidence for c in fa.chars], [c.confidence for c in fb.chars], rtol=1e-4, atol=1e-5
+        )
+        np.testing.assert_allclose(fa.embedding, fb.embedding, rtol=1e-4, atol=1e-5)
+
+
+def test_encode_many_pads_without_changing_rows(engine) -> None:
+    ckpt = engine.checkpoint
+    torch.manual_seed(0)
+    hiddens = [torch.randn(n, ckpt.hidden_size) for n in (7, 30, 0, 19)]
+    together = ckpt.encode_many(hiddens, layer=-1)
+    for hidden, (log_probs, states) in zip(hiddens, together, strict=True):
+        alone, alone_states = ckpt.encode(hidden, layer=-1)
+        assert log_probs.shape == alone.shape
+        torch.testing.assert_close(log_probs, alone, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(states, alone_states, rtol=1e-4, atol=1e-4)
+
+
+def test_concurrent_sessions_share_batches_and_get_their_own_transcripts(engine) -> None:
+    audios = [(speechlike(3.0, seed=10 + i) * 32767).astype(np.int16) for i in range(3)]
+
+    async def run_session(audio: np.ndarray) -> str:
+        session = engine.session()
+        for i in range(0, len(audio), FRAME_SAMPLES):
+            await session.accept(audio[i : i + FRAME_SAMPLES])
+        return (await session.finalize()).text
+
+    async def main() -> list[str]:
+        return list(await asyncio.gather(*(run_session(a) for a in audios)))
+
+    engine.lane.batch_sizes.clear()
+    texts = asyncio.run(main())
+    assert max(engine.lane.batch_sizes) > 1, engine.lane.batch_sizes  # they did share passes
+    assert texts == [asyncio.run(_alone(engine, a)) for a in audios]
+
+
+async def _alone(engine: Wav2Vec2Engine, audio: np.ndarray) -> str:
+    session = engine.session()
+    for i in range(0, len(audio), FRAME_SAMPLES):
+        await session.accept(audio[i : i + FRAME_SAMPLES])
+    return (await session.finalize()).text
