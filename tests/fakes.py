@@ -70,9 +70,11 @@ class FakeAsr(AsrEngine):
 
 
 class FakeTtsSession(TtsSession):
-    def __init__(self, engine: FakeTts) -> None:
+    def __init__(self, engine: FakeTts, voice: str | None = None) -> None:
         self.engine = engine
+        self.voice = voice
         self.cancelled = 0
+        self.closed = False
 
     async def synthesize(self, text: str) -> AsyncIterator[np.ndarray]:
         engine = self.engine
@@ -88,6 +90,19 @@ class FakeTtsSession(TtsSession):
     def cancel(self) -> None:
         self.cancelled += 1
 
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+class FakeVoices:
+    """Saved voice names, like ChatTTS's VoiceStore (only ``names()`` is read)."""
+
+    def __init__(self, names: list[str]) -> None:
+        self._names = list(names)
+
+    def names(self) -> list[str]:
+        return list(self._names)
+
 
 class FakeTts(TtsEngine):
     """``seconds_per_char`` of audio per character, first chunk after ``first_delay``."""
@@ -100,8 +115,13 @@ class FakeTts(TtsEngine):
         chunk_delay: float = 0.05,
         chunk_s: float = 0.1,
         seconds_per_char: float = 0.1,
+        voices: list[str] | None = None,
+        seeds: bool = True,
     ) -> None:
         self.sample_rate = sample_rate
+        #: voices like ChatTTS offers them: saved names, and ``stats`` set when ``seed:N`` works
+        self.voices = FakeVoices(voices or [])
+        self.stats = object() if seeds else None
         self.first_delay = first_delay
         self.chunk_delay = chunk_delay
         self.chunk_s = chunk_s
@@ -110,7 +130,7 @@ class FakeTts(TtsEngine):
         self.sessions: list[FakeTtsSession] = []
 
     def session(self, voice: str | None = None) -> TtsSession:
-        session = FakeTtsSession(self)
+        session = FakeTtsSession(self, voice)
         self.sessions.append(session)
         return session
 

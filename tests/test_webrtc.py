@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 from fractions import Fraction
 from typing import Any
@@ -22,7 +23,8 @@ from voiceloop.dialogue import echo
 from voiceloop.errors import UserError
 from voiceloop.frames import EndOfStream
 from voiceloop.io.webrtc import WebRtcSink, WebRtcSource
-from voiceloop.io.webrtc_server import ServerOptions, VoiceServer
+from voiceloop.io.webrtc_server import ServerOptions, VoiceServer, loopback_candidates
+from voiceloop.io.webrtc_session import ServeLog
 from voiceloop.pipeline import Pipeline
 from voiceloop.timeline import Metrics
 
@@ -86,7 +88,7 @@ class Client:
         self.bot_frames = 0
         self.bot_peak = 0
         self._tasks: list[asyncio.Task] = []
-        channel = self.pc.createDataChannel("events")
+        channel = self.channel = self.pc.createDataChannel("events")
         channel.on("message", lambda m: self.events.append(json.loads(m)))
         self.pc.addTrack(PcmTrack(pcm))
         self.pc.on("track", lambda track: self._tasks.append(asyncio.ensure_future(self._drain(track))))
@@ -116,6 +118,13 @@ class Client:
             await self.pc.setRemoteDescription(RTCSessionDescription(sdp=body["sdp"], type=body["type"]))
         return response.status, body
 
+    def send(self, message: dict | str | bytes) -> None:
+        """A message to the server on the events channel (dicts as JSON)."""
+        self.channel.send(json.dumps(message) if isinstance(message, dict) else message)
+
+    def of_type(self, kind: str) -> list[dict]:
+        return [e for e in self.events if e["type"] == kind]
+
     async def close(self) -> None:
         await self.pc.close()
         for task in self._tasks:  # a track that never started does not end by itself
@@ -132,7 +141,8 @@ async def until(predicate, timeout: float = 30.0) -> None:
 
 
 def engines(texts: list[str] | None = None) -> Engines:
-    return Engines(FakeAsr(texts or ["hello"], final_delay=0.05), SineTts(first_delay=0.05, chunk_delay=0.02))
+    tts = SineTts(first_delay=0.05, chunk_delay=0.02, voices=["alice"])
+    return Engines(FakeAsr(texts or ["hello"], final_delay=0.05), tts)
 
 
 def pipeline_tasks() -> list[asyncio.Task]:
@@ -154,8 +164,8 @@ async def post(url: str, data: bytes, token: str | None = None) -> tuple[int, di
 async def server():
     made: list[VoiceServer] = []
 
-    async def make(**options) -> VoiceServer:
-        srv = VoiceServer(engines(), echo, LoopOptions(), ServerOptions(port=0, **options))
+    async def make(observer=None, **options) -> VoiceServer:
+        srv = VoiceServer(engines(), echo, LoopOptions(), ServerOptions(port=0, **options), observer)
         await srv.start()
         made.append(srv)
         return srv
@@ -324,3 +334,168 @@ async def test_sink_paces_flushes_and_counts_underruns_mid_reply():
     await sink.close()
     with pytest.raises(MediaStreamError):
         await sink.track.recv()
+
+
+# -- the page's requests: text to speak, voices ------------------------------------------------------
+async def connected(srv: VoiceServer, pcm: np.ndarray | None = None) -> tuple[Client, int]:
+    """A client with an open events channel (silent mic unless given audio); returns it and its session."""
+    client = Client(np.zeros(16_000, np.int16) if pcm is None else pcm)
+    status, answer = await client.connect(srv.url)
+    assert status == 200
+    await until(lambda: client.channel.readyState == "open" and client.of_type("session"))
+    assert client.of_type("session")[0]["session"] == answer["session"]
+    return client, answer["session"]
+
+
+async def test_the_page_makes_the_bot_speak_in_the_voice_it_picked(server):
+    srv = await server()
+    client, sid = await connected(srv)
+    tts = srv.session(sid).tts
+    client.send({"type": "voice", "voice": "seed:42"})
+    await until(lambda: client.of_type("voice"))
+    assert client.of_type("voice")[0]["voice"] == "seed:42"
+    assert tts.voice == "seed:42" and tts.session.voice == "seed:42"
+    client.send({"type": "say", "text": "Good morning, how can I help?", "voice": "alice"})
+    await until(lambda: any(e["type"] == "turn" for e in client.events))
+    assert tts.session.voice == "alice"
+    assert [e["voice"] for e in client.of_type("voice")] == ["seed:42", "alice"]
+    (ack,) = client.of_type("say")
+    turn_id = ack["turn_id"]
+    assert turn_id > 1_000_000 and ack["text"] == "Good morning, how can I help?"
+    pieces = [e["text"] for e in client.of_type("reply_text")]
+    assert all(e["turn_id"] == turn_id for e in client.of_type("reply_text"))
+    assert " ".join(pieces) == "Good morning, how can I help?"
+    turn = client.of_type("turn")[0]
+    assert turn["turn_id"] == turn_id and turn["reply"] == "Good morning, how can I help?"
+    assert turn["played_known"]  # the sink's send time is stamped: the page's "sent" segment
+    durations = turn["durations"]
+    assert durations["tts_first_audio"] > 0 and durations["output_buffering"] >= 0
+    await until(lambda: client.bot_peak > 1000)  # the typed text was heard
+    retired = tts.engine.sessions[:-1]
+    assert all(s.closed for s in retired)  # the voices it replaced were released
+    await client.close()
+    await until(lambda: srv.sessions == 0)
+
+
+async def test_bad_page_messages_are_answered_with_errors_and_the_session_goes_on(server):
+    srv = await server(max_say_chars=20)
+    client, sid = await connected(srv)
+    bad = [
+        b"\x00binary",
+        "{not json",
+        json.dumps([1, 2]),
+        json.dumps({"type": "dance"}),
+        json.dumps({"type": "say"}),
+        json.dumps({"type": "say", "text": "   "}),
+        json.dumps({"type": "say", "text": "x" * 21}),
+        json.dumps({"type": "say", "text": "hi", "voice": "/etc/passwd"}),
+        json.dumps({"type": "voice"}),
+        json.dumps({"type": "voice", "voice": "seed:-1"}),
+        json.dumps({"type": "voice", "voice": "seed:abc"}),
+        json.dumps({"type": "voice", "voice": "bob"}),
+        json.dumps({"type": "voice", "voice": 42}),
+        "x" * 9000,
+    ]
+    for message in bad:
+        client.send(message)
+    await until(lambda: len(client.of_type("error")) == len(bad))
+    errors = [e["error"] for e in client.of_type("error")]
+    assert "binary" in errors[0] and "JSON" in errors[1] and "dance" in errors[3]
+    assert "20 characters" in errors[6] and "unknown voice" in errors[7] and "bytes" in errors[13]
+    assert srv.sessions == 1 and not client.of_type("say") and not client.of_type("voice")
+    assert srv.session(sid).tts.voice is None
+    client.send({"type": "say", "text": "still here"})
+    await until(lambda: client.of_type("turn"))
+    assert client.of_type("turn")[0]["reply"] == "still here"
+    await client.close()
+    await until(lambda: srv.sessions == 0)
+
+
+async def test_voices_config_and_page_endpoints(server):
+    srv = await server(token="s3cret", ice_servers=["stun:stun.example.org:3478"])
+    async with aiohttp.ClientSession() as http:
+        for path in ("voices", "config"):
+            async with http.get(srv.url + path) as response:
+                assert response.status == 401
+        headers = {"Authorization": "Bearer s3cret"}
+        async with http.get(srv.url + "voices", headers=headers) as response:
+            assert await response.json() == {"default": None, "seeds": True, "names": ["alice"]}
+        async with http.get(srv.url + "config", headers=headers) as response:
+            config = await response.json()
+        assert config["ice_servers"] == [{"urls": "stun:stun.example.org:3478"}]
+        assert config["max_say_chars"] == 500 and config["voices"]["names"] == ["alice"]
+        for path, kind in (("", "text/html"), ("app.js", "text/javascript"), ("style.css", "text/css")):
+            async with http.get(srv.url + path) as response:  # the page itself needs no token
+                assert response.status == 200 and response.content_type == kind
+                assert len(await response.text()) > 500
+        async with http.get(srv.url + "../pyproject.toml") as response:
+            assert response.status == 404
+
+
+def test_loopback_candidates_only_keeps_127_0_0_1():
+    sdp = "\r\n".join(
+        [
+            "v=0",
+            "m=audio 9 UDP/TLS/RTP/SAVPF 111",
+            "a=candidate:1 1 udp 2122260223 192.0.2.2 50000 typ host generation 0",
+            "a=candidate:2 1 udp 2122262783 fd00::2 50001 typ host generation 0",
+            "a=candidate:3 1 udp 2122129151 127.0.0.1 50002 typ host generation 0",
+            "a=candidate:4 1 tcp 1518280447 ::1 9 typ host tcptype active generation 0",
+            "a=candidate:broken",
+            "a=end-of-candidates",
+            "",
+        ]
+    )
+    kept = loopback_candidates(sdp)
+    assert [line for line in kept.split("\r\n") if line.startswith("a=candidate")] == [
+        "a=candidate:3 1 udp 2122129151 127.0.0.1 50002 typ host generation 0"
+    ]
+    assert kept.endswith("a=end-of-candidates\r\n")
+
+
+class StallingTrack(PcmTrack):
+    """A microphone that sends half a second, then nothing (a peer that vanished without a word)."""
+
+    async def recv(self) -> Any:
+        if self._pts >= 8000:
+            await asyncio.Event().wait()
+        return await super().recv()
+
+
+async def test_a_peer_whose_audio_stops_is_dropped(server):
+    srv = await server(media_timeout_s=1.0)
+    client = Client(np.zeros(16_000, np.int16))
+    client.pc.getSenders()[0].replaceTrack(StallingTrack(np.zeros(16_000, np.int16)))
+    status, _ = await client.connect(srv.url)
+    assert status == 200
+    await until(lambda: srv.sessions == 1 and srv.session(1).source.received > 0)
+    await until(lambda: srv.sessions == 0)
+    await until(lambda: not pipeline_tasks())
+    assert "no audio" in client.of_type("closing")[0]["reason"]
+    await client.close()
+
+
+async def test_serve_log_tags_every_session_and_writes_all_turns(server):
+    events, metrics = io.StringIO(), io.StringIO()
+    log = ServeLog("json", stream=events, metrics=metrics)
+    metrics.close = lambda: None  # keep the text readable after log.close()
+    srv = await server(observer=log)
+    clients = [await connected(srv) for _ in range(2)]
+    for client, _ in clients:
+        client.send({"type": "say", "text": "hello"})
+    for client, _ in clients:
+        await until(lambda c=client: c.of_type("turn"))
+        await client.close()
+    await until(lambda: srv.sessions == 0)
+    summary = log.close()
+    assert summary["turns"] == 2
+    lines = [json.loads(line) for line in events.getvalue().splitlines()]
+    sids = {sid for _, sid in clients}
+    assert {line["session"] for line in lines if line["type"] == "session_started"} == sids
+    assert {line["session"] for line in lines if line["type"] == "session_ended"} == sids
+    assert {line["session"] for line in lines if line["type"] == "reply_text"} == sids
+    assert lines[-1]["type"] == "summary" and lines[-1]["turns"] == 2
+    records = [json.loads(line) for line in metrics.getvalue().splitlines()]
+    turns = [r for r in records if r["type"] == "turn"]
+    assert {t["session"] for t in turns} == sids and all(t["reply"] == "hello" for t in turns)
+    assert [r["type"] for r in records].count("session_summary") == 2 and records[-1]["type"] == "summary"

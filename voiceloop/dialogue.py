@@ -20,10 +20,10 @@ import contextlib
 import inspect
 import logging
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from .clock import ThreadWork, now
 from .frames import FinalTranscript, Frame, Interruption, PartialTranscript, ReplyEnd, ReplyText, TurnError
@@ -33,6 +33,22 @@ from .text import SpeakableSplitter, SplitOptions
 log = logging.getLogger("voiceloop")
 
 Handler = Callable[..., Any]
+
+#: turns the bot starts itself (:meth:`DialogueStage.say`) are numbered from here, far above the VAD's
+#: user turns (1, 2, 3, ...), so the two never share a timeline
+SAY_TURN_BASE = 1_000_000
+
+
+@dataclass(slots=True)
+class SayRequest(Frame):
+    """Text the bot should speak as its own turn (queued by :meth:`DialogueStage.say`).
+
+    Flushed by a barge-in like any other pending bot output.
+    """
+
+    survives_interrupt: ClassVar[bool] = False
+    turn_id: int
+    text: str
 
 
 @dataclass
@@ -179,10 +195,13 @@ class DialogueStage(Stage):
         self.options = options or DialogueOptions()
         self.history: list[Message] = []
         self._ctx: TurnContext | None = None
+        self._said = 0  # turns started by say()
 
     async def process(self, frame: Frame) -> None:
         if isinstance(frame, FinalTranscript):
             await self._reply(frame)
+        elif isinstance(frame, SayRequest):
+            await self._say(frame)
         elif isinstance(frame, PartialTranscript):
             if self.on_partial is not None:
                 await self._partial(frame)
@@ -200,6 +219,36 @@ class DialogueStage(Stage):
             log.warning("on_partial hook failed: %s: %s", type(exc).__name__, exc)
             self.metrics.count("partial_hook_errors")
 
+    def say(self, text: str) -> int:
+        """Speak ``text`` as a bot turn of its own; returns its turn id.
+
+        Why here: the text then takes exactly the path of a handler reply (speakable pieces, TTS,
+        output, history, timeline, barge-in), queued behind whatever the dialogue is doing. Raises
+        ``ValueError`` for empty text and ``RuntimeError`` when the stage is not running or its queue
+        is full (the caller reports it; nothing waits).
+        """
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError("nothing to say: the text is empty")
+        if self.inbox is None or self.pipeline is None or self._task is None or self._task.done():
+            raise RuntimeError("the dialogue stage is not running")
+        inbox = self.inbox
+        if len(inbox) >= inbox.maxsize:
+            raise RuntimeError("the dialogue queue is full; try again")
+        self._said += 1
+        turn_id = SAY_TURN_BASE + self._said
+        inbox.put_nowait(SayRequest(turn_id, text))
+        return turn_id
+
+    async def _say(self, request: SayRequest) -> None:
+        turn_id = request.turn_id
+        ctx = self._ctx = TurnContext(turn_id, FinalTranscript(request.text, turn_id=turn_id), [])
+        self.pipeline.reply_turn = turn_id  # type: ignore[union-attr]
+
+        async def text() -> AsyncGenerator[str, None]:
+            yield request.text
+
+        await self._speak(turn_id, ctx, text())
+
     async def _reply(self, final: FinalTranscript) -> None:
         turn_id, pipeline = final.turn_id, self.pipeline
         assert pipeline is not None
@@ -210,10 +259,14 @@ class DialogueStage(Stage):
         ctx = self._ctx = TurnContext(turn_id, final, list(self.history))
         self._remember(Message("user", final.text, turn_id))
         pipeline.reply_turn = turn_id
+        await self._speak(turn_id, ctx, call_handler(self.handler, final.text, ctx))
+
+    async def _speak(self, turn_id: int, ctx: TurnContext, source: AsyncGenerator[str, None]) -> None:
+        """Stream reply text into speakable pieces, with the handler limits; always ends the reply."""
         splitter = SpeakableSplitter(self.options.split)
         reply: list[str] = []
         try:
-            async with aclosing(call_handler(self.handler, final.text, ctx)) as deltas:
+            async with aclosing(source) as deltas:
                 while True:
                     limit = self.options.idle_timeout_s if reply else self.options.first_text_timeout_s
                     try:

@@ -4,11 +4,16 @@ The browser POSTs its complete offer (aiortc has no trickle ICE) to ``/offer`` a
 answer back. Each peer gets its own pipeline (``WebRtcSource → vad → asr → dialogue → tts →
 WebRtcSink``) built by :func:`voiceloop.app.build_pipeline`, all sharing one :class:`Engines` (models
 load once per process). Pipeline events go to the client's ``events`` data channel, one JSON object
-per message (:func:`voiceloop.io.console.event_record`).
+per message (:func:`voiceloop.io.events.event_record`); the page sends typed text to speak and voice
+changes back on the same channel (:mod:`voiceloop.io.webrtc_session` has the message formats).
+``GET /`` is the page (``voiceloop/io/web/``: plain HTML + JS, no build step), ``GET /voices`` what the
+TTS engine offers.
 
 Defaults are for a machine you trust: bind 127.0.0.1, no STUN/TURN (``iceServers=[]``; aiortc would
 otherwise contact Google's STUN server). Exposing it needs a bearer token (401 without it), and
-sessions (503 beyond), request bodies (413) and malformed offers (400) are bounded.
+sessions (503 beyond), request bodies (413) and malformed offers (400) are bounded. A peer is dropped
+when its connection fails or closes, its data channel closes (tab closed), it never connects, or its
+microphone sends nothing for ``media_timeout_s`` (a vanished peer, long before ICE consent gives up).
 """
 
 from __future__ import annotations
@@ -19,25 +24,47 @@ import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from importlib import resources
+from typing import Any, Protocol
 
 from aiohttp import web
 
 from ..app import Engines, LoopOptions, build_pipeline
 from ..errors import UserError
-from ..frames import Frame
-from .console import event_record
+from ..pipeline import Pipeline
 from .webrtc import WebRtcSink, WebRtcSource
+from .webrtc_session import Session, voice_catalog
 
 log = logging.getLogger(__name__)
 
-PLACEHOLDER_PAGE = """<!doctype html>
-<html><head><meta charset="utf-8"><title>voiceloop</title></head>
-<body><h1>voiceloop</h1><p>The voice bot is running. POST a WebRTC offer to <code>/offer</code>.</p></body>
-</html>
-"""
-#: events kept for a client whose data channel is not open yet (oldest dropped beyond)
-EVENT_BACKLOG = 200
+#: the page's files (package data), served by name only: GET / and GET /<name>
+WEB_FILES = {"index.html": "text/html", "app.js": "text/javascript", "style.css": "text/css"}
+
+
+def web_file(name: str) -> str:
+    """A file of the bundled page (``voiceloop/io/web/``)."""
+    return (resources.files("voiceloop.io") / "web" / name).read_text(encoding="utf-8")
+
+
+class SessionObserver(Protocol):
+    """Told when a peer's pipeline is built and when it is gone (``voiceloop serve``'s log)."""
+
+    def session_started(self, sid: int, pipeline: Pipeline) -> None: ...
+
+    def session_ended(self, sid: int, pipeline: Pipeline) -> None: ...
+
+
+def loopback_candidates(sdp: str) -> str:
+    """The SDP without ICE candidates that are not on 127.0.0.1 (tests and single-machine demos)."""
+    lines = sdp.split("\r\n") if "\r\n" in sdp else sdp.split("\n")
+    kept = []
+    for line in lines:
+        if line.startswith("a=candidate:"):
+            fields = line.split()
+            if len(fields) < 5 or fields[4] != "127.0.0.1":
+                continue
+        kept.append(line)
+    return ("\r\n" if "\r\n" in sdp else "\n").join(kept)
 
 
 @dataclass
@@ -51,9 +78,16 @@ class ServerOptions:
     max_body_bytes: int = 64 * 1024  # an SDP offer is a few KiB
     #: STUN/TURN servers for the peer connections: urls ("stun:host:port") or aiortc RTCIceServer
     ice_servers: list[Any] = field(default_factory=list)
-    page: str = PLACEHOLDER_PAGE  # what GET / returns
+    page: str | None = None  # what GET / returns; None: the bundled page (voiceloop/io/web/index.html)
     #: a peer that is not connected this long after its offer is dropped (it vanished mid-handshake)
     connect_timeout_s: float = 20.0
+    #: a connected peer whose microphone sends nothing this long is dropped (tab crashed, network
+    #: gone: ICE consent would take ~30 s to notice); browsers send frames even when muted
+    media_timeout_s: float = 10.0
+    #: drop every ICE candidate of the offer that is not on 127.0.0.1 (loopback-only tests and demos;
+    #: with aioice still gathering other interfaces, see tests/test_webrtc.py)
+    loopback_candidates_only: bool = False
+    max_say_chars: int = 500  # longest text the page may ask the bot to speak
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -64,44 +98,12 @@ class ServerOptions:
             raise UserError(f"max body size must be >= 1024 bytes, got {self.max_body_bytes}")
         if self.connect_timeout_s <= 0:
             raise UserError(f"connect timeout must be > 0 s, got {self.connect_timeout_s}")
+        if self.media_timeout_s <= 0:
+            raise UserError(f"media timeout must be > 0 s, got {self.media_timeout_s}")
+        if not 1 <= self.max_say_chars <= 5000:
+            raise UserError(f"max say chars must be in [1, 5000], got {self.max_say_chars}")
         if self.token is not None and not self.token.strip():
             raise UserError("the bearer token must not be empty")
-
-
-class Session:
-    """One peer: its connection, pipeline task and events channel."""
-
-    def __init__(self, sid: int, pc: Any, source: WebRtcSource, sink: WebRtcSink, pipeline: Any) -> None:
-        self.id = sid
-        self.pc = pc
-        self.source = source
-        self.sink = sink
-        self.pipeline = pipeline
-        self.channel: Any = None
-        self.task: asyncio.Task[Any] | None = None
-        self.backlog: list[str] = []
-        self.closing = False
-        self.watchdog: asyncio.TimerHandle | None = None
-
-    def send_event(self, frame: Frame) -> None:
-        record = event_record(frame, dict(self.pipeline.metrics.counters))
-        line = json.dumps(record, ensure_ascii=False, default=str)
-        channel = self.channel
-        if channel is not None and channel.readyState == "open":
-            channel.send(line)
-        else:
-            self.backlog.append(line)
-            del self.backlog[:-EVENT_BACKLOG]
-
-    def open_channel(self, channel: Any) -> None:
-        self.channel = channel
-        if channel.readyState == "open":
-            self.flush_backlog()
-
-    def flush_backlog(self) -> None:
-        backlog, self.backlog = self.backlog, []
-        for line in backlog:
-            self.channel.send(line)
 
 
 class VoiceServer:
@@ -113,11 +115,16 @@ class VoiceServer:
         handler: Callable[..., Any],
         loop_options: LoopOptions | None = None,
         options: ServerOptions | None = None,
+        observer: SessionObserver | None = None,
     ) -> None:
         self.engines = engines
         self.handler = handler
         self.loop_options = loop_options if loop_options is not None else LoopOptions()
         self.options = options if options is not None else ServerOptions()
+        self.observer = observer
+        self._files = {name: web_file(name) for name in WEB_FILES}
+        if self.options.page is not None:
+            self._files["index.html"] = self.options.page
         self._sessions: dict[int, Session] = {}
         self._pending = 0  # offers being negotiated (count toward the cap)
         self._next_id = 0
@@ -126,12 +133,20 @@ class VoiceServer:
         self.port: int | None = None
         self.app = web.Application(client_max_size=self.options.max_body_bytes)
         self.app.router.add_get("/", self._page)
+        for name in WEB_FILES:
+            self.app.router.add_get(f"/{name}", self._page)
+        self.app.router.add_get("/voices", self._voices)
+        self.app.router.add_get("/config", self._config)
         self.app.router.add_post("/offer", self._offer)
 
     @property
     def sessions(self) -> int:
         """Live peer sessions."""
         return len(self._sessions)
+
+    def session(self, sid: int) -> Session | None:
+        """The live session with this id (the ``session`` field of the offer's answer)."""
+        return self._sessions.get(sid)
 
     @property
     def url(self) -> str:
@@ -162,7 +177,32 @@ class VoiceServer:
 
     # -- HTTP ------------------------------------------------------------------------------
     async def _page(self, request: web.Request) -> web.Response:
-        return web.Response(text=self.options.page, content_type="text/html")
+        name = request.path.lstrip("/") or "index.html"
+        headers = {"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"}
+        return web.Response(text=self._files[name], content_type=WEB_FILES[name], headers=headers)
+
+    def voices(self) -> dict[str, Any]:
+        """What the TTS engine offers (``GET /voices``): default, ``seeds`` (``seed:N`` works), names."""
+        return voice_catalog(self.engines.tts, self.loop_options.voice)
+
+    async def _voices(self, request: web.Request) -> web.Response:
+        if not self._authorized(request):
+            return _error(401, "missing or wrong bearer token", {"WWW-Authenticate": "Bearer"})
+        return web.json_response(self.voices())
+
+    async def _config(self, request: web.Request) -> web.Response:
+        """What the page needs before connecting: ICE servers (the browser needs them too), limits, voices."""
+        if not self._authorized(request):
+            return _error(401, "missing or wrong bearer token", {"WWW-Authenticate": "Bearer"})
+        ice = []
+        for server in self.options.ice_servers:
+            if isinstance(server, str):
+                ice.append({"urls": server})
+            else:  # an RTCIceServer: TURN needs its credentials on the browser side as well
+                entry = {"urls": server.urls, "username": server.username, "credential": server.credential}
+                ice.append({k: v for k, v in entry.items() if v is not None})
+        body = {"ice_servers": ice, "max_say_chars": self.options.max_say_chars, "voices": self.voices()}
+        return web.json_response(body)
 
     def _authorized(self, request: web.Request) -> bool:
         token = self.options.token
@@ -213,9 +253,20 @@ class VoiceServer:
         source, sink = WebRtcSource(), WebRtcSink()
         pipeline = build_pipeline(source, sink, self.engines, self.handler, self.loop_options)
         self._next_id += 1
-        session = Session(self._next_id, pc, source, sink, pipeline)
+        session = Session(
+            self._next_id,
+            pc,
+            source,
+            sink,
+            pipeline,
+            catalog=self.voices(),
+            max_say_chars=self.options.max_say_chars,
+            spawn=self._spawn,
+        )
         pipeline.add_observer(session.send_event)
         self._wire(session)
+        if self.options.loopback_candidates_only:
+            sdp = loopback_candidates(sdp)
         try:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
             if not any(t.kind == "audio" for t in pc.getTransceivers()):
@@ -229,6 +280,8 @@ class VoiceServer:
             await pc.close()
             raise _BadOffer(f"cannot use the offer SDP: {type(exc).__name__}: {exc}") from exc
         self._sessions[session.id] = session
+        if self.observer is not None:
+            self.observer.session_started(session.id, pipeline)
         session.task = asyncio.get_running_loop().create_task(
             self._run(session), name=f"voiceloop:peer{session.id}"
         )
@@ -258,13 +311,37 @@ class VoiceServer:
 
         @pc.on("connectionstatechange")
         def on_state() -> None:
-            if pc.connectionState in ("failed", "closed"):
+            state = pc.connectionState
+            if state in ("failed", "closed"):
                 self._spawn(self._close(session))
+            elif state == "connected" and not session.closing:  # from now on, watch the audio
+                if session.watchdog is not None:
+                    session.watchdog.cancel()
+                session.watchdog = asyncio.get_running_loop().call_later(
+                    self.options.media_timeout_s, self._check_media, session, session.source.received
+                )
 
     def _check_connected(self, session: Session) -> None:
+        if session.closing:
+            return
         if session.pc.connectionState != "connected":
             log.info("session %s: not connected after %.0f s", session.id, self.options.connect_timeout_s)
             self._spawn(self._close(session))
+
+    def _check_media(self, session: Session, seen: int) -> None:
+        """Every ``media_timeout_s``: has the peer's microphone sent anything since the last look?"""
+        if session.closing:
+            return
+        received = session.source.received
+        if received == seen:
+            reason = f"no audio from the peer for {self.options.media_timeout_s:g} s"
+            log.info("session %s: %s", session.id, reason)
+            session.send({"type": "closing", "reason": reason})
+            self._spawn(self._close(session))
+            return
+        session.watchdog = asyncio.get_running_loop().call_later(
+            self.options.media_timeout_s, self._check_media, session, received
+        )
 
     async def _run(self, session: Session) -> None:
         try:
@@ -289,7 +366,12 @@ class VoiceServer:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
         await session.pc.close()
-        self._sessions.pop(session.id, None)
+        await session.aclose()
+        if self._sessions.pop(session.id, None) is not None and self.observer is not None:
+            try:
+                self.observer.session_ended(session.id, session.pipeline)
+            except Exception:
+                log.exception("session %s: the session observer failed", session.id)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
