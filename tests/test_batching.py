@@ -191,3 +191,67 @@ async def _alone(engine: Wav2Vec2Engine, audio: np.ndarray) -> str:
     for i in range(0, len(audio), FRAME_SAMPLES):
         await session.accept(audio[i : i + FRAME_SAMPLES])
     return (await session.finalize()).text
+
+
+# -- TTS: several sessions' GPT steps in one forward ----------------------------------------------
+
+TTS_STEPS = 24
+
+
+@pytest.fixture(scope="module")
+def tts(chattts_root):
+    from voiceloop.tts.chattts.engine import ChatTts, ChatTtsOptions
+    from voiceloop.tts.chattts.gpt import SamplingOptions
+
+    sampling = SamplingOptions(max_new_tokens=TTS_STEPS, min_new_tokens=TTS_STEPS)
+    engine = ChatTts.from_pretrained(str(chattts_root), ChatTtsOptions(sampling=sampling))
+    yield engine
+    engine.lane.close()
+
+
+def test_forward_rows_matches_each_sequence_alone(tts) -> None:
+    llama = tts.gpt.llama
+    hidden = llama.hidden
+    torch.manual_seed(1)
+    prompts = [torch.randn(1, n, hidden) for n in (3, 11, 6)]
+    alone, together = [], []
+    for prompt in prompts:
+        for caches in (alone, together):
+            cache = llama.new_cache(1, torch.float32, "cpu")
+            llama(prompt, torch.arange(prompt.shape[1])[None], cache)
+            caches.append(cache)
+    for _ in range(4):
+        embeds = [torch.randn(1, 1, hidden) for _prompt in prompts]
+        positions = [torch.tensor([[c.length]]) for c in alone]
+        expected = [llama(e, p, c) for e, p, c in zip(embeds, positions, alone, strict=True)]
+        got = llama.forward_rows(list(zip(embeds, positions, together, strict=True)))
+        for want, have in zip(expected, got, strict=True):
+            torch.testing.assert_close(have, want, rtol=1e-5, atol=1e-5)
+    assert [c.length for c in together] == [c.length for c in alone] == [7, 15, 10]
+
+
+def test_concurrent_tts_sessions_batch_their_steps_and_sound_as_alone(tts) -> None:
+    import functools
+
+    texts = ["你好，今天天气不错。", "我们明天见。", "谢谢你。"]
+    speaker = tts.speaker("seed:3")
+
+    async def one(text: str, seed: int) -> np.ndarray:
+        gen = functools.partial(tts.stream, seed=seed)
+        chunks = [c async for c in tts.lane.stream(gen, text, speaker, driver=True)]
+        return np.concatenate(chunks)
+
+    async def together() -> list[np.ndarray]:
+        return list(await asyncio.gather(*(one(t, i) for i, t in enumerate(texts))))
+
+    async def alone() -> list[np.ndarray]:
+        return [await one(t, i) for i, t in enumerate(texts)]
+
+    expected = asyncio.run(alone())
+    tts.lane.batch_sizes.clear()
+    got = asyncio.run(together())
+    assert max(tts.lane.batch_sizes) > 1, tts.lane.batch_sizes
+    for want, have in zip(expected, got, strict=True):
+        assert len(have) == len(want) == 512 * TTS_STEPS - 256
+        diff = np.abs(have.astype(np.int32) - want.astype(np.int32))
+        assert diff.max() <= 2, diff.max()  # same tokens; batched matmuls round differently

@@ -3,14 +3,16 @@
 Per request: normalise the text (numbers, punctuation, tags) → split into sentences → optionally
 refine → per sentence, generate codes step by step and hand each step's hidden state (or codes) to
 a bounded-context streaming decoder, which emits audio every few steps. One loaded engine is shared
-by many sessions; all compute runs on the engine's :class:`~voiceloop.compute.ComputeLane`.
+by many sessions; all compute runs on the engine's :class:`~voiceloop.compute.ComputeLane`: each
+session's generation loop runs on a driver thread and sends its GPT forwards and decodes to the
+lane, where concurrent sessions' single-position steps run as one batched forward.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
@@ -23,6 +25,7 @@ from ..base import TtsEngine, TtsSession
 from . import assets
 from .decoder import CodeDecoder, HiddenDecoder
 from .gpt import REFINE_SAMPLING, ChatTtsGpt, SamplingOptions
+from .llama import KvCache, LeanLlama
 from .normalize import normalize, split_sentences
 from .speaker import SpeakerStats, VoiceStore, decode_speaker, resolve_voice, sample_speaker
 from .stream_decode import StreamDecodeOptions, StreamingDecoder, WaveDecoder
@@ -50,6 +53,8 @@ class ChatTtsOptions:
     normalize_text: bool = True
     max_sentence_chars: int = 100  # longer texts are split so each GPT run stays well under its limit
     verify_sha256: bool = False
+    #: run concurrent sessions' GPT steps as one batched forward (False: one at a time, interleaved)
+    batch_sessions: bool = True
 
     def __post_init__(self) -> None:
         if self.decoder not in ("hidden", "dvae"):
@@ -87,7 +92,11 @@ class ChatTts(TtsEngine):
         self.options = options
         self.voices = voices or VoiceStore()
         threads = options.model.threads
-        self.lane = ComputeLane("tts", setup=(lambda: torch.set_num_threads(threads)) if threads else None)
+        self.lane = ComputeLane(
+            "tts",
+            setup=(lambda: torch.set_num_threads(threads)) if threads else None,
+            batching=options.batch_sessions,
+        )
 
     @classmethod
     def from_pretrained(
@@ -168,14 +177,17 @@ class ChatTts(TtsEngine):
         sentences = prepared.sentences
         if sentences and (self.options.refine if refine is None else refine):
             refined, _ = self.gpt.refine(
-                sentences, self.options.refine_control, replace(self.options.refine_sampling, seed=seed)
+                sentences,
+                self.options.refine_control,
+                replace(self.options.refine_sampling, seed=seed),
+                forward=self._lane_forward,
             )
             sentences = [r for r in refined if _speakable(r)]
         for index, sentence in enumerate(sentences):
             sampling = replace(self.options.sampling, seed=None if seed is None else seed + index)
             prompt = self.gpt.code_prompt([sentence], speaker, self.options.speed_prompt)
-            decoder = StreamingDecoder(self._decode_fn(), self.options.stream)
-            for step in self.gpt.generate(prompt, sampling, cancel=cancel):
+            decoder = StreamingDecoder(self._lane_decode(self._decode_fn()), self.options.stream)
+            for step in self.gpt.generate(prompt, sampling, cancel=cancel, forward=self._lane_forward):
                 if not bool(step.alive[0]):
                     break
                 item = step.hidden[0] if self.options.decoder == "hidden" else step.tokens[0]
@@ -220,6 +232,27 @@ class ChatTts(TtsEngine):
             out.append(np.concatenate(parts) if parts else np.zeros(0, np.int16))
         return out
 
+    # -- the lane: sessions generate on driver threads; model calls come here ------------------
+
+    def _lane_forward(
+        self, embeds: torch.Tensor, positions: torch.Tensor, cache: KvCache, valid: torch.Tensor | None
+    ) -> torch.Tensor:
+        """A GPT forward on the lane; single-position steps of batch-1 sequences batch across sessions."""
+        if embeds.shape[:2] == (1, 1) and valid is None:
+            return self.lane.batch_call(self._gpt_steps, (embeds, positions, cache))
+        return self.lane.call(self.gpt.llama, embeds, positions, cache, valid)
+
+    def _gpt_steps(self, rows: list[tuple[torch.Tensor, torch.Tensor, KvCache]]) -> list[torch.Tensor]:
+        llama = self.gpt.llama
+        assert isinstance(llama, LeanLlama)
+        if len(rows) == 1:
+            embeds, positions, cache = rows[0]
+            return [llama(embeds, positions, cache)]
+        return llama.forward_rows(rows)
+
+    def _lane_decode(self, decode: WaveDecoder) -> Callable[[torch.Tensor], np.ndarray]:
+        return lambda window: self.lane.call(decode, window)
+
     def _decode_fn(self) -> WaveDecoder:
         """Per-utterance items ``[T, D]`` → float32 wave, through the configured decoder + Vocos."""
         if self.options.decoder == "hidden":
@@ -258,7 +291,10 @@ class ChatTtsSession(TtsSession):
     async def synthesize(self, text: str) -> AsyncIterator[np.ndarray]:
         token = self._cancel = CancelToken()
         generate = functools.partial(self.engine.stream, cancel=token)  # checked every GPT step
-        async for chunk in self.engine.lane.stream(generate, text, self.speaker, cancel=token):
+        # On a driver thread: its GPT steps and decodes queue on the lane one by one, so sessions
+        # interleave (and their steps batch) instead of waiting for each other's whole sentences.
+        stream = self.engine.lane.stream(generate, text, self.speaker, cancel=token, driver=True)
+        async for chunk in stream:
             yield chunk
 
     def cancel(self) -> None:

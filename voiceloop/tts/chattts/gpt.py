@@ -13,7 +13,7 @@ import inspect
 import json
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,7 +30,7 @@ from ...asr.model import ModelOptions
 from ...compute import CancelToken
 from . import assets
 from .assets import AssetError, check_keys, load_strict
-from .llama import LeanLlama
+from .llama import KvCache, LeanLlama
 
 NUM_VQ = 4
 # transformers 5.x renamed LlamaModel's `past_key_values` to `cache` (the old name goes in 5.40).
@@ -239,8 +239,13 @@ class ChatTtsGpt:
         *,
         text: bool = False,
         cancel: CancelToken | None = None,
+        forward: LeanForward | None = None,
     ) -> Iterator[Step]:
-        """Yield one :class:`Step` per position until every row hit EOS, the limit, or ``cancel``."""
+        """Yield one :class:`Step` per position until every row hit EOS, the limit, or ``cancel``.
+
+        ``forward`` runs the lean model's passes (default: here, in the calling thread); an engine
+        passes one that sends them to its compute lane, where concurrent sessions' steps batch.
+        """
         batch = prompt.mask.shape[0]
         groups = 1 if text else self.num_vq
         temps = (
@@ -263,6 +268,8 @@ class ChatTtsGpt:
         positions = (mask.cumsum(-1) - 1).masked_fill(mask.eq(0), 1)
         inputs = prompt.embeds
         lean = isinstance(self.llama, LeanLlama)
+        if lean and forward is None:
+            forward = self.llama
         cache = self.llama.new_cache(batch, self.dtype, self.device) if lean else DynamicCache()
         padded = not bool(prompt.mask.all())
         history: list[torch.Tensor] = []  # per step [B * groups]
@@ -271,7 +278,7 @@ class ChatTtsGpt:
             if cancel is not None and cancel.cancelled:
                 return
             if lean:
-                out = self.llama(inputs.to(self.dtype), positions, cache, mask if padded else None)
+                out = forward(inputs.to(self.dtype), positions, cache, mask if padded else None)
             else:
                 out = self.llama(
                     inputs_embeds=inputs.to(self.dtype),
@@ -312,10 +319,11 @@ class ChatTtsGpt:
         *,
         text: bool = False,
         cancel: CancelToken | None = None,
+        forward: LeanForward | None = None,
     ) -> GenerationResult:
         """Generate to the end; per row, the tokens and hidden states before its EOS."""
         batch = prompt.mask.shape[0]
-        steps = list(self.generate(prompt, sampling, text=text, cancel=cancel))
+        steps = list(self.generate(prompt, sampling, text=text, cancel=cancel, forward=forward))
         result = GenerationResult()
         for row in range(batch):
             keep = [s for s in steps if bool(s.alive[row])]
@@ -332,16 +340,24 @@ class ChatTtsGpt:
         return result
 
     def refine(
-        self, texts: list[str], control: str = "", sampling: SamplingOptions = REFINE_SAMPLING
+        self,
+        texts: list[str],
+        control: str = "",
+        sampling: SamplingOptions = REFINE_SAMPLING,
+        forward: LeanForward | None = None,
     ) -> tuple[list[str], list[list[int]]]:
         """Text mode: rewrite each text with prosody tags; returns (texts, kept token ids).
 
         Ids at or above ``[break_0]`` (the numbered break/laugh/oral/speed controls) are dropped,
         as the reference does; the rest decode to space-separated text with ``[uv_break]`` etc.
         """
-        result = self.run(self.refine_prompt(texts, control), sampling, text=True)
+        result = self.run(self.refine_prompt(texts, control), sampling, text=True, forward=forward)
         kept = [[int(t) for t in row if int(t) < self.break_0_id] for row in result.tokens]
         return [self.tokenizer.decode(ids) for ids in kept], kept
+
+
+#: (embeds [B, T, hidden], positions [B, T], cache, valid or None) -> last hidden states [B, T, hidden]
+LeanForward = Callable[[torch.Tensor, torch.Tensor, KvCache, torch.Tensor | None], torch.Tensor]
 
 
 def _penalize(logits: torch.Tensor, window: torch.Tensor, penalty: float) -> torch.Tensor:

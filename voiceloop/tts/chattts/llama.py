@@ -155,3 +155,49 @@ class LeanLlama(nn.Module):
             x = x + layer.down(F.silu(gate) * up)
         cache.length = end
         return rms_norm(x, self.norm, self.eps)
+
+    @torch.inference_mode()
+    def forward_rows(self, rows: list[tuple[torch.Tensor, torch.Tensor, KvCache]]) -> list[torch.Tensor]:
+        """One new position for each of several independent sequences, in one pass.
+
+        ``rows`` holds (embeds [1, 1, hidden], positions [1, 1], a batch-1 cache) per sequence —
+        concurrent sessions' generation steps. The linear layers (nearly all of a step's cost, and
+        memory-bound at batch 1) run once on all rows; attention runs per row over its own cache,
+        so sequences of any lengths batch without padding. Returns [1, 1, hidden] per row.
+        """
+        x = torch.cat([embeds for embeds, _, _ in rows])
+        positions = torch.cat([pos for _, pos, _ in rows])
+        caches = [cache for _, _, cache in rows]
+        batch = x.shape[0]
+        for cache in caches:
+            if cache.shape[0] != 1:
+                raise ValueError("forward_rows takes batch-1 caches only")
+            cache.reserve(cache.length + 1)
+        freqs = positions[..., None].float() * self.inv_freq
+        angles = torch.cat((freqs, freqs), -1)[:, None]  # [B, 1, 1, head_dim]
+        cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+        for index, layer in enumerate(self.layers):
+            h = rms_norm(x, layer.norm_in, self.eps)
+            qkv = layer.qkv(h).view(batch, 1, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+            q, k = _rotate(qkv[:2], cos, sin)
+            v = qkv[2]
+            attended = []
+            for row, cache in enumerate(caches):
+                at = cache.length
+                key_store, value_store = cache.keys[index], cache.values[index]
+                key_store[:, :, at : at + 1] = k[row : row + 1]
+                value_store[:, :, at : at + 1] = v[row : row + 1]
+                attended.append(
+                    F.scaled_dot_product_attention(
+                        q[row : row + 1], key_store[:, :, : at + 1], value_store[:, :, : at + 1]
+                    )
+                )
+            mixed = torch.cat(attended).transpose(1, 2).reshape(batch, 1, self.hidden)
+            x = x + layer.o(mixed)
+            h = rms_norm(x, layer.norm_post, self.eps)
+            gate, up = layer.gate_up(h).chunk(2, -1)
+            x = x + layer.down(F.silu(gate) * up)
+        for cache in caches:
+            cache.length += 1
+        out = rms_norm(x, self.norm, self.eps)
+        return [out[row : row + 1] for row in range(batch)]
