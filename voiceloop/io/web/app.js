@@ -123,6 +123,7 @@ function markInterrupted(card, played) {
 
 function latencyBar(card, durations) {
   card.querySelector(".latency")?.remove();
+  card.querySelector(".breakdown")?.remove();
   const row = document.createElement("div");
   row.className = "latency";
   const bar = document.createElement("div");
@@ -144,10 +145,17 @@ function latencyBar(card, durations) {
   const label = document.createElement("span");
   label.className = "total";
   label.textContent = typeof v2v === "number"
-    ? `voice to voice ${Math.round(v2v * 1000)} ms`
-    : `${Math.round(total * 1000)} ms`;
+    ? `voice to voice ${ms(v2v)} ms`
+    : `text to sent ${ms(total)} ms`;
+  const breakdown = document.createElement("div");
+  breakdown.className = "breakdown";
+  breakdown.textContent = parts.map(([, value, name]) => `${name} ${ms(value)}`).join(" · ") + " ms";
   row.append(bar, label);
-  card.append(row);
+  card.append(row, breakdown);
+}
+
+function ms(seconds) {
+  return Math.round(seconds * 1000);
 }
 
 function onEvent(event) {
