@@ -5,7 +5,11 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import signal
+import sys
+from asyncio.subprocess import PIPE
 from fractions import Fraction
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -29,6 +33,8 @@ from voiceloop.pipeline import Pipeline
 from voiceloop.timeline import Metrics
 
 pytestmark = pytest.mark.timeout(90)
+ROOT = Path(__file__).parents[1]
+TINY_ASR = str(ROOT / "tests" / "fixtures" / "tiny-zh-asr")
 
 
 @pytest.fixture(autouse=True)
@@ -499,3 +505,60 @@ async def test_serve_log_tags_every_session_and_writes_all_turns(server):
     turns = [r for r in records if r["type"] == "turn"]
     assert {t["session"] for t in turns} == sids and all(t["reply"] == "hello" for t in turns)
     assert [r["type"] for r in records].count("session_summary") == 2 and records[-1]["type"] == "summary"
+
+
+# -- voiceloop serve ------------------------------------------------------------------------------
+SERVE = """
+import sys
+import aioice.ice
+aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: ["127.0.0.1"]  # loopback only
+from voiceloop.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+async def test_serve_cli_json_and_metrics_out_with_tiny_models(chattts_root, tmp_path):
+    """The real engines (tiny ASR, 2-layer random ChatTTS) behind ``voiceloop serve --json``."""
+    metrics = tmp_path / "turns.jsonl"
+    argv = ["serve", "--port", "0", "--json", "--metrics-out", str(metrics), "--asr", TINY_ASR]
+    argv += [
+        "--tts",
+        str(chattts_root),
+        "--tts-max-seconds",
+        "0.4",
+        "--asr-threads",
+        "1",
+        "--tts-threads",
+        "1",
+    ]
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", SERVE, *argv, cwd=ROOT, stdout=PIPE, stderr=PIPE
+    )
+    try:
+        first = await asyncio.wait_for(proc.stdout.readline(), timeout=120)  # models load first
+        listening = json.loads(first or b"{}")
+        assert listening.get("type") == "listening", (first, await proc.stderr.read(4000))
+        url = listening["url"]
+        async with aiohttp.ClientSession() as http, http.get(url + "voices") as response:
+            assert (await response.json())["seeds"] is True  # random assets carry spk_stat
+        client = Client(np.zeros(16_000, np.int16))
+        assert (await client.connect(url))[0] == 200
+        await until(lambda: client.channel.readyState == "open" and client.of_type("session"))
+        client.send({"type": "say", "text": "你好", "voice": "seed:7"})
+        await until(lambda: client.of_type("turn"), timeout=60)
+        assert client.of_type("voice")[0]["voice"] == "seed:7"
+        assert client.of_type("turn")[0]["reply"] == "你好"
+        await client.close()
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGINT)
+        out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
+    assert proc.returncode == 0, err.decode()[-2000:]
+    lines = [json.loads(line) for line in out.decode().splitlines()]
+    kinds = [line["type"] for line in lines]
+    assert kinds[0] == "session_started" and "session_ended" in kinds and kinds[-1] == "summary"
+    assert {line.get("session") for line in lines if line["type"] == "reply_text"} == {1}
+    assert lines[-1]["sessions"] == 1 and lines[-1]["turns"] == 1
+    records = [json.loads(line) for line in metrics.read_text().splitlines()]
+    assert [r["type"] for r in records] == ["turn", "session_summary", "summary"]
+    assert records[0]["session"] == 1 and records[0]["reply"] == "你好" and records[0]["first_played"]

@@ -178,11 +178,20 @@ def echo_stage(mode: str):
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    """The WebRTC voice bot: one pipeline per browser peer, one set of models for all of them."""
+    """The WebRTC voice bot: one pipeline per browser peer, one set of models for all of them.
+
+    Output: a line per session and per turn on stderr (``--quiet``: lost turns only; ``--json``:
+    every session's events as JSON lines on stdout, each tagged ``"session": N``, after a first
+    ``{"type": "listening", "url": ...}`` line). ``--metrics-out`` collects the turns of all sessions.
+    Runs until Ctrl-C or SIGTERM, then prints (``--json``) or writes the summary over all sessions.
+    """
     import asyncio
+    import contextlib
+    import signal
 
     from .app import load_handler
     from .io.webrtc_server import ServerOptions, VoiceServer
+    from .io.webrtc_session import ServeLog
 
     options = loop_options(args)
     server_options = ServerOptions(
@@ -194,21 +203,31 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
     handler = load_handler(args.handler)
     engines = _engines(args, options)
+    metrics = open(args.metrics_out, "w", encoding="utf-8") if args.metrics_out else None  # noqa: SIM115
+    log = ServeLog("json" if args.json else "quiet" if args.quiet else "plain", metrics=metrics)
 
     async def main() -> None:
-        server = VoiceServer(engines, handler, options, server_options)
+        server = VoiceServer(engines, handler, options, server_options, observer=log)
         await server.start()
-        print(f"voiceloop serve: listening on {server.url}", file=sys.stderr, flush=True)
+        if args.json:
+            print(json.dumps({"type": "listening", "url": server.url}), flush=True)
+        elif not args.quiet:
+            print(f"voiceloop serve: listening on {server.url}", file=sys.stderr, flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(NotImplementedError, RuntimeError):  # not on Windows / a thread
+            loop.add_signal_handler(signal.SIGTERM, stop.set)
         try:
-            await asyncio.Event().wait()
+            await stop.wait()
         finally:
             await server.stop()
 
     try:
         asyncio.run(main())
     except KeyboardInterrupt:
-        pass
+        pass  # Ctrl-C is how a server ends
     finally:
+        log.close()
         engines.close()
     return 0
 

@@ -244,6 +244,7 @@ class ServeLog:
         self.stream = stream if stream is not None else (sys.stdout if mode == "json" else sys.stderr)
         self.metrics = metrics
         self.total = Metrics()  # every finished turn of every session, for the closing summary
+        self.sessions = 0
 
     def _emit(self, stream: IO[str] | None, record: dict[str, Any]) -> None:
         if stream is not None:
@@ -255,6 +256,7 @@ class ServeLog:
         self.stream.flush()
 
     def session_started(self, sid: int, pipeline: Pipeline) -> None:
+        self.sessions += 1
         pipeline.add_observer(lambda frame: self._observe(sid, pipeline, frame))
         if self.mode == "json":
             self._emit(self.stream, {"type": "session_started", "session": sid, "time": round(now(), 4)})
@@ -295,10 +297,14 @@ class ServeLog:
 
     def close(self) -> dict[str, Any]:
         """The summary over all sessions (also written to the metrics file and, with json, the stream)."""
-        summary = self.total.summary()
+        summary = {"sessions": self.sessions, **self.total.summary()}
         self._emit(self.metrics, {"type": "summary", **summary})
         if self.mode == "json":
             self._emit(self.stream, {"type": "summary", **summary})
+        elif self.mode == "plain":
+            v2v = summary["durations"].get("voice_to_voice")
+            latency = f", voice to voice p50 {v2v['p50']:.3f} s" if v2v else ""
+            self._say(f"voiceloop serve: {self.sessions} session(s), {summary['turns']} turn(s){latency}")
         if self.metrics is not None:
             self.metrics.close()
             self.metrics = None
