@@ -89,7 +89,7 @@ async def test_the_page_in_headless_chromium(mic_wav, tmp_path):
 
 
 async def drive(browser, server: VoiceServer, tmp_path: Path) -> None:
-    page = await browser.new_page(viewport={"width": 900, "height": 640})
+    page = await browser.new_page(viewport={"width": 900, "height": 470})
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     await page.goto(f"{server.url}?token=s3cret")
