@@ -562,3 +562,42 @@ async def test_serve_cli_json_and_metrics_out_with_tiny_models(chattts_root, tmp
     records = [json.loads(line) for line in metrics.read_text().splitlines()]
     assert [r["type"] for r in records] == ["turn", "session_summary", "summary"]
     assert records[0]["session"] == 1 and records[0]["reply"] == "你好" and records[0]["first_played"]
+
+
+# -- typed text is a bot turn like any other (virtual clock, scripted engines) ------------------------
+def test_said_text_is_a_bot_turn_that_a_barge_in_cuts():
+    from test_conversation import build
+
+    from voiceloop.clock import run
+    from voiceloop.frames import Interruption, ReplyText, TurnMetrics
+
+    text = "今天天气很好，我们去公园散步吧。明天可能下雨，记得带伞。后天我们再一起去图书馆看书。"
+    pipeline, events, _, dialogue = build(lambda t: "好的", [(2.0, 3.0)], 9.0, texts=["你好"])
+    said: list[int] = []
+
+    async def main() -> None:
+        asyncio.get_running_loop().call_later(0.5, lambda: said.append(dialogue.say(text)))
+        await pipeline.run()
+
+    run(main(), clock="virtual")
+    (turn_id,) = said
+    assert turn_id > 1_000_000
+    pieces = [e.text for e in events if isinstance(e, ReplyText) and e.turn_id == turn_id]
+    assert "".join(pieces) == text  # bot-text events, piece by piece, as for a handler reply
+    (cut,) = [e for e in events if isinstance(e, Interruption)]
+    assert cut.turn_id == turn_id and cut.played_text and text.startswith(cut.played_text)
+    assert len(cut.played_text) < len(text)
+    timelines = {e.timeline.turn_id: e.timeline for e in events if isinstance(e, TurnMetrics)}
+    said_turn = timelines[turn_id]
+    assert said_turn.interrupted and said_turn.played_text == cut.played_text
+    assert said_turn.tts_first_audio - said_turn.handler_first_text == pytest.approx(0.2)  # FakeTts delay
+    assert timelines[1].reply == "好的" and not timelines[1].interrupted  # the user's turn goes on
+    assert [(m.role, m.text) for m in dialogue.history] == [
+        ("assistant", cut.played_text),  # only what was heard
+        ("user", "你好"),
+        ("assistant", "好的"),
+    ]
+    with pytest.raises(ValueError):
+        dialogue.say("  ")
+    with pytest.raises(RuntimeError):
+        dialogue.say("the pipeline has ended")
