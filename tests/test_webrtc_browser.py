@@ -121,7 +121,7 @@ async def drive(browser, server: VoiceServer, tmp_path: Path) -> None:
     await typed.locator(".latency .seg.sent").wait_for(timeout=15_000)
     assert await typed.locator(".bot").text_content() == "Typed words."
     await wait_js(page, "window.voiceloop.state.botPeak > 0.05")
-    session = server.session(next(iter(server._sessions)))
+    session = server.session(await page.evaluate("window.voiceloop.state.session"))
     assert session is not None and session.tts.voice == "seed:42"
     assert not await page.locator("#errors").text_content() and not errors
 
