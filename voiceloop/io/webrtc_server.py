@@ -73,7 +73,7 @@ class ServerOptions:
 
     host: str = "127.0.0.1"
     port: int = 8080  # 0: any free port (see VoiceServer.port after start)
-    token: str | None = None  # bearer token required on /offer; None: open
+    token: str | None = None  # bearer token required on /offer, /voices, /config; None: open
     max_sessions: int = 4
     max_body_bytes: int = 64 * 1024  # an SDP offer is a few KiB
     #: STUN/TURN servers for the peer connections: urls ("stun:host:port") or aiortc RTCIceServer
