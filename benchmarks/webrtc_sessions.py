@@ -15,7 +15,7 @@ pace (peers start up to ``--stagger-s`` apart, seeded) and records when bot audi
 
 Models: ``tiny`` (the bundled tiny ASR + a 2-layer random ChatTTS) and ``full`` (random XLSR-53-large
 and the official-size 20-layer ChatTTS: the real compute), int8 on the CPU. The handler echoes the
-transcript (a fixed reply when the random ASR hears nothing); replies are capped at ``--reply-max-s``.
+a fixed short sentence (see ``handler``); replies are capped at ``--reply-max-s`` of audio.
 
     python benchmarks/webrtc_sessions.py [--models tiny,full] [--sessions 1,4,8] [--turns 3]
 
@@ -51,7 +51,9 @@ SILENT_PEAK = 300  # int16 peak below which a received frame counts as silence (
 
 
 def handler(text: str) -> str:
-    return text if text.strip() else FALLBACK_REPLY
+    """One fixed short reply: random-weight ASR hears long gibberish, and echoing it would make
+    reply length (prompt prefill, sentence count) vary with noise instead of with load."""
+    return FALLBACK_REPLY
 
 
 def conversation(turns: int, gap_s: float) -> tuple[np.ndarray, list[int]]:
@@ -86,7 +88,9 @@ def cpu_s() -> float:
 # -- the peers (child process) -----------------------------------------------------------------
 
 
-async def run_peers(url: str, count: int, turns: int, gap_s: float, stagger_s: float, seed: int) -> dict:
+async def run_peers(
+    url: str, count: int, turns: int, gap_s: float, stagger_s: float, tail_s: float, seed: int
+) -> dict:
     from fractions import Fraction
 
     import aiohttp
@@ -153,7 +157,7 @@ async def run_peers(url: str, count: int, turns: int, gap_s: float, stagger_s: f
                 return {"error": f"offer: HTTP {response.status} {await response.text()}"}
             answer = await response.json()
         await pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], answer["type"]))
-        await asyncio.sleep(len(audio) / 16_000 + 1.0)  # the conversation plays out
+        await asyncio.sleep(len(audio) / 16_000 + tail_s)  # the conversation plays out, replies finish
         t0 = mic.t0 if mic.t0 is not None else loop.time()
         v2v: list[float | None] = []
         for i, end in enumerate(ends):
@@ -175,7 +179,9 @@ async def run_peers(url: str, count: int, turns: int, gap_s: float, stagger_s: f
 
 
 def peers_main(args: argparse.Namespace) -> None:
-    result = asyncio.run(run_peers(args.url, args.clients, args.turns, args.gap_s, args.stagger_s, args.seed))
+    result = asyncio.run(
+        run_peers(args.url, args.clients, args.turns, args.gap_s, args.stagger_s, args.tail_s, args.seed)
+    )
     Path(args.result).write_text(json.dumps(result))
 
 
@@ -208,6 +214,8 @@ async def measure(engines: Any, loop_options: Any, count: int, args: argparse.Na
         str(args.gap_s),
         "--stagger-s",
         str(args.stagger_s),
+        "--tail-s",
+        str(args.tail_s),
         "--result",
         str(result_file),
     )
@@ -272,6 +280,7 @@ def main() -> None:
     parser.add_argument("--turns", type=int, default=3)
     parser.add_argument("--gap-s", type=float, default=7.0, help="silence after each utterance")
     parser.add_argument("--stagger-s", type=float, default=1.0, help="peers start up to this far apart")
+    parser.add_argument("--tail-s", type=float, default=8.0, help="peers stay this long after speaking")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--reply-max-s", type=float, default=1.0, help="cap on each reply sentence's audio")
     parser.add_argument("--cache", type=Path, default=HERE / ".cache")

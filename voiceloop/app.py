@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .asr.base import DEFAULT_MODEL as DEFAULT_ASR
+from .compute import share_cores
 from .dialogue import DialogueOptions, DialogueStage, echo
 from .errors import UserError
 from .pipeline import BargeInOptions, Pipeline, Stage
@@ -42,6 +43,9 @@ class LoopOptions:
     # endpoint vs 0.46 s with 1, voice-to-voice p50 1.33 s vs 1.69 s.
     asr_threads: int | None = None  # None: torch's default (all cores)
     tts_threads: int | None = None
+    #: on a CPU, ASR and TTS take turns on the cores job by job instead of computing at once (two
+    #: all-core torch workloads oversubscribe; see compute.share_cores); concurrent sessions need it
+    share_cores: bool = True
     vad: VadOptions = field(default_factory=VadOptions)
     barge_in: BargeInOptions = field(default_factory=BargeInOptions)
     dialogue: DialogueOptions = field(default_factory=DialogueOptions)
@@ -105,6 +109,9 @@ def load_engines(options: LoopOptions) -> Engines:
     if options.voice is not None:
         tts.speaker(options.voice)  # fail now, not at the first reply
     engines = Engines(asr, tts)
+    on_cpu = str(getattr(asr.checkpoint, "device", "cpu")).startswith("cpu") and tts.gpt.device.type == "cpu"
+    if options.share_cores and on_cpu:
+        share_cores(asr.lane, tts.lane)
     engines.warm_up()
     return engines
 

@@ -64,6 +64,8 @@ class ComputeLane:
         #: how many items each batch call ran with: {size: count} (benchmarks report it)
         self.batch_sizes: Counter[int] = Counter()
         self._setup = setup
+        #: a lock shared with other lanes whose compute must not overlap (see :func:`share_cores`)
+        self.gate: threading.Lock | None = None
         self._lane_thread: int | None = None
         self._executor = ThreadPoolExecutor(
             1, thread_name_prefix=f"voiceloop-{name}", initializer=self._init_thread
@@ -140,12 +142,16 @@ class ComputeLane:
         A skip-idle clock must not see the loop as idle between submission and pickup, or it would
         jump ahead while compute is merely queued. Released when the job ends or is cancelled.
         """
+        gate = self.gate if executor is None else None  # drivers only orchestrate: never gated
         executor = executor or self._executor
         work = ThreadWork()
 
         def call() -> Any:
             try:
-                return fn(*args)
+                if gate is None:
+                    return fn(*args)
+                with gate:
+                    return fn(*args)
             finally:
                 work.done()
 
@@ -165,7 +171,7 @@ class ComputeLane:
         """Run ``fn(*args)`` on the lane from synchronous code and wait (warm-ups, CLIs, drivers)."""
         if self.on_lane():
             return fn(*args)
-        return self._executor.submit(fn, *args).result()
+        return self._submit(fn, *args).result()
 
     async def stream(
         self,
@@ -220,6 +226,21 @@ class ComputeLane:
         self._executor.shutdown(wait=False, cancel_futures=True)
         if self._drivers is not None:
             self._drivers.shutdown(wait=False, cancel_futures=True)
+
+
+def share_cores(*lanes: ComputeLane) -> threading.Lock:
+    """Let at most one of ``lanes`` compute at a time (they take turns job by job).
+
+    Two CPU lanes that each use every core (torch intra-op threads) slow each other down far more
+    than taking turns costs: oversubscribed OpenMP threads spin and wait on each other. Measured on
+    2 cores, four WebRTC sessions' ASR finals overlapping their TTS steps — see
+    ``benchmarks/webrtc_sessions.py``. Jobs are short (one encoder window, one GPT step, one
+    decode), so a lane waits at most one of the other's jobs.
+    """
+    gate = threading.Lock()
+    for lane in lanes:
+        lane.gate = gate
+    return gate
 
 
 class _Failure:
