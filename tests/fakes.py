@@ -94,16 +94,6 @@ class FakeTtsSession(TtsSession):
         self.closed = True
 
 
-class FakeVoices:
-    """Saved voice names, like ChatTTS's VoiceStore (only ``names()`` is read)."""
-
-    def __init__(self, names: list[str]) -> None:
-        self._names = list(names)
-
-    def names(self) -> list[str]:
-        return list(self._names)
-
-
 class FakeTts(TtsEngine):
     """``seconds_per_char`` of audio per character, first chunk after ``first_delay``."""
 
@@ -119,15 +109,22 @@ class FakeTts(TtsEngine):
         seeds: bool = True,
     ) -> None:
         self.sample_rate = sample_rate
-        #: voices like ChatTTS offers them: saved names, and ``stats`` set when ``seed:N`` works
-        self.voices = FakeVoices(voices or [])
-        self.stats = object() if seeds else None
+        #: voices like ChatTTS offers them: saved names, and whether ``seed:N`` works
+        self.names = list(voices or [])
+        self.seeds = seeds
         self.first_delay = first_delay
         self.chunk_delay = chunk_delay
         self.chunk_s = chunk_s
         self.seconds_per_char = seconds_per_char
         self.synthesized = 0
         self.sessions: list[FakeTtsSession] = []
+
+    def voice_names(self) -> list[str]:
+        return list(self.names)
+
+    @property
+    def seed_voices(self) -> bool:
+        return self.seeds
 
     def session(self, voice: str | None = None) -> TtsSession:
         session = FakeTtsSession(self, voice)

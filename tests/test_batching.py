@@ -255,3 +255,59 @@ def test_concurrent_tts_sessions_batch_their_steps_and_sound_as_alone(tts) -> No
         assert len(have) == len(want) == 512 * TTS_STEPS - 256
         diff = np.abs(have.astype(np.int32) - want.astype(np.int32))
         assert diff.max() <= 2, diff.max()  # same tokens; batched matmuls round differently
+
+
+def test_lanes_sharing_the_cores_never_compute_at_once() -> None:
+    from voiceloop.compute import share_cores
+
+    first, second = ComputeLane("one"), ComputeLane("two")
+    share_cores(first, second)
+    busy = threading.Semaphore(1)  # acquired without blocking by whichever lane computes
+    overlaps: list[str] = []
+
+    def work(name: str) -> str:
+        if not busy.acquire(blocking=False):
+            overlaps.append(name)
+            return name
+        try:
+            threading.Event().wait(0.01)
+        finally:
+            busy.release()
+        return name
+
+    async def main() -> list[str]:
+        jobs = [lane.run(work, lane.name) for _ in range(10) for lane in (first, second)]
+        return list(await asyncio.gather(*jobs))
+
+    try:
+        assert sorted(asyncio.run(main())) == ["one"] * 10 + ["two"] * 10
+        assert overlaps == []
+    finally:
+        first.close()
+        second.close()
+
+
+def test_the_shared_gate_is_handed_over_in_arrival_order() -> None:
+    """A lane with a queue of jobs must not re-take the gate ahead of a lane already waiting."""
+    import time
+
+    from voiceloop.compute import FairGate
+
+    gate = FairGate()
+    order: list[int] = []
+    gate.acquire()
+    threads = []
+    for i in range(5):
+        thread = threading.Thread(target=lambda i=i: (gate.acquire(), order.append(i), gate.release()))
+        thread.start()
+        threads.append(thread)
+        deadline = time.monotonic() + 5
+        while len(gate._waiters) < i + 1 and time.monotonic() < deadline:  # queued, in this order
+            time.sleep(0.001)
+    gate.release()
+    gate.acquire()  # last in line now: after all five
+    order.append(99)
+    gate.release()
+    for thread in threads:
+        thread.join(5)
+    assert order == [0, 1, 2, 3, 4, 99]

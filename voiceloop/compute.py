@@ -19,7 +19,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import threading
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -65,7 +65,7 @@ class ComputeLane:
         self.batch_sizes: Counter[int] = Counter()
         self._setup = setup
         #: a lock shared with other lanes whose compute must not overlap (see :func:`share_cores`)
-        self.gate: threading.Lock | None = None
+        self.gate: FairGate | None = None
         self._lane_thread: int | None = None
         self._executor = ThreadPoolExecutor(
             1, thread_name_prefix=f"voiceloop-{name}", initializer=self._init_thread
@@ -228,7 +228,45 @@ class ComputeLane:
             self._drivers.shutdown(wait=False, cancel_futures=True)
 
 
-def share_cores(*lanes: ComputeLane) -> threading.Lock:
+class FairGate:
+    """A lock handed to waiters in arrival order.
+
+    ``threading.Lock`` is not fair: a lane with a queue of jobs releases and re-takes it at once,
+    and the other lane can starve for seconds (measured: eight WebRTC sessions' ASR finals kept
+    the TTS from running at all). Here a release hands the gate straight to the oldest waiter.
+    """
+
+    def __init__(self) -> None:
+        self._mutex = threading.Lock()
+        self._waiters: deque[threading.Lock] = deque()
+        self._held = False
+
+    def acquire(self) -> None:
+        with self._mutex:
+            if not self._held:
+                self._held = True
+                return
+            waiter = threading.Lock()
+            waiter.acquire()
+            self._waiters.append(waiter)
+        waiter.acquire()  # released by the holder's release(): the gate is ours, still held
+
+    def release(self) -> None:
+        with self._mutex:
+            if self._waiters:
+                self._waiters.popleft().release()
+            else:
+                self._held = False
+
+    def __enter__(self) -> FairGate:
+        self.acquire()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.release()
+
+
+def share_cores(*lanes: ComputeLane) -> FairGate:
     """Let at most one of ``lanes`` compute at a time (they take turns job by job).
 
     Two CPU lanes that each use every core (torch intra-op threads) slow each other down far more
@@ -237,7 +275,7 @@ def share_cores(*lanes: ComputeLane) -> threading.Lock:
     ``benchmarks/webrtc_sessions.py``. Jobs are short (one encoder window, one GPT step, one
     decode), so a lane waits at most one of the other's jobs.
     """
-    gate = threading.Lock()
+    gate = FairGate()
     for lane in lanes:
         lane.gate = gate
     return gate

@@ -36,6 +36,7 @@ from ..frames import Frame, TurnError, TurnMetrics
 from ..pipeline import Pipeline
 from ..timeline import Metrics
 from ..tts import TtsStage
+from ..tts.base import TtsEngine
 from .events import event_record, pipeline_counters
 from .webrtc import WebRtcSink, WebRtcSource
 
@@ -53,16 +54,9 @@ class ClientError(ValueError):
     """A message from the page the server cannot act on (reported back as an ``error`` event)."""
 
 
-def voice_catalog(engine: Any, default: str | None) -> dict[str, Any]:
-    """What ``GET /voices`` returns: the default, whether ``seed:N`` works, the saved voice names.
-
-    Duck-typed on the engine: ``voices.names()`` (ChatTTS's :class:`VoiceStore`) lists saved voices
-    and a non-None ``stats`` (its speaker statistics) means voices can be sampled by seed.
-    """
-    store = getattr(engine, "voices", None)
-    names_of = getattr(store, "names", None)
-    names = [str(n) for n in names_of()] if callable(names_of) else []
-    return {"default": default, "seeds": getattr(engine, "stats", None) is not None, "names": names}
+def voice_catalog(engine: TtsEngine, default: str | None) -> dict[str, Any]:
+    """What ``GET /voices`` returns: the default, whether ``seed:N`` works, the saved voice names."""
+    return {"default": default, "seeds": engine.seed_voices, "names": [str(n) for n in engine.voice_names()]}
 
 
 def check_voice(spec: Any, catalog: dict[str, Any]) -> str | None:

@@ -37,3 +37,12 @@ class TtsEngine(ABC):
     @abstractmethod
     def session(self, voice: str | None = None) -> TtsSession:
         """A new independent synthesis stream, optionally with a voice."""
+
+    def voice_names(self) -> list[str]:
+        """Saved voices a session may ask for by name (``session(voice=NAME)``); none by default."""
+        return []
+
+    @property
+    def seed_voices(self) -> bool:
+        """Whether ``session(voice="seed:N")`` gives a reproducible voice per integer N."""
+        return False

@@ -276,6 +276,13 @@ class ChatTts(TtsEngine):
     def session(self, voice: str | None = None) -> ChatTtsSession:
         return ChatTtsSession(self, voice)
 
+    def voice_names(self) -> list[str]:
+        return self.voices.names()
+
+    @property
+    def seed_voices(self) -> bool:
+        return self.stats is not None  # seed:N samples from the model's speaker statistics
+
 
 class ChatTtsSession(TtsSession):
     """One conversation's voice: a given voice, else one random voice kept for the whole session."""
