@@ -234,6 +234,12 @@ class OnnxCheckpoint:
         features = hidden.detach().to("cpu", torch.float32).numpy()
         return torch.from_numpy(self._encode(features)), None
 
+    def encode_many(
+        self, hiddens: list[torch.Tensor], *, layer: int | None = None
+    ) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+        """One :meth:`encode` per window: the exported encoder graph takes no padding mask."""
+        return [self.encode(hidden, layer=layer) for hidden in hiddens]
+
     def log_probs(self, audio: np.ndarray) -> np.ndarray:
         """Offline one pass over a whole utterance: float32 ``[T, V]`` log-probabilities."""
         return self._encode(self._conv(self.normalize(audio)))
