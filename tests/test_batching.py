@@ -88,24 +88,57 @@ def test_a_failing_item_fails_alone_and_its_batch_mates_still_get_results() -> N
         lane.close()
 
 
-def test_a_driver_thread_sends_its_calls_to_the_lane_and_calls_on_the_lane_run_inline() -> None:
-    lane = ComputeLane("drv")
-    seen: list[tuple[str, bool]] = []
+def test_cooperative_streams_take_turns_and_their_batch_calls_run_together() -> None:
+    lane = ComputeLane("coop")
+    calls: list[list[str]] = []
 
-    def where(items: list[str]) -> list[str]:
-        seen.append((threading.current_thread().name, lane.on_lane()))
-        return items
+    def tag(items: list[str]) -> list[str]:
+        assert lane.on_lane()
+        calls.append(list(items))
+        return [item.upper() for item in items]
 
-    def driven():
-        yield lane.batch_call(where, "a")
-        yield lane.call(lambda: lane.batch_call(where, "b"))  # already on the lane: inline, no deadlock
+    def speaker(name: str):
+        for step in range(3):
+            yield lane.batch_call(tag, f"{name}{step}")
+        yield lane.call(lambda: lane.batch_call(tag, f"{name}-call"))  # lane.call from a stream: inline
 
-    async def main() -> list[str]:
-        return [item async for item in lane.stream(driven, driver=True)]
+    async def consume(name: str) -> list[str]:
+        return [item async for item in lane.stream(speaker, name, cooperative=True)]
+
+    async def main() -> list[list[str]]:
+        return list(await asyncio.gather(consume("a"), consume("b")))
 
     try:
-        assert asyncio.run(main()) == ["a", "b"]
-        assert all(on_lane and name.startswith("voiceloop-drv") for name, on_lane in seen)
+        assert asyncio.run(main()) == [["A0", "A1", "A2", "A-CALL"], ["B0", "B1", "B2", "B-CALL"]]
+        expected = [f"{name}{step}" for name in "ab" for step in ("0", "1", "2", "-call")]
+        assert sorted(item for call in calls for item in call) == sorted(expected)  # each once
+        assert max(len(call) for call in calls) == 2  # the two streams' calls shared model calls
+    finally:
+        lane.close()
+
+
+def test_a_failing_cooperative_stream_fails_alone() -> None:
+    lane = ComputeLane("coop-fail")
+
+    def checked(items: list[int]) -> list[int]:
+        if any(i < 0 for i in items):
+            raise ValueError("negative item")
+        return items
+
+    def counting(sign: int):
+        for i in range(1, 4):
+            yield lane.batch_call(checked, sign * i)
+
+    async def consume(sign: int) -> list[int]:
+        return [item async for item in lane.stream(counting, sign, cooperative=True)]
+
+    async def main() -> list[object]:
+        return list(await asyncio.gather(consume(1), consume(-1), return_exceptions=True))
+
+    try:
+        good, bad = asyncio.run(main())
+        assert good == [1, 2, 3]
+        assert isinstance(bad, ValueError)
     finally:
         lane.close()
 
@@ -238,7 +271,7 @@ def test_concurrent_tts_sessions_batch_their_steps_and_sound_as_alone(tts) -> No
 
     async def one(text: str, seed: int) -> np.ndarray:
         gen = functools.partial(tts.stream, seed=seed)
-        chunks = [c async for c in tts.lane.stream(gen, text, speaker, driver=True)]
+        chunks = [c async for c in tts.lane.stream(gen, text, speaker, cooperative=True)]
         return np.concatenate(chunks)
 
     async def together() -> list[np.ndarray]:
@@ -257,57 +290,19 @@ def test_concurrent_tts_sessions_batch_their_steps_and_sound_as_alone(tts) -> No
         assert diff.max() <= 2, diff.max()  # same tokens; batched matmuls round differently
 
 
-def test_lanes_sharing_the_cores_never_compute_at_once() -> None:
+def test_lanes_sharing_the_cores_compute_on_one_thread() -> None:
     from voiceloop.compute import share_cores
 
     first, second = ComputeLane("one"), ComputeLane("two")
     share_cores(first, second)
-    busy = threading.Semaphore(1)  # acquired without blocking by whichever lane computes
-    overlaps: list[str] = []
 
-    def work(name: str) -> str:
-        if not busy.acquire(blocking=False):
-            overlaps.append(name)
-            return name
-        try:
-            threading.Event().wait(0.01)
-        finally:
-            busy.release()
-        return name
-
-    async def main() -> list[str]:
-        jobs = [lane.run(work, lane.name) for _ in range(10) for lane in (first, second)]
-        return list(await asyncio.gather(*jobs))
+    async def main() -> set[int]:
+        jobs = [lane.run(threading.get_ident) for _ in range(5) for lane in (first, second)]
+        return set(await asyncio.gather(*jobs))
 
     try:
-        assert sorted(asyncio.run(main())) == ["one"] * 10 + ["two"] * 10
-        assert overlaps == []
+        threads = asyncio.run(main())
+        assert len(threads) == 1
+        assert first.call(second.on_lane) and second.call(first.on_lane)
     finally:
         first.close()
-        second.close()
-
-
-def test_the_shared_gate_is_handed_over_in_arrival_order() -> None:
-    """A lane with a queue of jobs must not re-take the gate ahead of a lane already waiting."""
-    import time
-
-    from voiceloop.compute import FairGate
-
-    gate = FairGate()
-    order: list[int] = []
-    gate.acquire()
-    threads = []
-    for i in range(5):
-        thread = threading.Thread(target=lambda i=i: (gate.acquire(), order.append(i), gate.release()))
-        thread.start()
-        threads.append(thread)
-        deadline = time.monotonic() + 5
-        while len(gate._waiters) < i + 1 and time.monotonic() < deadline:  # queued, in this order
-            time.sleep(0.001)
-    gate.release()
-    gate.acquire()  # last in line now: after all five
-    order.append(99)
-    gate.release()
-    for thread in threads:
-        thread.join(5)
-    assert order == [0, 1, 2, 3, 4, 99]

@@ -5,14 +5,6 @@
 Most users need :class:`Pipeline` and a handler function; see README.md.
 """
 
-import os as _os
-
-# ASR and TTS share the cores in one process: with OpenMP's default busy-waiting, two torch
-# workloads side by side slowed ASR 13x (1.3 s window: 0.19 s alone, 2.5 s with a competitor);
-# passive waiting cut that to 2.2x for a 16 % cost when alone (shared/research/asr.md §2.3).
-# Takes effect only if torch is imported after voiceloop; set the variable yourself to override.
-_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
 __version__ = "0.1.0"
 
 from .dialogue import DialogueOptions, DialogueStage, Message, TurnContext, echo

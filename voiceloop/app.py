@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .asr.base import DEFAULT_MODEL as DEFAULT_ASR
-from .compute import share_cores
+from .compute import ComputeLane, share_cores
 from .dialogue import DialogueOptions, DialogueStage, echo
 from .errors import UserError
 from .pipeline import BargeInOptions, Pipeline, Stage
@@ -84,6 +84,11 @@ class Engines:
         self.asr.lane.call(self.asr.transcribe, np.zeros(16_000, np.int16))
         self.tts.warm_up()
 
+    @property
+    def on_cpu(self) -> bool:
+        asr_device = str(getattr(self.asr.checkpoint, "device", "cpu"))  # ONNX checkpoints: CPU
+        return asr_device.startswith("cpu") and str(self.tts.gpt.device).startswith("cpu")
+
     def close(self) -> None:
         for engine in (self.asr, self.tts):
             lane = getattr(engine, "lane", None)
@@ -92,7 +97,22 @@ class Engines:
 
 
 def load_engines(options: LoopOptions) -> Engines:
-    """Load ASR and TTS (hub ids download with progress bars; offline → a message naming local dirs)."""
+    """Load ASR and TTS (hub ids download with progress bars; offline → a message naming local dirs).
+
+    The models are built on a compute thread, which on a CPU then runs all of both engines' work
+    (``share_cores``): torch ops from a second thread — even just loading — cost small ops 2x.
+    """
+    compute = ComputeLane("compute")
+    engines = compute.call(_load_engines, options)
+    if options.share_cores and engines.on_cpu:
+        share_cores(compute, engines.asr.lane, engines.tts.lane)
+    else:
+        compute.close()
+    engines.warm_up()
+    return engines
+
+
+def _load_engines(options: LoopOptions) -> Engines:
     from .asr.streaming import Wav2Vec2Engine
     from .tts.chattts.engine import ChatTts, ChatTtsOptions
 
@@ -108,12 +128,7 @@ def load_engines(options: LoopOptions) -> Engines:
     tts = ChatTts.from_pretrained(options.tts, ChatTtsOptions(model=tts_model))
     if options.voice is not None:
         tts.speaker(options.voice)  # fail now, not at the first reply
-    engines = Engines(asr, tts)
-    on_cpu = str(getattr(asr.checkpoint, "device", "cpu")).startswith("cpu") and tts.gpt.device.type == "cpu"
-    if options.share_cores and on_cpu:
-        share_cores(asr.lane, tts.lane)
-    engines.warm_up()
-    return engines
+    return Engines(asr, tts)
 
 
 def load_handler(spec: str | None) -> Callable[..., Any]:

@@ -2,15 +2,17 @@
 
 A :class:`ComputeLane` is one worker thread that owns a loaded model's compute: calls from many
 pipelines (sessions) are queued on it, so one model serves them all without oversubscribing the
-cores, and the event loop never runs a matrix multiply. Engines create one lane per loaded model.
+cores, and the event loop never runs a matrix multiply. Engines create one lane per loaded model;
+on a CPU, :func:`share_cores` gives several lanes one thread (see there for why).
 
 Sessions share the model well through **batch calls** (:meth:`ComputeLane.batch`): requests for
 the same batch function that pile up while the lane is busy run as one batch when it frees up —
 several sessions' ASR windows in one encoder pass, several sessions' GPT steps in one forward.
 Nothing waits for company: a lone request runs at once, so batching never adds latency at one
-session. Long per-session work (a sentence's generation) runs on a *driver* thread
-(:meth:`ComputeLane.stream` with ``driver=True``) that sends only its heavy calls to the lane, so
-sessions interleave step by step instead of queueing behind each other's sentences.
+session. Long per-session work (a sentence's generation) runs as a **cooperative stream**
+(:meth:`ComputeLane.stream` with ``cooperative=True``): a greenlet on the lane's thread that
+pauses at each :meth:`ComputeLane.batch_call`, so concurrent sessions advance step by step, their
+steps batch, and other jobs (ASR windows) run between rounds.
 """
 
 from __future__ import annotations
@@ -19,10 +21,12 @@ import asyncio
 import concurrent.futures
 import contextlib
 import threading
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
+
+from greenlet import getcurrent, greenlet
 
 from .clock import ThreadWork
 
@@ -32,8 +36,6 @@ R = TypeVar("R")
 
 #: turns a list of items into a list of results, in order (one model call for the whole batch)
 BatchFn = Callable[[list[Any]], Sequence[Any]]
-#: most driver threads one lane keeps (one per concurrently generating session)
-MAX_DRIVERS = 64
 
 _DONE = object()
 
@@ -54,6 +56,30 @@ class CancelToken:
         return self._event.is_set()
 
 
+class _Worker:
+    """The thread a lane computes on (one per lane, or shared by :func:`share_cores`)."""
+
+    def __init__(self, name: str, setups: list[Callable[[], None]]) -> None:
+        self.setups = setups
+        self.ident: int | None = None
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix=f"voiceloop-{name}", initializer=self._init)
+
+    def _init(self) -> None:
+        self.ident = threading.get_ident()
+        for setup in self.setups:
+            setup()
+
+
+class _Coop(greenlet):
+    """A cooperative stream's greenlet (created on the lane thread: greenlets belong to a thread)."""
+
+    def __init__(self, body: Callable[[], None], future: concurrent.futures.Future, work: ThreadWork) -> None:
+        super().__init__(body)
+        self.future = future
+        self.work = work
+        self.outcome: tuple[bool, Any] | None = None  # what it is resumed with (None: first start)
+
+
 class ComputeLane:
     """A single worker thread for one model's compute (see module docstring)."""
 
@@ -63,40 +89,46 @@ class ComputeLane:
         self.batching = batching
         #: how many items each batch call ran with: {size: count} (benchmarks report it)
         self.batch_sizes: Counter[int] = Counter()
-        self._setup = setup
-        #: a lock shared with other lanes whose compute must not overlap (see :func:`share_cores`)
-        self.gate: FairGate | None = None
-        self._lane_thread: int | None = None
-        self._executor = ThreadPoolExecutor(
-            1, thread_name_prefix=f"voiceloop-{name}", initializer=self._init_thread
-        )
-        self._drivers: ThreadPoolExecutor | None = None
+        self._worker = _Worker(name, [setup] if setup is not None else [])
         self._lock = threading.Lock()
         self._queued: dict[BatchFn, list[tuple[Any, concurrent.futures.Future]]] = {}
-
-    def _init_thread(self) -> None:
-        self._lane_thread = threading.get_ident()
-        if self._setup is not None:
-            self._setup()
+        #: streams started from the loop, not yet run: (body, future, work)
+        self._coop_new: list[tuple[Callable[[], None], concurrent.futures.Future, ThreadWork]] = []
+        self._coop_ready: list[_Coop] = []  # resumable at the next round (lane thread only)
+        self._coop_scheduled = False
 
     def on_lane(self) -> bool:
         """Whether the caller is this lane's worker thread (then calls run inline, never queued)."""
-        return threading.get_ident() == self._lane_thread
+        return threading.get_ident() == self._worker.ident
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(*args)`` on the lane and await its result."""
         return await asyncio.wrap_future(self._submit(fn, *args))
+
+    def call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(*args)`` on the lane from synchronous code and wait (inline when already there)."""
+        if self.on_lane():
+            return fn(*args)
+        return self._submit(fn, *args).result()
 
     async def batch(self, fn: Callable[[list[I]], Sequence[R]], item: I) -> R:
         """Run ``fn([item, ...])`` on the lane together with other queued items for ``fn``."""
         return await asyncio.wrap_future(self._enqueue(fn, item))
 
     def batch_call(self, fn: Callable[[list[I]], Sequence[R]], item: I) -> R:
-        """:meth:`batch` from synchronous code (a driver thread): blocks until the batch ran."""
+        """:meth:`batch` from synchronous code: in a cooperative stream it pauses the stream until
+        the round's batch ran; elsewhere on the lane it runs alone; off the lane it blocks."""
+        current = getcurrent()
+        if isinstance(current, _Coop):
+            ok, value = current.parent.switch((fn, item))
+            if ok:
+                return value
+            raise value
         if self.on_lane():
             return fn([item])[0]
         return self._enqueue(fn, item).result()
 
+    # -- queued batch calls (from the event loop or other threads) ------------------------------
     def _enqueue(self, fn: BatchFn, item: Any) -> concurrent.futures.Future:
         future: concurrent.futures.Future = concurrent.futures.Future()
         if not self.batching:
@@ -117,73 +149,99 @@ class ComputeLane:
         live = [(item, f) for item, f in taken if f.set_running_or_notify_cancel()]
         if not live:
             return
-        self.batch_sizes[len(live)] += 1
-        try:
-            results = fn([item for item, _ in live])
-        except BaseException as exc:
-            if len(live) == 1:
-                live[0][1].set_exception(exc)
-                return
-            # one bad request must not fail its batch-mates: rerun each alone, only it fails
-            for item, f in live:
-                try:
-                    f.set_result(fn([item])[0])
-                except BaseException as single:
-                    f.set_exception(single)
-            return
-        for (_, f), result in zip(live, results, strict=True):
-            f.set_result(result)
+        for (_, f), (ok, value) in zip(live, self._apply(fn, [item for item, _ in live]), strict=True):
+            if ok:
+                f.set_result(value)
+            else:
+                f.set_exception(value)
 
-    def _submit(
-        self, fn: Callable[..., Any], *args: Any, executor: ThreadPoolExecutor | None = None
-    ) -> concurrent.futures.Future:
+    def _apply(self, fn: BatchFn, items: list[Any]) -> list[tuple[bool, Any]]:
+        """``fn(items)`` as (ok, result or error) per item; one bad item fails alone."""
+        self.batch_sizes[len(items)] += 1
+        try:
+            return [(True, r) for r in fn(items)]
+        except Exception as exc:
+            if len(items) == 1:
+                return [(False, exc)]
+        outcomes: list[tuple[bool, Any]] = []
+        for item in items:  # rerun each alone: only the culprit fails
+            try:
+                outcomes.append((True, fn([item])[0]))
+            except Exception as single:
+                outcomes.append((False, single))
+        return outcomes
+
+    def _submit(self, fn: Callable[..., Any], *args: Any) -> concurrent.futures.Future:
         """Submit, counting the job as thread work from now (not from when a thread picks it up).
 
         A skip-idle clock must not see the loop as idle between submission and pickup, or it would
         jump ahead while compute is merely queued. Released when the job ends or is cancelled.
         """
-        gate = self.gate if executor is None else None  # drivers only orchestrate: never gated
-        executor = executor or self._executor
         work = ThreadWork()
 
         def call() -> Any:
             try:
-                if gate is None:
-                    return fn(*args)
-                with gate:
-                    return fn(*args)
+                return fn(*args)
             finally:
                 work.done()
 
-        future = executor.submit(call)
+        future = self._worker.executor.submit(call)
         future.add_done_callback(lambda _: work.done())
         return future
 
-    def _driver_pool(self) -> ThreadPoolExecutor:
+    # -- cooperative streams ------------------------------------------------------------------
+    def _start_coop(self, body: Callable[[], None]) -> concurrent.futures.Future:
+        future: concurrent.futures.Future = concurrent.futures.Future()
         with self._lock:
-            if self._drivers is None:
-                self._drivers = ThreadPoolExecutor(
-                    MAX_DRIVERS, thread_name_prefix=f"voiceloop-{self.name}-drv"
-                )
-            return self._drivers
+            self._coop_new.append((body, future, ThreadWork()))
+            schedule, self._coop_scheduled = not self._coop_scheduled, True
+        if schedule:
+            self._worker.executor.submit(self._coop_round)
+        return future
 
-    def call(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run ``fn(*args)`` on the lane from synchronous code and wait (warm-ups, CLIs, drivers)."""
-        if self.on_lane():
-            return fn(*args)
-        return self._submit(fn, *args).result()
+    def _coop_round(self) -> None:
+        """Resume every runnable stream until it asks for a batch call or ends; run the calls."""
+        with self._lock:
+            new, self._coop_new = self._coop_new, []
+        runnable, self._coop_ready = self._coop_ready + [_Coop(*args) for args in new], []
+        waiting: dict[BatchFn, list[tuple[_Coop, Any]]] = {}
+        for stream in runnable:
+            try:
+                request = stream.switch() if stream.outcome is None else stream.switch(stream.outcome)
+            except BaseException as exc:  # the body reports its own errors; this is a guard
+                request = None
+                stream.future.set_exception(exc)
+            if stream.dead:
+                if not stream.future.done():
+                    stream.future.set_result(None)
+                stream.work.done()
+                continue
+            fn, item = request
+            waiting.setdefault(fn, []).append((stream, item))
+        for fn, members in waiting.items():
+            groups = [members] if self.batching else [[m] for m in members]
+            for group in groups:
+                outcomes = self._apply(fn, [item for _, item in group])
+                for (stream, _), outcome in zip(group, outcomes, strict=True):
+                    stream.outcome = outcome
+                    self._coop_ready.append(stream)
+        with self._lock:
+            self._coop_scheduled = bool(self._coop_ready or self._coop_new)
+            again = self._coop_scheduled
+        if again:  # a new job, so jobs queued meanwhile (other lanes' too) run between rounds
+            self._worker.executor.submit(self._coop_round)
 
     async def stream(
         self,
         gen_fn: Callable[..., Iterator[T]],
         *args: Any,
         cancel: CancelToken | None = None,
-        driver: bool = False,
+        cooperative: bool = False,
     ) -> AsyncIterator[T]:
         """Run a sync generator on the lane, yielding its items as they come.
 
-        ``driver=True`` runs it on a driver thread instead: the generator must send its heavy
-        work to the lane itself (:meth:`call`, :meth:`batch_call`) — see the module docstring.
+        ``cooperative=True`` runs it as a cooperative stream (see the module docstring): it
+        pauses at each :meth:`batch_call` instead of holding the lane until it ends.
 
         Stopping the iteration (``break``, task cancellation, ``aclose``) cancels the token, and
         the generator is closed before its next item — "cancellable between chunks". Pass the
@@ -201,14 +259,14 @@ class ComputeLane:
                         break
                     loop.call_soon_threadsafe(items.put_nowait, item)
             except BaseException as exc:  # delivered to the consumer, raised there
-                loop.call_soon_threadsafe(items.put_nowait, _Failure(exc))
+                with contextlib.suppress(RuntimeError):
+                    loop.call_soon_threadsafe(items.put_nowait, _Failure(exc))
             finally:
                 gen.close()
                 with contextlib.suppress(RuntimeError):  # loop closed: nobody is listening
                     loop.call_soon_threadsafe(items.put_nowait, _DONE)
 
-        pool = self._driver_pool() if driver else None
-        job = asyncio.wrap_future(self._submit(pump, executor=pool))
+        job = asyncio.wrap_future(self._start_coop(pump) if cooperative else self._submit(pump))
         try:
             while True:
                 item = await items.get()
@@ -223,62 +281,28 @@ class ComputeLane:
                 job.result()
 
     def close(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
-        if self._drivers is not None:
-            self._drivers.shutdown(wait=False, cancel_futures=True)
+        self._worker.executor.shutdown(wait=False, cancel_futures=True)
 
 
-class FairGate:
-    """A lock handed to waiters in arrival order.
+def share_cores(*lanes: ComputeLane) -> None:
+    """Give ``lanes`` one worker thread: their jobs take turns, first come first served.
 
-    ``threading.Lock`` is not fair: a lane with a queue of jobs releases and re-takes it at once,
-    and the other lane can starve for seconds (measured: eight WebRTC sessions' ASR finals kept
-    the TTS from running at all). Here a release hands the gate straight to the oldest waiter.
+    On a CPU, torch work from two threads is slow even when it never overlaps: each thread that
+    runs a parallel op gets its own OpenMP team, and with more team threads than cores libgomp
+    stops spinning, so every small op pays a futex wake-up. Measured on 2 cores: int8 [1, 768]
+    linear layers 2.3x slower once a second thread had run torch; a ChatTTS stream 40 % slower with
+    its GPT steps on one thread and its sampling or decoding on another. One thread for all
+    models keeps one team — so also build the models on that thread (``first.call(load)``), as
+    :func:`voiceloop.app.load_engines` does. Call before the other lanes run anything; their thread
+    setups then run on the shared thread, in order (so they should agree on the thread count).
     """
-
-    def __init__(self) -> None:
-        self._mutex = threading.Lock()
-        self._waiters: deque[threading.Lock] = deque()
-        self._held = False
-
-    def acquire(self) -> None:
-        with self._mutex:
-            if not self._held:
-                self._held = True
-                return
-            waiter = threading.Lock()
-            waiter.acquire()
-            self._waiters.append(waiter)
-        waiter.acquire()  # released by the holder's release(): the gate is ours, still held
-
-    def release(self) -> None:
-        with self._mutex:
-            if self._waiters:
-                self._waiters.popleft().release()
-            else:
-                self._held = False
-
-    def __enter__(self) -> FairGate:
-        self.acquire()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.release()
-
-
-def share_cores(*lanes: ComputeLane) -> FairGate:
-    """Let at most one of ``lanes`` compute at a time (they take turns job by job).
-
-    Two CPU lanes that each use every core (torch intra-op threads) slow each other down far more
-    than taking turns costs: oversubscribed OpenMP threads spin and wait on each other. Measured on
-    2 cores, four WebRTC sessions' ASR finals overlapping their TTS steps — see
-    ``benchmarks/webrtc_sessions.py``. Jobs are short (one encoder window, one GPT step, one
-    decode), so a lane waits at most one of the other's jobs.
-    """
-    gate = FairGate()
-    for lane in lanes:
-        lane.gate = gate
-    return gate
+    first, *rest = lanes
+    for lane in rest:
+        lane._worker.executor.shutdown(wait=False)
+        setups, lane._worker = lane._worker.setups, first._worker
+        first._worker.setups.extend(setups)
+        for setup in setups:
+            first.call(setup)
 
 
 class _Failure:

@@ -4,15 +4,15 @@ Per request: normalise the text (numbers, punctuation, tags) → split into sent
 refine → per sentence, generate codes step by step and hand each step's hidden state (or codes) to
 a bounded-context streaming decoder, which emits audio every few steps. One loaded engine is shared
 by many sessions; all compute runs on the engine's :class:`~voiceloop.compute.ComputeLane`: each
-session's generation loop runs on a driver thread and sends its GPT forwards and decodes to the
-lane, where concurrent sessions' single-position steps run as one batched forward.
+session's generation is a cooperative stream there, paused at every GPT step, and concurrent
+sessions' single-position steps run as one batched forward.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
@@ -180,14 +180,14 @@ class ChatTts(TtsEngine):
                 sentences,
                 self.options.refine_control,
                 replace(self.options.refine_sampling, seed=seed),
-                forward=self._lane_forward,
+                forward=self._forward,
             )
             sentences = [r for r in refined if _speakable(r)]
         for index, sentence in enumerate(sentences):
             sampling = replace(self.options.sampling, seed=None if seed is None else seed + index)
             prompt = self.gpt.code_prompt([sentence], speaker, self.options.speed_prompt)
-            decoder = StreamingDecoder(self._lane_decode(self._decode_fn()), self.options.stream)
-            for step in self.gpt.generate(prompt, sampling, cancel=cancel, forward=self._lane_forward):
+            decoder = StreamingDecoder(self._decode_fn(), self.options.stream)
+            for step in self.gpt.generate(prompt, sampling, cancel=cancel, forward=self._forward):
                 if not bool(step.alive[0]):
                     break
                 item = step.hidden[0] if self.options.decoder == "hidden" else step.tokens[0]
@@ -232,15 +232,17 @@ class ChatTts(TtsEngine):
             out.append(np.concatenate(parts) if parts else np.zeros(0, np.int16))
         return out
 
-    # -- the lane: sessions generate on driver threads; model calls come here ------------------
+    # -- sessions: cooperative streams on the lane, their GPT steps batched ---------------------
 
-    def _lane_forward(
+    def _forward(
         self, embeds: torch.Tensor, positions: torch.Tensor, cache: KvCache, valid: torch.Tensor | None
     ) -> torch.Tensor:
-        """A GPT forward on the lane; single-position steps of batch-1 sequences batch across sessions."""
-        if embeds.shape[:2] == (1, 1) and valid is None:
+        """A GPT forward in the calling thread. On the lane, a single-position step of a batch-1
+        sequence is a batch call: in a cooperative stream (a session) it waits for the round and
+        runs together with the other sessions' steps."""
+        if embeds.shape[:2] == (1, 1) and valid is None and self.lane.on_lane():
             return self.lane.batch_call(self._gpt_steps, (embeds, positions, cache))
-        return self.lane.call(self.gpt.llama, embeds, positions, cache, valid)
+        return self.gpt.llama(embeds, positions, cache, valid)
 
     def _gpt_steps(self, rows: list[tuple[torch.Tensor, torch.Tensor, KvCache]]) -> list[torch.Tensor]:
         llama = self.gpt.llama
@@ -249,9 +251,6 @@ class ChatTts(TtsEngine):
             embeds, positions, cache = rows[0]
             return [llama(embeds, positions, cache)]
         return llama.forward_rows(rows)
-
-    def _lane_decode(self, decode: WaveDecoder) -> Callable[[torch.Tensor], np.ndarray]:
-        return lambda window: self.lane.call(decode, window)
 
     def _decode_fn(self) -> WaveDecoder:
         """Per-utterance items ``[T, D]`` → float32 wave, through the configured decoder + Vocos."""
@@ -298,9 +297,9 @@ class ChatTtsSession(TtsSession):
     async def synthesize(self, text: str) -> AsyncIterator[np.ndarray]:
         token = self._cancel = CancelToken()
         generate = functools.partial(self.engine.stream, cancel=token)  # checked every GPT step
-        # On a driver thread: its GPT steps and decodes queue on the lane one by one, so sessions
-        # interleave (and their steps batch) instead of waiting for each other's whole sentences.
-        stream = self.engine.lane.stream(generate, text, self.speaker, cancel=token, driver=True)
+        # Cooperative: paused at each GPT step, so sessions interleave (and their steps batch)
+        # instead of waiting for each other's whole sentences.
+        stream = self.engine.lane.stream(generate, text, self.speaker, cancel=token, cooperative=True)
         async for chunk in stream:
             yield chunk
 
