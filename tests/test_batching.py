@@ -201,28 +201,6 @@ def test_encode_many_pads_without_changing_rows(engine) -> None:
         torch.testing.assert_close(states, alone_states, rtol=1e-4, atol=1e-4)
 
 
-def test_a_congested_lane_sheds_streaming_steps_and_the_final_catches_up(engine) -> None:
-    """Partials pause while jobs pile up; the final then encodes the utterance in one pass."""
-    audio = (speechlike(3.0, seed=21) * 32767).astype(np.int16)
-    gate = threading.Event()
-
-    async def main() -> tuple[int, int, str]:
-        blockers = [asyncio.ensure_future(engine.lane.run(gate.wait)) for _ in range(5)]
-        await asyncio.sleep(0.05)
-        assert engine.lane.congested
-        session, partials, shed = engine.session(), 0, engine.shed_steps
-        for i in range(0, len(audio), FRAME_SAMPLES):
-            partials += await session.accept(audio[i : i + FRAME_SAMPLES]) is not None
-        gate.set()
-        await asyncio.gather(*blockers)
-        assert not engine.lane.congested
-        return partials, engine.shed_steps - shed, (await session.finalize()).text
-
-    partials, shed, text = asyncio.run(main())
-    assert partials == 0 and shed > 0
-    assert text == engine.transcribe(audio).text  # never streamed: the offline pass exactly
-
-
 def test_concurrent_sessions_share_batches_and_get_their_own_transcripts(engine) -> None:
     audios = [(speechlike(3.0, seed=10 + i) * 32767).astype(np.int16) for i in range(3)]
 

@@ -37,10 +37,6 @@ R = TypeVar("R")
 #: turns a list of items into a list of results, in order (one model call for the whole batch)
 BatchFn = Callable[[list[Any]], Sequence[Any]]
 
-#: a backlog beyond this many waiting jobs means the thread cannot keep up (see ``congested``):
-#: one session never gets there (an ASR step and a TTS round at most), several speaking at once do
-CONGESTED_JOBS = 3
-
 _DONE = object()
 
 
@@ -67,34 +63,11 @@ class _Worker:
         self.setups = setups
         self.ident: int | None = None
         self.executor = ThreadPoolExecutor(1, thread_name_prefix=f"voiceloop-{name}", initializer=self._init)
-        self.waiting = 0  #: jobs submitted and not started (the backlog)
-        self._count = threading.Lock()
 
     def _init(self) -> None:
         self.ident = threading.get_ident()
         for setup in self.setups:
             setup()
-
-    def submit(self, fn: Callable[..., Any], *args: Any) -> concurrent.futures.Future:
-        started = False
-
-        def run() -> Any:
-            nonlocal started
-            started = True
-            with self._count:
-                self.waiting -= 1
-            return fn(*args)
-
-        def never_ran(_: concurrent.futures.Future) -> None:
-            if not started:  # cancelled while queued
-                with self._count:
-                    self.waiting -= 1
-
-        with self._count:
-            self.waiting += 1
-        future = self.executor.submit(run)
-        future.add_done_callback(never_ran)
-        return future
 
 
 class _Coop(greenlet):
@@ -123,11 +96,6 @@ class ComputeLane:
         self._coop_new: list[tuple[Callable[[], None], concurrent.futures.Future, ThreadWork]] = []
         self._coop_ready: list[_Coop] = []  # resumable at the next round (lane thread only)
         self._coop_scheduled = False
-
-    @property
-    def congested(self) -> bool:
-        """More than :data:`CONGESTED_JOBS` jobs wait for the thread: optional work should yield."""
-        return self._worker.waiting > CONGESTED_JOBS
 
     def on_lane(self) -> bool:
         """Whether the caller is this lane's worker thread (then calls run inline, never queued)."""
@@ -217,7 +185,7 @@ class ComputeLane:
             finally:
                 work.done()
 
-        future = self._worker.submit(call)
+        future = self._worker.executor.submit(call)
         future.add_done_callback(lambda _: work.done())
         return future
 
@@ -228,7 +196,7 @@ class ComputeLane:
             self._coop_new.append((body, future, ThreadWork()))
             schedule, self._coop_scheduled = not self._coop_scheduled, True
         if schedule:
-            self._worker.submit(self._coop_round)
+            self._worker.executor.submit(self._coop_round)
         return future
 
     def _coop_round(self) -> None:
@@ -261,7 +229,7 @@ class ComputeLane:
             self._coop_scheduled = bool(self._coop_ready or self._coop_new)
             again = self._coop_scheduled
         if again:  # a new job, so jobs queued meanwhile (other lanes' too) run between rounds
-            self._worker.submit(self._coop_round)
+            self._worker.executor.submit(self._coop_round)
 
     async def stream(
         self,

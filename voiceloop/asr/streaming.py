@@ -73,8 +73,6 @@ class Wav2Vec2Engine(AsrEngine):
         self.options = options or StreamingOptions()
         self.sample_rate = checkpoint.sample_rate
         self.lane = ComputeLane("asr", setup=checkpoint.apply_threads)
-        #: streaming steps skipped because the compute thread was congested (partials paused)
-        self.shed_steps = 0
 
     @classmethod
     def from_pretrained(
@@ -292,11 +290,6 @@ class Wav2Vec2Session(AsrSession):
         state = self.state
         state.add(_as_float(samples))
         if not state.due():
-            return None
-        if self.engine.lane.congested:
-            # Shed load: partials pause and the final encodes the rest in a few long windows —
-            # near the offline cost, which is 2.5x below streaming's (overlapping windows).
-            self.engine.shed_steps += 1
             return None
         await self.engine.lane.batch(self.engine.step_many, state)  # with other streams' steps
         text, chars, stable = state.preview
