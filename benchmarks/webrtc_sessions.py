@@ -199,6 +199,7 @@ async def measure(engines: Any, loop_options: Any, count: int, args: argparse.Na
     await server.start()
     for lane in (engines.asr.lane, engines.tts.lane):
         lane.batch_sizes.clear()
+    shed = engines.asr.shed_steps
     result_file = args.cache / f"peers-{count}.json"
     rss0, cpu0, wall0 = rss_mb(), cpu_s(), time.perf_counter()
     child = await asyncio.create_subprocess_exec(
@@ -248,6 +249,7 @@ async def measure(engines: Any, loop_options: Any, count: int, args: argparse.Na
         "rss_idle_mb": round(rss0, 1),
         "rss_per_session_mb": round((peak - rss0) / count, 1),
         "asr_batch_sizes": dict(sorted(engines.asr.lane.batch_sizes.items())),
+        "asr_steps_shed": engines.asr.shed_steps - shed,
         "tts_batch_sizes": dict(sorted(engines.tts.lane.batch_sizes.items())),
     }
 

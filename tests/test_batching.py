@@ -201,6 +201,38 @@ def test_encode_many_pads_without_changing_rows(engine) -> None:
         torch.testing.assert_close(states, alone_states, rtol=1e-4, atol=1e-4)
 
 
+def test_a_stream_that_falls_behind_stops_streaming_and_the_final_catches_up(engine) -> None:
+    """A step held up longer than SHED_RTF x its audio: partials pause until the utterance ends."""
+    from voiceloop.asr.streaming import SHED_RTF
+
+    audio = (speechlike(4.0, seed=21) * 32767).astype(np.int16)
+    frames = [audio[i : i + FRAME_SAMPLES] for i in range(0, len(audio), FRAME_SAMPLES)]
+    probe = StreamState(engine)
+    first_due = next(i for i, f in enumerate(frames) if (probe.add(f / 32768.0), probe.due())[1])
+    hold_s = SHED_RTF * engine.options.chunk_s + 0.2  # the first step waits this long for the lane
+    gate = threading.Event()
+
+    async def main() -> tuple[int, str]:
+        blocker = asyncio.ensure_future(engine.lane.run(gate.wait))
+        await asyncio.sleep(0.01)  # the blocker holds the lane before the first step is queued
+        asyncio.get_running_loop().call_later(hold_s, gate.set)
+        session, shed, partials = engine.session(), engine.shed_steps, 0
+        for frame in frames:
+            partials += await session.accept(frame) is not None
+        await blocker
+        return engine.shed_steps - shed, partials, (await session.finalize()).text
+
+    shed, partials, text = asyncio.run(main())
+    assert shed > 0 and partials <= 1  # the slow first step's partial, then none
+    expected = StreamState(engine)  # one streaming step, then the final pass
+    for frame in frames[: first_due + 1]:
+        expected.add(frame / 32768.0)
+    expected.step()
+    for frame in frames[first_due + 1 :]:
+        expected.add(frame / 32768.0)
+    assert text == expected.finish().text
+
+
 def test_concurrent_sessions_share_batches_and_get_their_own_transcripts(engine) -> None:
     audios = [(speechlike(3.0, seed=10 + i) * 32767).astype(np.int16) for i in range(3)]
 

@@ -20,6 +20,7 @@ step encodes a window ``[left context L | new chunk C | lookahead R]`` and keeps
 from __future__ import annotations
 
 import copy
+import time
 from collections.abc import Awaitable
 from dataclasses import dataclass
 
@@ -73,6 +74,8 @@ class Wav2Vec2Engine(AsrEngine):
         self.options = options or StreamingOptions()
         self.sample_rate = checkpoint.sample_rate
         self.lane = ComputeLane("asr", setup=checkpoint.apply_threads)
+        #: streaming steps skipped because their stream fell behind real time (partials paused)
+        self.shed_steps = 0
 
     @classmethod
     def from_pretrained(
@@ -278,6 +281,11 @@ class Window:
     hidden: torch.Tensor  # projected features [end - first, hidden]
 
 
+#: a step (queueing included) slower than this many times the audio it commits means the stream
+#: cannot keep up: it stops streaming until the end of the utterance
+SHED_RTF = 2.0
+
+
 class Wav2Vec2Session(AsrSession):
     """Async face of :class:`StreamState`: buffers frames, computes on the engine's lane."""
 
@@ -285,13 +293,24 @@ class Wav2Vec2Session(AsrSession):
         self.engine = engine
         self.state = StreamState(engine)
         self._last_text: str | None = None
+        self._behind = False  # a step ran slower than SHED_RTF: no more steps this utterance
 
     async def accept(self, samples: np.ndarray) -> PartialTranscript | None:
         state = self.state
         state.add(_as_float(samples))
         if not state.due():
             return None
+        if self._behind:
+            self.engine.shed_steps += 1
+            return None
+        committed, started = state.committed, time.perf_counter()
         await self.engine.lane.batch(self.engine.step_many, state)  # with other streams' steps
+        spent = time.perf_counter() - started
+        if spent > SHED_RTF * (state.committed - committed) * state.frame_s:
+            # Behind real time (queued behind other sessions, or a slow device): shed load for the
+            # rest of the utterance. Partials pause; the final encodes the rest in a few long
+            # windows, near the offline cost — 2.5x below streaming's overlapping windows on a CPU.
+            self._behind = True
         text, chars, stable = state.preview
         if text == self._last_text:
             return None
@@ -313,3 +332,4 @@ class Wav2Vec2Session(AsrSession):
     def reset(self) -> None:
         self.state = StreamState(self.engine)
         self._last_text = None
+        self._behind = False
