@@ -326,8 +326,12 @@ class Wav2Vec2Session(AsrSession):
             self.reset()
 
     def finalize_preview(self) -> Awaitable[FinalTranscript]:
-        fork = self.state.fork()  # now, on the loop: the stream keeps stepping meanwhile
-        return self.engine.lane.run(fork.finish)
+        # The copy is made on the lane, not here: copying the cached features is a torch op, and
+        # one on the loop's thread would start a second OpenMP team (small ops then cost 2x, see
+        # compute.share_cores). Steps of this stream queued later run after it, so it sees the
+        # stream as of now plus any audio added before it starts — a final of at least this much.
+        state = self.state
+        return self.engine.lane.run(lambda: state.fork().finish())
 
     def reset(self) -> None:
         self.state = StreamState(self.engine)
