@@ -10,6 +10,8 @@ code with transformers beyond reading the weights; parity is checked against the
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -40,6 +42,10 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
     half = x.shape[-1] // 2
     rotated = torch.cat((-x[..., half:], x[..., :half]), -1)
     return x * cos + rotated * sin
+
+
+#: attention for one layer: (layer index, q, k, v [B, heads, T, head_dim]) -> [B, heads, T, head_dim]
+Attend = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 class KvCache:
@@ -119,13 +125,10 @@ class LeanLlama(nn.Module):
         ``valid`` [B, cache.length + T] marks real (non-padding) key positions; None means all real.
         Returns the final-normed hidden states [B, T, hidden].
         """
-        batch, steps, _ = embeds.shape
+        steps = embeds.shape[1]
         start = cache.length
         cache.reserve(start + steps)
         end = start + steps
-        freqs = positions[..., None].float() * self.inv_freq
-        angles = torch.cat((freqs, freqs), -1)[:, None]  # [B, 1, T, head_dim]
-        cos, sin = angles.cos().to(embeds.dtype), angles.sin().to(embeds.dtype)
         mask = None
         if steps > 1 or valid is not None:
             keys = torch.arange(end, device=embeds.device)
@@ -137,24 +140,18 @@ class LeanLlama(nn.Module):
                 mask = allowed[:, None]
             else:
                 mask = allowed
-        x = embeds
-        for index, layer in enumerate(self.layers):
-            h = rms_norm(x, layer.norm_in, self.eps)
-            qkv = layer.qkv(h).view(batch, steps, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
-            q, k = _rotate(qkv[:2], cos, sin)  # q and k rotated together: half the small ops
-            v = qkv[2]
+
+        def attend(index: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
             key_store, value_store = cache.keys[index], cache.values[index]
             key_store[:, :, start:end] = k
             value_store[:, :, start:end] = v
-            attended = F.scaled_dot_product_attention(
+            return F.scaled_dot_product_attention(
                 q, key_store[:, :, :end], value_store[:, :, :end], attn_mask=mask
             )
-            x = x + layer.o(attended.transpose(1, 2).reshape(batch, steps, self.hidden))
-            h = rms_norm(x, layer.norm_post, self.eps)
-            gate, up = layer.gate_up(h).chunk(2, -1)
-            x = x + layer.down(F.silu(gate) * up)
+
+        out = self._stack(embeds, positions, attend)
         cache.length = end
-        return rms_norm(x, self.norm, self.eps)
+        return out
 
     @torch.inference_mode()
     def forward_rows(self, rows: list[tuple[torch.Tensor, torch.Tensor, KvCache]]) -> list[torch.Tensor]:
@@ -165,22 +162,13 @@ class LeanLlama(nn.Module):
         memory-bound at batch 1) run once on all rows; attention runs per row over its own cache,
         so sequences of any lengths batch without padding. Returns [1, 1, hidden] per row.
         """
-        x = torch.cat([embeds for embeds, _, _ in rows])
-        positions = torch.cat([pos for _, pos, _ in rows])
         caches = [cache for _, _, cache in rows]
-        batch = x.shape[0]
         for cache in caches:
             if cache.shape[0] != 1:
                 raise ValueError("forward_rows takes batch-1 caches only")
             cache.reserve(cache.length + 1)
-        freqs = positions[..., None].float() * self.inv_freq
-        angles = torch.cat((freqs, freqs), -1)[:, None]  # [B, 1, 1, head_dim]
-        cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
-        for index, layer in enumerate(self.layers):
-            h = rms_norm(x, layer.norm_in, self.eps)
-            qkv = layer.qkv(h).view(batch, 1, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
-            q, k = _rotate(qkv[:2], cos, sin)
-            v = qkv[2]
+
+        def attend(index: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
             attended = []
             for row, cache in enumerate(caches):
                 at = cache.length
@@ -192,12 +180,28 @@ class LeanLlama(nn.Module):
                         q[row : row + 1], key_store[:, :, : at + 1], value_store[:, :, : at + 1]
                     )
                 )
-            mixed = torch.cat(attended).transpose(1, 2).reshape(batch, 1, self.hidden)
-            x = x + layer.o(mixed)
+            return torch.cat(attended)
+
+        x = torch.cat([embeds for embeds, _, _ in rows])
+        out = self._stack(x, torch.cat([pos for _, pos, _ in rows]), attend)
+        for cache in caches:
+            cache.length += 1
+        return [out[row : row + 1] for row in range(len(rows))]
+
+    def _stack(self, x: torch.Tensor, positions: torch.Tensor, attend: Attend) -> torch.Tensor:
+        """The layers on ``x`` [B, T, hidden]; ``attend(layer, q, k, v)`` (q, k rotated) does the
+        attention against whatever cache layout the caller keeps. Final-normed output."""
+        batch, steps, _ = x.shape
+        freqs = positions[..., None].float() * self.inv_freq
+        angles = torch.cat((freqs, freqs), -1)[:, None]  # [B, 1, T, head_dim]
+        cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+        for index, layer in enumerate(self.layers):
+            h = rms_norm(x, layer.norm_in, self.eps)
+            qkv = layer.qkv(h).view(batch, steps, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+            q, k = _rotate(qkv[:2], cos, sin)  # q and k rotated together: half the small ops
+            attended = attend(index, q, k, qkv[2])
+            x = x + layer.o(attended.transpose(1, 2).reshape(batch, steps, self.hidden))
             h = rms_norm(x, layer.norm_post, self.eps)
             gate, up = layer.gate_up(h).chunk(2, -1)
             x = x + layer.down(F.silu(gate) * up)
-        for cache in caches:
-            cache.length += 1
-        out = rms_norm(x, self.norm, self.eps)
-        return [out[row : row + 1] for row in range(batch)]
+        return rms_norm(x, self.norm, self.eps)
