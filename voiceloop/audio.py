@@ -8,6 +8,7 @@ signal as a one-shot resample: no clicks at chunk boundaries.
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Any
 
 import numpy as np
@@ -219,6 +220,45 @@ class Rechunker:
         self._parts = []
         self._pending = 0
         self._dtype = None
+
+
+class PlayoutFifo:
+    """int16 pieces queued for playback, read out in blocks of any size (the sinks' buffer).
+
+    Not thread-safe: a sink fed from a device callback holds its own lock around it.
+    """
+
+    def __init__(self) -> None:
+        self._pieces: deque[np.ndarray] = deque()
+        self._head = 0  # samples of _pieces[0] already read
+        self.buffered = 0  #: samples queued and not yet read
+
+    def push(self, samples: np.ndarray) -> None:
+        self._pieces.append(samples.copy())  # the writer may reuse its buffer
+        self.buffered += len(samples)
+
+    def read_into(self, out: np.ndarray) -> int:
+        """Fill ``out`` from the front of the queue; returns how many samples it got (the rest of
+        ``out`` is left as it was)."""
+        copied, wanted, pieces = 0, len(out), self._pieces
+        while copied < wanted and pieces:
+            head = pieces[0]
+            k = min(len(head) - self._head, wanted - copied)
+            out[copied : copied + k] = head[self._head : self._head + k]
+            copied += k
+            self._head += k
+            if self._head == len(head):
+                pieces.popleft()
+                self._head = 0
+        self.buffered -= copied
+        return copied
+
+    def clear(self) -> int:
+        """Drop everything queued; returns how many samples that was."""
+        dropped = self.buffered
+        self._pieces.clear()
+        self._head = self.buffered = 0
+        return dropped
 
 
 class InputAdapter:

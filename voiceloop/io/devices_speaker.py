@@ -16,12 +16,11 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections import deque
 from typing import Any
 
 import numpy as np
 
-from ..audio import check_rate
+from ..audio import PlayoutFifo, check_rate
 from ..clock import now
 from ..timeline import Metrics
 from .devices_list import DeviceInfo, device_info, import_sounddevice, pick_device
@@ -72,9 +71,7 @@ class SpeakerSink(AudioSink):
         self.underrun_samples = 0
         self.played_samples = 0
         self._lock = threading.Lock()
-        self._fifo: deque[np.ndarray] = deque()
-        self._head = 0  # samples of _fifo[0] already played
-        self._buffered = 0
+        self._fifo = PlayoutFifo()
         self._playing = False  # a reply is in progress: running dry now is an underrun
         self._starved = False  # inside an underrun (count each gap once)
         self._waiting = False  # a coroutine waits for the callback to make progress
@@ -126,18 +123,7 @@ class SpeakerSink(AudioSink):
         mono = out if self.channels == 1 else np.empty(frames, np.int16)
         new_gap = False
         with self._lock:
-            copied = 0
-            fifo = self._fifo
-            while copied < frames and fifo:
-                head = fifo[0]
-                take = min(len(head) - self._head, frames - copied)
-                mono[copied : copied + take] = head[self._head : self._head + take]
-                copied += take
-                self._head += take
-                if self._head == len(head):
-                    fifo.popleft()
-                    self._head = 0
-            self._buffered -= copied
+            copied = self._fifo.read_into(mono)
             self.played_samples += copied
             if copied < frames:
                 mono[copied:] = 0
@@ -188,28 +174,24 @@ class SpeakerSink(AudioSink):
             raise ValueError(f"speaker audio must be 1-D int16, got {shape} {dtype}")
         self._check()
         limit = self.buffer_s * self.sample_rate
-        while self._buffered > limit:
+        while self._fifo.buffered > limit:
             await self._wait_progress()
         if not len(samples):
             return None
         with self._lock:
-            start = now() + self._buffered / self.sample_rate + self.latency
-            self._fifo.append(samples.copy())
-            self._buffered += len(samples)
+            start = now() + self._fifo.buffered / self.sample_rate + self.latency
+            self._fifo.push(samples)
             self._playing = True
         return start
 
     def flush(self) -> int:
         with self._lock:
-            dropped = self._buffered
-            self._fifo.clear()
-            self._head = 0
-            self._buffered = 0
+            dropped = self._fifo.clear()
             self._playing = self._starved = False
         return dropped
 
     def buffered(self) -> int:
-        return self._buffered
+        return self._fifo.buffered
 
     async def drain(self) -> None:
         """Wait until everything written has reached the listener (FIFO empty + device latency)."""
@@ -218,6 +200,6 @@ class SpeakerSink(AudioSink):
             self._starved = False
         if self._watch is None or self._watch.stream is None:
             return
-        while self._buffered > 0:
+        while self._fifo.buffered > 0:
             await self._wait_progress()
         await asyncio.sleep(self.latency)

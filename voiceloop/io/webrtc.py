@@ -15,13 +15,12 @@ sends silence when nothing is queued; a barge-in clears the buffer.
 from __future__ import annotations
 
 import asyncio
-from collections import deque
 from fractions import Fraction
 from typing import Any
 
 import numpy as np
 
-from ..audio import InputAdapter
+from ..audio import InputAdapter, PlayoutFifo
 from ..clock import now
 from ..frames import FRAME_MS, AudioFrame, EndOfStream
 from ..pipeline import Stage
@@ -161,9 +160,7 @@ class WebRtcSink(AudioSink):
         self.underruns = 0
         self.underrun_samples = 0
         self.sent_samples = 0  # bot samples sent (silence excluded)
-        self._fifo: deque[np.ndarray] = deque()
-        self._head = 0
-        self._buffered = 0
+        self._fifo = PlayoutFifo()
         self._playing = False
         self._starved = False
         self._progress = asyncio.Event()
@@ -183,13 +180,12 @@ class WebRtcSink(AudioSink):
                 f"WebRTC sink audio must be 1-D int16, got {shape} {getattr(samples, 'dtype', '')}"
             )
         limit = self.buffer_s * self.sample_rate
-        while self._buffered > limit:
+        while self._fifo.buffered > limit:
             await self._wait_progress()
         if not len(samples):
             return None
-        start = self.track.next_send_time() + self._buffered / self.sample_rate
-        self._fifo.append(samples.copy())
-        self._buffered += len(samples)
+        start = self.track.next_send_time() + self._fifo.buffered / self.sample_rate
+        self._fifo.push(samples)
         self._playing = True
         return start
 
@@ -198,36 +194,23 @@ class WebRtcSink(AudioSink):
         await self._progress.wait()
 
     def flush(self) -> int:
-        dropped = self._buffered
-        self._fifo.clear()
-        self._head = self._buffered = 0
+        dropped = self._fifo.clear()
         self._playing = self._starved = False
         self._progress.set()
         return dropped
 
     def buffered(self) -> int:
-        return self._buffered
+        return self._fifo.buffered
 
     async def drain(self) -> None:
         self._playing = self._starved = False  # the reply is complete: running dry is its end
-        while self._buffered > 0 and self.track.readyState == "live":
+        while self._fifo.buffered > 0 and self.track.readyState == "live":
             await self._wait_progress()
 
     def take(self, n: int) -> np.ndarray:
         """The next ``n`` samples to send (zero-filled when short); called by the track."""
         out = np.zeros(n, np.int16)
-        copied = 0
-        fifo = self._fifo
-        while copied < n and fifo:
-            head = fifo[0]
-            k = min(len(head) - self._head, n - copied)
-            out[copied : copied + k] = head[self._head : self._head + k]
-            copied += k
-            self._head += k
-            if self._head == len(head):
-                fifo.popleft()
-                self._head = 0
-        self._buffered -= copied
+        copied = self._fifo.read_into(out)
         self.sent_samples += copied
         if copied < n and self._playing:
             self.underrun_samples += n - copied
