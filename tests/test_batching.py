@@ -236,22 +236,16 @@ def test_a_stream_that_falls_behind_stops_streaming_and_the_final_catches_up(eng
 def test_concurrent_sessions_share_batches_and_get_their_own_transcripts(engine) -> None:
     audios = [(speechlike(3.0, seed=10 + i) * 32767).astype(np.int16) for i in range(3)]
 
-    async def run_session(audio: np.ndarray) -> str:
-        session = engine.session()
-        for i in range(0, len(audio), FRAME_SAMPLES):
-            await session.accept(audio[i : i + FRAME_SAMPLES])
-        return (await session.finalize()).text
-
     async def main() -> list[str]:
-        return list(await asyncio.gather(*(run_session(a) for a in audios)))
+        return list(await asyncio.gather(*(_transcript(engine, a) for a in audios)))
 
     engine.lane.batch_sizes.clear()
     texts = asyncio.run(main())
     assert max(engine.lane.batch_sizes) > 1, engine.lane.batch_sizes  # they did share passes
-    assert texts == [asyncio.run(_alone(engine, a)) for a in audios]
+    assert texts == [asyncio.run(_transcript(engine, a)) for a in audios]  # each alone
 
 
-async def _alone(engine: Wav2Vec2Engine, audio: np.ndarray) -> str:
+async def _transcript(engine: Wav2Vec2Engine, audio: np.ndarray) -> str:
     session = engine.session()
     for i in range(0, len(audio), FRAME_SAMPLES):
         await session.accept(audio[i : i + FRAME_SAMPLES])
