@@ -506,14 +506,16 @@ def tiny_fixture_problem(fixture: Path) -> str | None:
     return None
 
 
-def tiny_agreement(fixture: Path, threads: int, limit: int | None, group: int) -> dict[str, Any]:
+def tiny_agreement(
+    fixture: Path, threads: int, limit: int | None, group: int, options: StreamingOptions | None = None
+) -> dict[str, Any]:
     """Streaming (session, default options) vs ``engine.transcribe`` on the held-out utterances.
 
     Also concatenations of ``group`` utterances (longer inputs stream through many more steps)
     and the finalisation variants, so their effect on real transcripts is visible.
     """
     ckpt = Wav2Vec2Checkpoint.from_pretrained(str(fixture), ModelOptions(device="cpu", threads=threads))
-    engine = Wav2Vec2Engine(ckpt, StreamingOptions())
+    engine = Wav2Vec2Engine(ckpt, options or StreamingOptions())
     lines = (fixture / "heldout.jsonl").read_text(encoding="utf-8").splitlines()
     items = [json.loads(line) for line in lines if line.strip()][:limit]
     audios = [render(item) for item in items]

@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ from transformers import Wav2Vec2ForCTC, Wav2Vec2Processor
 
 from ..errors import UserError
 from .base import DEFAULT_MODEL, conv_frames, normalize_audio
+from .encoder import EncoderResult, EncoderStep, LeanEncoder
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 _DEVICE_RE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
@@ -180,6 +180,7 @@ class Wav2Vec2Checkpoint:
         self.hidden_size = int(config.hidden_size)
         self.num_layers = int(config.num_hidden_layers)
         self.vocab_size = int(config.vocab_size)
+        self.encoder = LeanEncoder(model)
 
     @classmethod
     def from_pretrained(
@@ -265,50 +266,25 @@ class Wav2Vec2Checkpoint:
         """
         return self.encode_many([hidden], layer=layer)[0]
 
-    @torch.inference_mode()
     def encode_many(
         self, hiddens: list[torch.Tensor], *, layer: int | None = None
     ) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
         """:meth:`encode` for several windows in one encoder pass (several streams' steps at once).
 
-        Windows of unequal length are right-padded with an attention mask; padding is zeroed before
-        the positional convolution, which pads with zeros anyway, so each row computes what it would
-        alone (up to float rounding; int8 dynamic quantization scales activations per batch).
+        Windows of unequal length are not padded: the linears run over all rows together and each
+        window attends only to itself, so each row computes what it would alone (up to float
+        rounding; int8 dynamic quantization scales activations per call).
         """
+        steps = [EncoderStep(h.to(self.device, self.dtype)) for h in hiddens]
+        return [(r.log_probs, r.layer_state) for r in self.encode_steps(steps, layer=layer)]
+
+    def encode_steps(
+        self, steps: list[EncoderStep], *, layer: int | None = None, key_values: bool = False
+    ) -> list[EncoderResult]:
+        """Streaming encoder steps: positional context, cached keys/values of earlier frames (see
+        :mod:`voiceloop.asr.encoder`); ``key_values`` returns the new frames' keys/values too."""
         index = None if layer is None else self._layer_index(layer)
-        results: list[tuple[torch.Tensor, torch.Tensor | None]] = [
-            (torch.empty(0, self.vocab_size), None if index is None else torch.empty(0, self.hidden_size))
-        ] * len(hiddens)
-        rows = [i for i, h in enumerate(hiddens) if h.shape[0] > 0]
-        if not rows:
-            return results
-        lengths = [hiddens[i].shape[0] for i in rows]
-        longest = max(lengths)
-        batch = torch.zeros(len(rows), longest, self.hidden_size, device=self.device, dtype=self.dtype)
-        for row, i in enumerate(rows):
-            batch[row, : lengths[row]] = hiddens[i].to(self.device, self.dtype)
-        mask = None
-        if min(lengths) != longest:
-            mask = (
-                torch.arange(longest, device=self.device)[None]
-                < torch.tensor(lengths, device=self.device)[:, None]
-            )
-        captured: list[torch.Tensor] = []
-        handle = None if index is None else self._capture(index, captured)
-        try:
-            states = self.model.wav2vec2.encoder(batch, attention_mask=mask)[0]
-        finally:
-            if handle is not None:
-                handle.remove()
-        if self.model.wav2vec2.adapter is not None:
-            states = self.model.wav2vec2.adapter(states)
-        log_probs = torch.log_softmax(self.model.lm_head(states).float(), dim=-1).cpu()
-        layer_states = captured[0].float().cpu() if captured else None
-        results = list(results)
-        for row, i in enumerate(rows):
-            n = lengths[row]
-            results[i] = (log_probs[row, :n], None if layer_states is None else layer_states[row, :n])
-        return results
+        return self.encoder.run(steps, layer=index, key_values=key_values)
 
     def log_probs(self, audio: np.ndarray) -> np.ndarray:
         """Offline one pass over a whole utterance: float32 ``[T, V]`` log-probabilities."""
@@ -320,24 +296,6 @@ class Wav2Vec2Checkpoint:
         if isinstance(layer, bool) or not isinstance(layer, int) or not -count <= layer < count:
             raise ValueError(f"layer must be an int in [{-count}, {count - 1}], got {layer!r}")
         return layer % count
-
-    def _capture(self, index: int, sink: list[torch.Tensor]) -> torch.utils.hooks.RemovableHandle:
-        """Hook the stock encoder to record one hidden state, only for this thread's forward pass."""
-        thread = threading.get_ident()
-        blocks = self.model.wav2vec2.encoder.layers
-        if index == 0:
-
-            def before(_module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-                if threading.get_ident() == thread and not sink:
-                    sink.append(args[0] if args else kwargs["hidden_states"])
-
-            return blocks[0].register_forward_pre_hook(before, with_kwargs=True)
-
-        def after(_module: nn.Module, _args: tuple[Any, ...], output: Any) -> None:
-            if threading.get_ident() == thread and not sink:
-                sink.append(output[0] if isinstance(output, tuple) else output)
-
-        return blocks[index - 1].register_forward_hook(after)
 
 
 def _resolve_source(name: str) -> tuple[str, bool]:

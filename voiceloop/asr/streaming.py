@@ -32,6 +32,7 @@ from ..compute import ComputeLane
 from ..frames import CharInfo, FinalTranscript, PartialTranscript
 from .base import AsrEngine, AsrSession
 from .ctc import StreamingGreedyDecoder, greedy_decode
+from .encoder import EncoderResult, EncoderStep, KeyValues
 from .model import DEFAULT_MODEL, ModelOptions, Wav2Vec2Checkpoint
 
 
@@ -50,6 +51,9 @@ class StreamingOptions:
     right_s: float = 0.32
     #: Cache conv features (exact for "layer"-norm encoders; ignored for "group" norm).
     cache_conv: bool = True
+    #: Attend to the left context through the keys/values its frames had when they were committed
+    #: instead of re-encoding L + C + R frames per step (the ONNX backend always re-encodes).
+    cache_context: bool = True
     #: Longest window one encoder pass may take while catching up (bounds memory and latency).
     max_window_s: float = 12.0
     #: Hidden layer whose mean over the utterance rides on the final transcript (None: none).
@@ -74,6 +78,8 @@ class Wav2Vec2Engine(AsrEngine):
         self.options = options or StreamingOptions()
         self.sample_rate = checkpoint.sample_rate
         self.lane = ComputeLane("asr", setup=checkpoint.apply_threads)
+        #: whether steps attend to cached keys/values (the checkpoint must support it)
+        self.caches_context = self.options.cache_context and hasattr(checkpoint, "encode_steps")
         #: streaming steps skipped because their stream fell behind real time (partials paused)
         self.shed_steps = 0
 
@@ -93,10 +99,19 @@ class Wav2Vec2Engine(AsrEngine):
         """:meth:`StreamState.step` for several streams with one batched encoder pass (on the lane)."""
         windows = [state.plan() for state in states]
         due = [(state, w) for state, w in zip(states, windows, strict=True) if w is not None]
-        outputs = self.checkpoint.encode_many([w.hidden for _, w in due], layer=self.options.embed_layer)
+        outputs = self.encode([w for _, w in due])
         for (state, window), output in zip(due, outputs, strict=True):
-            state.apply(window, *output)
+            state.apply(window, output)
         return [w is not None for w in windows]
+
+    def encode(self, windows: list[Window]) -> list[EncoderResult]:
+        """One encoder pass over several streams' windows (on the lane)."""
+        layer = self.options.embed_layer
+        if self.caches_context:
+            steps = [EncoderStep(w.hidden, w.context, w.past) for w in windows]
+            return self.checkpoint.encode_steps(steps, layer=layer, key_values=True)
+        outputs = self.checkpoint.encode_many([w.hidden for w in windows], layer=layer)
+        return [EncoderResult(log_probs, states, None) for log_probs, states in outputs]
 
     # -- offline helpers (run them on the lane from async code: ``await engine.lane.run(...)``) ----
     def transcribe(self, audio: np.ndarray) -> FinalTranscript:
@@ -145,6 +160,7 @@ class StreamState:
     """One utterance's streaming state (pure compute; runs on the engine's lane)."""
 
     def __init__(self, engine: Wav2Vec2Engine) -> None:
+        self.engine = engine
         self.ckpt = engine.checkpoint
         opts = engine.options
         frame = self.ckpt.conv_stride / self.ckpt.sample_rate
@@ -154,6 +170,10 @@ class StreamState:
         self.right = round(opts.right_s / frame)
         self.max_window = round(opts.max_window_s / frame)
         self.cache = opts.cache_conv and self.ckpt.local_conv
+        self.cached_context = engine.caches_context
+        # frames on each side the positional convolution reads (for the features before a step)
+        self.reach = self.ckpt.encoder.pos_reach if self.cached_context else 0
+        self.past: KeyValues | None = None  # committed frames' keys/values (last L frames)
         self.embed_layer = opts.embed_layer
         self.audio = np.zeros(0, np.float32)
         self.stats: tuple[float, float] | None = None
@@ -221,12 +241,13 @@ class StreamState:
         window = self.plan()
         if window is None:
             return False
-        self.apply(window, *self.ckpt.encode(window.hidden, layer=self.embed_layer))
+        self.apply(window, self.engine.encode([window])[0])
         return True
 
     def fork(self) -> StreamState:
         """An independent copy (sharing the model): to finalise speculatively without ending the stream."""
-        return copy.deepcopy(self, memo={id(self.ckpt): self.ckpt, id(self.ckpt.vocab): self.ckpt.vocab})
+        shared = (self.engine, self.ckpt, self.ckpt.vocab)
+        return copy.deepcopy(self, memo={id(obj): obj for obj in shared})
 
     def finish(self) -> FinalTranscript:
         """Encode and commit everything left; the utterance's final transcript."""
@@ -250,35 +271,48 @@ class StreamState:
         )
 
     def _window(self, commit_from: int, commit_to: int, window_end: int) -> Window:
-        first = max(0, commit_from - self.left)
+        if self.cached_context:  # only new frames are encoded; L comes from self.past
+            first, context = commit_from, min(commit_from, self.reach)
+        else:
+            first, context = max(0, commit_from - self.left), 0
         with torch.inference_mode():
-            hidden = self._window_features(first, window_end)
-        return Window(first, commit_from, commit_to, hidden)
+            hidden = self._window_features(first - context, window_end)
+        return Window(first, commit_from, commit_to, hidden, context, self.past)
 
     def _encode(self, commit_from: int, commit_to: int, window_end: int) -> None:
         window = self._window(commit_from, commit_to, window_end)
-        self.apply(window, *self.ckpt.encode(window.hidden, layer=self.embed_layer))
+        self.apply(window, self.engine.encode([window])[0])
 
-    def apply(self, window: Window, log_probs: torch.Tensor, states: torch.Tensor | None) -> None:
+    def apply(self, window: Window, result: EncoderResult) -> None:
         """Commit the window's chunk frames and refresh the provisional tail from its outputs."""
-        lp = log_probs.numpy()
+        lp = result.log_probs.numpy()
         keep = slice(window.commit_from - window.first, window.commit_to - window.first)
         self.decoder.commit(lp[keep])
         self.preview = self.decoder.hypothesis(lp[window.commit_to - window.first :])
-        if states is not None:
-            kept = states[keep].numpy().astype(np.float64)
+        if result.layer_state is not None:
+            kept = result.layer_state[keep].numpy().astype(np.float64)
             self.embed_sum = kept.sum(axis=0) + (0 if self.embed_sum is None else self.embed_sum)
             self.embed_frames += len(kept)
+        if result.key_values is not None and self.left > 0:
+            committed = KeyValues(result.key_values.tensor[:, :, keep])
+            empty = KeyValues(committed.tensor[:, :, :0])
+            self.past = (self.past or empty).then(committed, keep=self.left)
 
 
 @dataclass
 class Window:
-    """One encoder pass of a stream: frames [first, end) in, frames [commit_from, commit_to) kept."""
+    """One encoder pass of a stream: frames [first, end) encoded, [commit_from, commit_to) kept.
+
+    ``hidden`` holds projected features from ``first - context`` (the leading ``context`` frames
+    only feed the positional convolution); ``past`` is the cached left context, if any.
+    """
 
     first: int
     commit_from: int
     commit_to: int
-    hidden: torch.Tensor  # projected features [end - first, hidden]
+    hidden: torch.Tensor
+    context: int = 0
+    past: KeyValues | None = None
 
 
 #: a step (queueing included) slower than this many times the audio it commits means the stream
