@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from .streaming import Wav2Vec2Engine
 
 # Window defaults shown in --help; StreamingOptions is the source of truth (checked by a test).
-DEFAULT_WINDOW = {"chunk_s": 0.64, "left_s": 1.0, "right_s": 0.32}
+DEFAULT_WINDOW = {"chunk_s": 0.64, "left_s": 1.0, "right_s": 0.24}
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,13 +35,23 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--chunk-s", type=float, default=DEFAULT_WINDOW["chunk_s"], help="streaming chunk C")
     parser.add_argument("--left-s", type=float, default=DEFAULT_WINDOW["left_s"], help="left context L")
     parser.add_argument("--right-s", type=float, default=DEFAULT_WINDOW["right_s"], help="lookahead R")
+    parser.add_argument(
+        "--recompute-context",
+        action="store_true",
+        help="re-encode the left context L every step instead of reusing its cached keys/values (slower)",
+    )
 
 
 def load_engine(args: argparse.Namespace) -> Wav2Vec2Engine:
     from .model import ModelOptions
     from .streaming import StreamingOptions, Wav2Vec2Engine
 
-    streaming = StreamingOptions(chunk_s=args.chunk_s, left_s=args.left_s, right_s=args.right_s)
+    streaming = StreamingOptions(
+        chunk_s=args.chunk_s,
+        left_s=args.left_s,
+        right_s=args.right_s,
+        cache_context=not getattr(args, "recompute_context", False),
+    )
     if args.backend == "onnx":
         from .onnx import OnnxCheckpoint
 

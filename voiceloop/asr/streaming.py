@@ -40,15 +40,16 @@ from .model import DEFAULT_MODEL, ModelOptions, Wav2Vec2Checkpoint
 class StreamingOptions:
     """Window geometry (seconds, rounded to 20 ms frames) and extras.
 
-    Defaults (C=0.64, L=1.0, R=0.32): partial updates every 0.64 s and lookahead that removes most
-    edge errors. Measured (``benchmarks/asr_streaming.py``, large model, 2 AVX2 cores without
-    bf16/VNNI): int8 RTF 0.73, committed-text lag 0.82 s, final 0.58 s after the end of speech;
-    fp32 is not real time there. On AVX-512-BF16 CPUs the research notes measured bf16 RTF ~0.45.
+    Defaults (C=0.64, L=1.0, R=0.24, cached left context): partial updates every 0.64 s; R=0.24 is
+    the most lookahead that keeps committed text within 0.5 s of the audio on 2 cores (R=0.32:
+    0.59 s, R=0.16: less offline agreement). Measured (``benchmarks/asr_streaming.py``, large model,
+    int8, 2 AVX2 cores): RTF 0.34 (re-encoding L instead: 0.56), committed-text lag 0.48 s, final
+    0.18 s after the end of speech (0 with the pipeline's speculative final).
     """
 
     chunk_s: float = 0.64
     left_s: float = 1.0
-    right_s: float = 0.32
+    right_s: float = 0.24
     #: Cache conv features (exact for "layer"-norm encoders; ignored for "group" norm).
     cache_conv: bool = True
     #: Attend to the left context through the keys/values its frames had when they were committed
