@@ -18,13 +18,10 @@ Run: ``python benchmarks/asr_real.py MODEL_DIR DATA_DIR [--dtype bf16] [--limit 
 
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as voiceloop does, before torch loads OpenMP
-
 import argparse
 import asyncio
 import json
+import os
 import platform
 import statistics
 import sys

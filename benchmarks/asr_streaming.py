@@ -635,8 +635,9 @@ def print_tables(results: dict[str, Any]) -> None:
         s = row["summary"]
         fin = s["final[stream]"]
         agree = s.get("agreement", {}).get("agree", float("nan"))
+        sched = "" if row.get("schedule") == "session" else f" ({row.get('schedule')})"
         print(
-            f"| {row['precision']} | {row['config']} | {s['step_window_s']:.2f} | "
+            f"| {row['precision']} | {row['config']}{sched} | {s['step_window_s']:.2f} | "
             f"{s['step_wall_median_s']:.3f} | "
             f"{s['rtf']:.3f} | {s['lag_commit_median_s']:.2f} / {s['lag_commit_p90_s']:.2f} / "
             f"{s['lag_commit_max_s']:.2f} | {s['lag_lookahead_median_s']:.2f} | {fin['window_s']:.2f} | "
