@@ -93,11 +93,26 @@ def conversation(turns: int, gap_s: float) -> np.ndarray:
     return np.concatenate(parts)
 
 
-def handler(text: str) -> str:
-    return text if text.strip() else FALLBACK_REPLY
+class Echo:
+    """The echo handler, replying with as many characters as the user said.
+
+    The random ASR hears ~25 garbage characters per second — 3-9x the characters actually spoken —
+    and a TTS prompt's prefill grows with its length, so a raw echo would time replies no real echo
+    gets. Each reply is cut to the length of the utterance spoken in that turn (``raw``: not cut).
+    """
+
+    def __init__(self, raw: bool = False) -> None:
+        self.raw = raw
+        self.turn = 0
+
+    def __call__(self, text: str) -> str:
+        spoken = UTTERANCES[self.turn % len(UTTERANCES)]
+        self.turn += 1
+        reply = text.strip() if self.raw else text.strip()[: len(spoken)]
+        return reply or FALLBACK_REPLY
 
 
-def run_file(engines: Engines, options: LoopOptions, audio: np.ndarray) -> Metrics:
+def run_file(engines: Engines, options: LoopOptions, audio: np.ndarray, handler: Echo) -> Metrics:
     metrics = Metrics()
     source = FileSource(audio, sample_rate=16_000, pace=True, tail_silence_s=1.0)
     sink = PacedSink(engines.tts.sample_rate)
@@ -107,7 +122,7 @@ def run_file(engines: Engines, options: LoopOptions, audio: np.ndarray) -> Metri
     return metrics
 
 
-def run_pulse(engines: Engines, options: LoopOptions, audio: np.ndarray) -> Metrics | str:
+def run_pulse(engines: Engines, options: LoopOptions, audio: np.ndarray, handler: Echo) -> Metrics | str:
     """Play the conversation into the virtual mic of a private PulseAudio server; the bot plays out."""
     from pulse import Pulse, PulseServer, missing, use_server  # the test harness, usable outside pytest
 
@@ -165,6 +180,9 @@ def main() -> None:
     parser.add_argument("--asr-threads", type=int, default=LoopOptions.asr_threads)
     parser.add_argument("--tts-threads", type=int, default=None)
     parser.add_argument("--reply-max-s", type=float, default=1.5, help="cap on each reply sentence's audio")
+    parser.add_argument(
+        "--raw-echo", action="store_true", help="echo the random ASR's whole (garbage) transcript"
+    )
     parser.add_argument("--cache", type=Path, default=HERE / ".cache")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "voice_to_voice.json")
     args = parser.parse_args()
@@ -187,9 +205,9 @@ def main() -> None:
         engines.tts.options.sampling = replace(engines.tts.options.sampling, max_new_tokens=steps)
         print(f"{precision}: models loaded in {time.perf_counter() - started:.1f} s", file=sys.stderr)
         for path in args.paths.split(","):
-            metrics = (
-                run_file(engines, options, audio) if path == "file" else run_pulse(engines, options, audio)
-            )
+            handler = Echo(raw=args.raw_echo)
+            run_path = run_file if path == "file" else run_pulse
+            metrics = run_path(engines, options, audio, handler)
             row = {"precision": precision, "path": path}
             row.update({"skipped": metrics} if isinstance(metrics, str) else summarise(metrics))
             print(row, file=sys.stderr)
@@ -213,6 +231,7 @@ def main() -> None:
         "turns": args.turns,
         "gap_s": args.gap_s,
         "reply_max_s": args.reply_max_s,
+        "echo": "raw transcript" if args.raw_echo else "transcript cut to the spoken utterance's length",
         "goal": {"p50_cpu_s": 0.9, "p50_gpu_s": 0.3},
         "rows": rows,
     }
