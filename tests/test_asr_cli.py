@@ -22,7 +22,7 @@ def voiceloop(*args: str, env: dict[str, str] | None = None) -> subprocess.Compl
 def test_transcribe_json_offline_and_streaming_agree_on_a_short_file(tmp_path) -> None:
     model = make_tiny_checkpoint(tmp_path / "model", layout="2021")
     wav = tmp_path / "hello.wav"
-    soundfile.write(str(wav), espeak("好"), 16_000)  # 0.78 s: shorter than the first window (0.96 s)
+    soundfile.write(str(wav), espeak("好"), 16_000)  # 0.78 s: shorter than the first window (0.88 s)
     offline = voiceloop("transcribe", str(wav), "--model", str(model), "--json")
     streamed = voiceloop("transcribe", str(wav), "--model", str(model), "--json", "--stream")
     assert offline.returncode == 0, offline.stderr
@@ -57,3 +57,21 @@ def test_missing_model_gives_guidance_without_traceback(tmp_path) -> None:
     out = voiceloop("transcribe", str(wav), "--model", "nobody/no-such-model", env={"HF_HUB_OFFLINE": "1"})
     assert out.returncode == 2
     assert "local directory" in out.stderr and "--model DIR" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_window_and_context_flags_reach_the_engine(tmp_path) -> None:
+    import argparse
+
+    from voiceloop.asr.cli import add_model_arguments, load_engine
+
+    model = make_tiny_checkpoint(tmp_path / "model", layout="modern")
+    parser = argparse.ArgumentParser()
+    add_model_arguments(parser)
+    default = load_engine(parser.parse_args(["--model", str(model)]))
+    assert default.caches_context and default.options.right_s == 0.24
+    args = ["--model", str(model), "--recompute-context", "--chunk-s", "0.32", "--right-s", "0.16"]
+    recompute = load_engine(parser.parse_args(args))
+    assert not recompute.caches_context
+    assert (recompute.options.chunk_s, recompute.options.right_s) == (0.32, 0.16)
+    for engine in (default, recompute):
+        engine.lane.close()
