@@ -1,8 +1,10 @@
 """A wav2vec2 CTC checkpoint split into the stages streaming needs: conv -> projection -> encoder.
 
-Streaming caches the strictly local conv features and re-encodes only the transformer part per
-window, so the stock ``Wav2Vec2ForCTC`` is driven stage by stage here (its own submodules, no
-re-implementation). Everything — geometry, vocabulary, normalisation — is read from the checkpoint.
+Streaming caches the strictly local conv features and runs only the transformer per step, so the
+stock ``Wav2Vec2ForCTC`` is driven stage by stage here: its own conv and projection modules, and
+its encoder layers through :mod:`voiceloop.asr.encoder` (which adds cached left context and
+unpadded multi-stream batches). Everything — geometry, vocabulary, normalisation — is read from
+the checkpoint.
 """
 
 from __future__ import annotations
