@@ -50,7 +50,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from voiceloop.asr.ctc import StreamingGreedyDecoder  # noqa: E402
-from voiceloop.asr.encoder import KeyValues  # noqa: E402
 from voiceloop.asr.finetune import char_error_rate  # noqa: E402
 from voiceloop.asr.model import ModelOptions, Vocabulary, Wav2Vec2Checkpoint  # noqa: E402
 from voiceloop.asr.streaming import StreamingOptions, StreamState, Wav2Vec2Engine  # noqa: E402
@@ -248,13 +247,8 @@ def with_left(state: StreamState, left: float | None) -> StreamState:
     if left is not None:
         state.left = round(left / state.frame_s)
         if state.past is not None:
-            state.past = state.past.then(KeyValues(state.past.tensor[:, :, :0]), keep=state.left)
+            state.past = state.past.newest(state.left)
     return state
-
-
-def encoded_from(state: StreamState, commit_from: int) -> int:
-    """First frame a step committing from ``commit_from`` runs through the layers."""
-    return commit_from if state.cached_context else max(0, commit_from - state.left)
 
 
 def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
@@ -330,7 +324,7 @@ def stream_paced(
                 "end": busy,
                 "wall": wall,
                 "frames": state.committed - first,
-                "window_s": (state.committed - encoded_from(state, first) + state.right) * HOP / RATE,
+                "window_s": (state.committed - state.first_encoded(first) + state.right) * HOP / RATE,
                 "lag_commit": busy - frame_time(state.committed),
                 "lag_lookahead": busy - trigger,
             }
@@ -361,7 +355,7 @@ def _finish(
 ) -> dict[str, float]:
     """Time ``finish()`` started at ``start``; latency counts from the end-of-speech event."""
     first = state.committed
-    window = (state.ckpt.frames_for(len(state.audio)) - encoded_from(state, first)) * HOP / RATE
+    window = (state.ckpt.frames_for(len(state.audio)) - state.first_encoded(first)) * HOP / RATE
     _, wall = timed(state.finish)
     out = {"wall": wall, "latency": max(0.0, start + wall - end_event), "window_s": window}
     if offline is not None and isinstance(state, RecordingState):

@@ -33,10 +33,13 @@ class KeyValues:
     def frames(self) -> int:
         return int(self.tensor.shape[2])
 
+    def newest(self, keep: int) -> KeyValues:
+        """The last ``keep`` frames, copied (a slice would keep a whole batch's tensor alive)."""
+        return KeyValues(self.tensor[:, :, max(0, self.frames - keep) :].clone())
+
     def then(self, later: KeyValues, keep: int) -> KeyValues:
         """These frames followed by ``later``, cut to the last ``keep`` frames."""
-        joined = torch.cat([self.tensor, later.tensor], dim=2)
-        return KeyValues(joined[:, :, max(0, joined.shape[2] - keep) :].clone())
+        return KeyValues(torch.cat([self.tensor, later.tensor], dim=2)).newest(keep)
 
 
 @dataclass

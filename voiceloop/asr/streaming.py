@@ -180,7 +180,6 @@ class StreamState:
         # frames on each side the positional convolution reads (for the features before a step)
         self.reach = self.ckpt.encoder.pos_reach if self.cached_context else 0
         self.past: KeyValues | None = None  # committed frames' keys/values (last L frames)
-        self.embed_layer = opts.embed_layer
         self.audio = np.zeros(0, np.float32)
         self.stats: tuple[float, float] | None = None
         self.features = torch.zeros(0)  # conv features (before the per-frame projection), cached
@@ -247,7 +246,7 @@ class StreamState:
         window = self.plan()
         if window is None:
             return False
-        self.apply(window, self.engine.encode([window])[0])
+        self._run(window)
         return True
 
     def fork(self) -> StreamState:
@@ -276,17 +275,23 @@ class StreamState:
             embedding=embedding,
         )
 
-    def _window(self, commit_from: int, commit_to: int, window_end: int) -> Window:
+    def first_encoded(self, commit_from: int) -> int:
+        """First frame a step committing from ``commit_from`` runs through the layers."""
         if self.cached_context:  # only new frames are encoded; L comes from self.past
-            first, context = commit_from, min(commit_from, self.reach)
-        else:
-            first, context = max(0, commit_from - self.left), 0
+            return commit_from
+        return max(0, commit_from - self.left)
+
+    def _window(self, commit_from: int, commit_to: int, window_end: int) -> Window:
+        first = self.first_encoded(commit_from)
+        context = min(commit_from, self.reach)  # reach is 0 when L is re-encoded
         with torch.inference_mode():
             hidden = self._window_features(first - context, window_end)
         return Window(first, commit_from, commit_to, hidden, context, self.past)
 
     def _encode(self, commit_from: int, commit_to: int, window_end: int) -> None:
-        window = self._window(commit_from, commit_to, window_end)
+        self._run(self._window(commit_from, commit_to, window_end))
+
+    def _run(self, window: Window) -> None:
         self.apply(window, self.engine.encode([window])[0])
 
     def apply(self, window: Window, result: EncoderResult) -> None:
@@ -301,8 +306,8 @@ class StreamState:
             self.embed_frames += len(kept)
         if result.key_values is not None and self.left > 0:
             committed = KeyValues(result.key_values.tensor[:, :, keep])
-            empty = KeyValues(committed.tensor[:, :, :0])
-            self.past = (self.past or empty).then(committed, keep=self.left)
+            past = self.past
+            self.past = committed.newest(self.left) if past is None else past.then(committed, self.left)
 
 
 @dataclass
