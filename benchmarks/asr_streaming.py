@@ -196,6 +196,9 @@ def build_checkpoints(precisions: list[str], seed: int, threads: int) -> dict[st
             variant = copy.deepcopy(model).to(torch.bfloat16)
         elif precision == "int8":
             variant = quantize_int8(copy.deepcopy(model))
+        elif precision.startswith("cuda-"):  # cuda-fp32 / cuda-fp16 / cuda-bf16 on a GPU
+            dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision[5:]]
+            variant = copy.deepcopy(model).to("cuda", dtype)
         else:
             raise ValueError(f"unknown precision {precision!r}")
         out[precision] = Wav2Vec2Checkpoint(
@@ -254,6 +257,8 @@ def with_left(state: StreamState, left: float | None) -> StreamState:
 def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
     started = time.perf_counter()
     result = fn()
+    if torch.cuda.is_available():  # GPU work is asynchronous: wait for it before reading the clock
+        torch.cuda.synchronize()
     return result, time.perf_counter() - started
 
 
@@ -609,6 +614,7 @@ def machine_info() -> dict[str, Any]:
         "git_commit": commit,
         "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"),
         "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
         "cpu_flags_simd": sorted(f for f in cpu_flags() if f.startswith(("avx", "amx", "fma"))),
         "loadavg_start": os.getloadavg(),
     }
@@ -737,7 +743,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--precisions",
         default="auto",
-        help="comma separated; auto: fp32,int8 + bf16 where the CPU has native bf16",
+        help="comma separated; auto: fp32,int8 + bf16 where the CPU has native bf16; cuda-fp16 etc. on a GPU",
     )
     parser.add_argument(
         "--configs",

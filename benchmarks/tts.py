@@ -69,6 +69,8 @@ def measure(engine: ChatTts, steps: int, repeats: int) -> dict[str, float]:
     for r in range(repeats):
         started = time.perf_counter()
         count = sum(1 for _ in engine.gpt.generate(prompt, replace(engine.options.sampling, seed=r)))
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
         gpt_rates.append(count / (time.perf_counter() - started))
     t, a = statistics.median(total), statistics.median(audio)
     return {
@@ -114,7 +116,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=240, help="GPT steps per utterance (240 = 5.1 s audio)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--variants", default="fp32,int8", help="comma list of fp32,int8,bf16,fp16")
+    parser.add_argument(
+        "--variants",
+        default="fp32,int8",
+        help="comma list of fp32,int8,bf16 (CPU), fp16,cuda-fp32,cuda-bf16 (GPU)",
+    )
     parser.add_argument("--skip-reference", action="store_true")
     parser.add_argument("--cache", type=Path, default=HERE / ".cache")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "tts.json")
@@ -131,6 +137,8 @@ def main() -> None:
             "int8": ModelOptions(device="cpu", quantize="int8", threads=args.threads),
             "bf16": ModelOptions(device="cpu", dtype="bf16", threads=args.threads),
             "fp16": ModelOptions(device="cuda", dtype="fp16"),
+            "cuda-fp32": ModelOptions(device="cuda"),
+            "cuda-bf16": ModelOptions(device="cuda", dtype="bf16"),
         }[variant]
         engine = ChatTts.from_pretrained(str(root), ChatTtsOptions(model=model, sampling=SamplingOptions()))
         torch.set_num_threads(args.threads)
@@ -163,6 +171,7 @@ def main() -> None:
             "cpu": platform.processor() or platform.machine(),
             "threads": args.threads,
             "torch": torch.__version__,
+            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
         },
         "steps": args.steps,
         "text": TEXT,

@@ -20,14 +20,17 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import platform
 import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
@@ -183,6 +186,13 @@ def main() -> None:
     parser.add_argument(
         "--raw-echo", action="store_true", help="echo the random ASR's whole (garbage) transcript"
     )
+    parser.add_argument(
+        "--end-silence-ms",
+        default=None,
+        help="comma list of VAD silences that end a turn, one row each "
+        "(default: VadOptions' 360 ms, chosen by benchmarks/vad_defaults.py)",
+    )
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda (fp16 runs on cuda)")
     parser.add_argument("--cache", type=Path, default=HERE / ".cache")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "voice_to_voice.json")
     args = parser.parse_args()
@@ -196,38 +206,48 @@ def main() -> None:
             precision=precision,
             asr_threads=args.asr_threads,
             tts_threads=args.tts_threads,
+            device=args.device,
         )
         started = time.perf_counter()
         engines = load_engines(options)
-        from dataclasses import replace
-
         steps = max(1, round(args.reply_max_s * 46.875))
         engines.tts.options.sampling = replace(engines.tts.options.sampling, max_new_tokens=steps)
         print(f"{precision}: models loaded in {time.perf_counter() - started:.1f} s", file=sys.stderr)
-        for path in args.paths.split(","):
-            handler = Echo(raw=args.raw_echo)
-            run_path = run_file if path == "file" else run_pulse
-            metrics = run_path(engines, options, audio, handler)
-            row = {"precision": precision, "path": path}
-            row.update({"skipped": metrics} if isinstance(metrics, str) else summarise(metrics))
-            print(row, file=sys.stderr)
-            rows.append(row)
+        silences = [options.vad.end_silence_ms]
+        if args.end_silence_ms:
+            silences = [int(x) for x in args.end_silence_ms.split(",")]
+        for silence in silences:
+            options.vad = replace(options.vad, end_silence_ms=silence)
+            for path in args.paths.split(","):
+                handler = Echo(raw=args.raw_echo)
+                run_path = run_file if path == "file" else run_pulse
+                metrics = run_path(engines, options, audio, handler)
+                row = {"precision": precision, "path": path, "end_silence_ms": silence}
+                row.update({"skipped": metrics} if isinstance(metrics, str) else summarise(metrics))
+                print(row, file=sys.stderr)
+                rows.append(row)
         engines.close()
     from rich.console import Console
     from rich.table import Table
 
     table = Table(title="Voice-to-voice (end of speech → first bot sample played), seconds p50 / p95")
-    for column in ["precision", "path", "turns", *STAGES]:
+    for column in ["precision", "path", "end_silence_ms", "turns", *STAGES]:
         table.add_column(column.replace("_", " "))
     for row in rows:
-        cells = [row["precision"], row["path"], str(row.get("turns", row.get("skipped", "")))]
+        cells = [row["precision"], row["path"], str(row.get("end_silence_ms", ""))]
+        cells.append(str(row.get("turns", row.get("skipped", ""))))
         for name in STAGES:
             value = row.get(name)
             cells.append(f"{value['p50']:.3f} / {value['p95']:.3f}" if value else "")
         table.add_row(*cells)
     Console().print(table)
     result = {
-        "machine": {"cpu": platform.processor() or platform.machine(), "python": platform.python_version()},
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "cores": os.cpu_count(),
+            "python": platform.python_version(),
+            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        },
         "turns": args.turns,
         "gap_s": args.gap_s,
         "reply_max_s": args.reply_max_s,
