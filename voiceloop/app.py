@@ -36,7 +36,7 @@ class LoopOptions:
     asr_backend: str = "torch"  # torch | onnx
     tts: str = DEFAULT_TTS
     voice: str | None = None  # seed:N | name | speaker string | file; None: one random voice per session
-    precision: str = "auto"  # auto: int8 on CPU (the only way near real time there), fp16 on CUDA
+    precision: str = "auto"  # auto: int8 on CPU (the only way near real time there); CUDA: AUTO_PRECISION
     device: str = "auto"
     # Both engines may use every core: the ASR computes while the user speaks, the TTS while the bot
     # does; measured (full-size int8, 2 cores): 2 ASR threads give the final transcript 0.18 s after the
@@ -57,14 +57,25 @@ class LoopOptions:
             raise ValueError(f"asr_backend must be torch or onnx, got {self.asr_backend!r}")
 
 
-def model_options(device: str, precision: str, threads: int | None):
-    """The ``ModelOptions`` for a precision choice (auto → int8 on CPU, fp16 on CUDA, fp32 on MPS)."""
+#: precision="auto" per engine and device. CUDA (H200, benchmarks/gpu.sh): the ASR's steps take
+#: 0.017 s in fp16 vs 0.047 s in fp32; the TTS's GPT steps are launch-bound (one token at a time)
+#: and run 171/s in fp32 vs 95/s in fp16 (first audio 0.08 vs 0.17 s), so the TTS stays fp32.
+AUTO_PRECISION = {
+    ("asr", "cpu"): "int8",
+    ("tts", "cpu"): "int8",
+    ("asr", "cuda"): "fp16",
+    ("tts", "cuda"): "fp32",
+}
+
+
+def model_options(device: str, precision: str, threads: int | None, engine: str = "asr"):
+    """The ``ModelOptions`` for a precision choice (auto: :data:`AUTO_PRECISION`, fp32 elsewhere)."""
     from .asr.model import ModelOptions
 
     base = ModelOptions(device=device, threads=threads)
     resolved = base.resolve_device().type
     if precision == "auto":
-        precision = {"cpu": "int8", "cuda": "fp16"}.get(resolved, "fp32")
+        precision = AUTO_PRECISION.get((engine, resolved), "fp32")
     if precision == "int8":
         return ModelOptions(device="cpu", quantize="int8", threads=threads)
     return ModelOptions(device=device, dtype=precision, threads=threads)
@@ -124,7 +135,7 @@ def _load_engines(options: LoopOptions) -> Engines:
     else:
         asr_model = model_options(options.device, options.precision, options.asr_threads)
         asr = Wav2Vec2Engine.from_pretrained(options.asr, asr_model)
-    tts_model = model_options(options.device, options.precision, options.tts_threads)
+    tts_model = model_options(options.device, options.precision, options.tts_threads, engine="tts")
     tts = ChatTts.from_pretrained(options.tts, ChatTtsOptions(model=tts_model))
     if options.voice is not None:
         tts.speaker(options.voice)  # fail now, not at the first reply
