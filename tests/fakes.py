@@ -53,14 +53,27 @@ class FakeAsrSession(AsrSession):
         self.reset()
         return FinalTranscript(text=text)
 
+    async def finalize_preview(self) -> FinalTranscript | None:  # type: ignore[override]
+        """With ``preview=True``: like finalize (consumes one text), without ending the utterance."""
+        if not self.engine.preview:
+            return None
+        await asyncio.sleep(self.engine.final_delay)
+        return FinalTranscript(text=self.engine.texts.pop(0) if self.engine.texts else "")
+
     def reset(self) -> None:
         self.frames = 0
 
 
 class FakeAsr(AsrEngine):
-    """Partial every ``partial_every`` frames; finals from ``texts`` after ``final_delay``."""
+    """Partial every ``partial_every`` frames; finals from ``texts`` after ``final_delay``.
 
-    def __init__(self, texts: list[str], *, final_delay: float = 0.1, partial_every: int = 10) -> None:
+    ``preview``: finals at pause hints too (each final or preview takes the next text).
+    """
+
+    def __init__(
+        self, texts: list[str], *, final_delay: float = 0.1, partial_every: int = 10, preview: bool = False
+    ) -> None:
+        self.preview = preview
         self.texts = list(texts)
         self.final_delay = final_delay
         self.partial_every = partial_every

@@ -46,6 +46,10 @@ class LoopOptions:
     #: on a CPU, ASR and TTS take turns on the cores job by job instead of computing at once (two
     #: all-core torch workloads oversubscribe; see compute.share_cores); concurrent sessions need it
     share_cores: bool = True
+    #: generate the reply during the VAD's hangover from the final computed at the pause hint; it
+    #: plays once the end of speech is confirmed and is retracted if the user goes on (AsrStage).
+    #: Off by default: a handler may then be called for a turn that continues.
+    preemptive: bool = False
     vad: VadOptions = field(default_factory=VadOptions)
     barge_in: BargeInOptions = field(default_factory=BargeInOptions)
     dialogue: DialogueOptions = field(default_factory=DialogueOptions)
@@ -219,7 +223,7 @@ def build_pipeline(
     else:
         stages.append(VadStage(options.vad))
     stages += [
-        AsrStage(engines.asr),
+        AsrStage(engines.asr, preemptive=options.preemptive),
         DialogueStage(handler, options=options.dialogue),
         TtsStage(engines.tts, voice=options.voice),
         OutputStage(sink, echo_reference=_output_reference(sink, echo)),

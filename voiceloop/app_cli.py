@@ -42,6 +42,12 @@ def add_loop_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--barge-in-ms", type=int, default=None, help="user speech needed to interrupt the bot"
     )
+    parser.add_argument(
+        "--preemptive",
+        action="store_true",
+        help="start the reply at a pause, play it once the end of speech is confirmed (lower latency; "
+        "the handler may be called for a turn that continues)",
+    )
     parser.add_argument("--metrics-out", metavar="M.jsonl", help="per-turn latency timelines as JSON lines")
     view = parser.add_mutually_exclusive_group()
     view.add_argument("--quiet", action="store_true", help="print nothing but errors")
@@ -67,6 +73,7 @@ def loop_options(args: argparse.Namespace):
         asr_threads=args.asr_threads,
         tts_threads=args.tts_threads,
         barge_in=barge,
+        preemptive=args.preemptive,
     )
 
 

@@ -252,6 +252,8 @@ class DialogueStage(Stage):
     async def _reply(self, final: FinalTranscript) -> None:
         turn_id, pipeline = final.turn_id, self.pipeline
         assert pipeline is not None
+        if final.preemptive and not pipeline.holding(final.preemptive):
+            return  # retracted before it got here: the user went on speaking
         if not final.text.strip():
             self.metrics.count("empty_transcripts")
             pipeline.finish_turn(turn_id)
@@ -305,6 +307,12 @@ class DialogueStage(Stage):
     def _remember(self, message: Message) -> None:
         self.history.append(message)
         del self.history[: -self.options.max_history]
+
+    def on_retract(self, turn_id: int, cut: bool) -> None:
+        """A retracted preemptive reply leaves no trace: neither its user text nor its reply."""
+        if self._ctx is not None and self._ctx.turn_id == turn_id:
+            self._ctx.cancel_event.set()
+        self.history = [m for m in self.history if m.turn_id != turn_id]
 
     def on_interrupt(self, interruption: Interruption) -> None:
         """Keep only what the user actually heard of the interrupted reply."""

@@ -136,7 +136,12 @@ class PartialTranscript(Frame):
 
 @dataclass(slots=True)
 class FinalTranscript(Frame):
-    """The transcript of a finished utterance; ``embedding`` is optional engine extra data."""
+    """The transcript of a finished utterance; ``embedding`` is optional engine extra data.
+
+    ``preemptive`` (non-zero: the pipeline's hold number) marks a final sent at a pause hint,
+    before the end of speech was declared: its reply is generated but held until the end of
+    speech confirms it, and retracted if the user goes on (``Pipeline.hold``).
+    """
 
     is_event: ClassVar[bool] = True
     text: str
@@ -145,6 +150,7 @@ class FinalTranscript(Frame):
     end: float = 0.0
     turn_id: int = -1
     embedding: Any = None
+    preemptive: int = 0
 
 
 @dataclass(slots=True)

@@ -12,6 +12,11 @@ progress in every *interruptible* stage (dialogue, TTS, output), drops the queue
 class does not survive an interruption (reply text, synthesized audio), lets each stage clean up
 from the output backwards (the output flushes its sink and reports what was actually played, the
 dialogue stage then truncates its history to that text) and emits an ``Interruption`` event.
+
+Preemptive replies use the same cut: the ASR may send a final transcript at a pause hint, before
+the end of speech is declared (:meth:`Pipeline.hold`); the reply is generated but held at the
+output until :meth:`Pipeline.release`, or cut without a trace by :meth:`Pipeline.retract` when the
+user goes on speaking.
 """
 
 from __future__ import annotations
@@ -163,6 +168,12 @@ class Stage:
         """Barge-in cleanup after the current work was cancelled (synchronous, runs in order
         output → … → dialogue; the output fills ``interruption.played_text``)."""
 
+    def on_retract(self, turn_id: int, cut: bool) -> None:
+        """A preemptive reply for ``turn_id`` was retracted (the user went on speaking); ``cut``:
+        this stage's work on it was cancelled. Default: clean up as after a barge-in if cut."""
+        if cut:
+            self.on_interrupt(Interruption(turn_id=turn_id, time=now(), reason="retracted"))
+
     def bot_active(self) -> bool:
         """Whether this stage holds bot output for the current turn (for barge-in decisions)."""
         return self.interruptible and (self._current is not None or bool(self.inbox))
@@ -271,6 +282,11 @@ class Pipeline:
         self.reply_turn: int | None = None
         self._speaking: int | None = None  # the user turn whose speech is ongoing
         self._pending_barge: asyncio.TimerHandle | None = None
+        #: the user turn whose preemptive reply is held at the output, and the hold's number
+        self.held_turn: int | None = None
+        self.hold_serial = 0
+        self._released: asyncio.Future[None] | None = None
+        self._held_events: list[Frame] = []  # observers see a held reply only once it is released
         self._done: asyncio.Future[None] | None = None
         self._running = False
         self.queues: list[Channel] = []
@@ -290,6 +306,10 @@ class Pipeline:
         self._observers.append(observer)
 
     def _observe(self, frame: Frame, source: Stage | None) -> None:
+        held = self.held_turn
+        if held is not None and frame.__class__ is not SpeechEnded and getattr(frame, "turn_id", -1) == held:
+            self._held_events.append(frame)  # a held reply's events wait for its release
+            return
         if frame.__class__ is SpeechStarted:
             self._speaking = frame.turn_id  # type: ignore[attr-defined]
             if self._should_interrupt(frame):  # type: ignore[arg-type]
@@ -354,18 +374,8 @@ class Pipeline:
         """Cut the bot off: cancel, drop queued bot output, flush the sink, truncate history."""
         turn_id = self.reply_turn if self.reply_turn is not None else -1
         interruption = Interruption(turn_id=turn_id, time=now(), reason=reason)
-        flushable = _is_flushable
-        for stage in self.stages:
-            if not stage.interruptible:
-                continue
-            if stage.inbox is not None:
-                dropped = stage.inbox.discard(flushable)
-                if dropped:
-                    self.metrics.count(f"flushed.{stage.name}", dropped)
-            if stage._current is not None and stage._task is not None and self._running:
-                stage._task.cancel()
-                stage._current = None
-                stage._task = asyncio.get_running_loop().create_task(self._guard(stage))
+        self._end_hold()
+        self._cut()
         for stage in reversed(self.stages):
             if stage.interruptible:
                 stage.on_interrupt(interruption)
@@ -377,6 +387,80 @@ class Pipeline:
             timeline.played_text = interruption.played_text
             self.finish_turn(turn_id)
         return interruption
+
+    # -- preemptive replies ----------------------------------------------------------------
+    def hold(self, turn_id: int) -> int:
+        """Hold ``turn_id``'s bot output at the output stage until :meth:`release`; returns the
+        hold's number (a preemptive final carries it, so a stale one is recognised)."""
+        self.held_turn = turn_id
+        self.hold_serial += 1
+        self._released = asyncio.get_running_loop().create_future()
+        return self.hold_serial
+
+    def holding(self, serial: int) -> bool:
+        """Whether hold number ``serial`` is still pending (neither released nor retracted)."""
+        return self.held_turn is not None and serial == self.hold_serial
+
+    def release(self, turn_id: int) -> None:
+        """The end of speech confirmed the preemptive reply: let the output play it."""
+        if self.held_turn == turn_id:
+            self._end_hold()
+            if turn_id in self.metrics.turns:
+                self.metrics.turns[turn_id].preemptive = True
+
+    def _end_hold(self, deliver: bool = True) -> None:
+        self.held_turn = None
+        if self._released is not None and not self._released.done():
+            self._released.set_result(None)
+        events, self._held_events = self._held_events, []
+        for frame in events if deliver else ():
+            self._observe(frame, None)
+
+    async def wait_release(self, turn_id: int) -> None:
+        """Output stages: wait while ``turn_id`` is held."""
+        while self.held_turn == turn_id and self._released is not None:
+            await asyncio.shield(self._released)
+
+    def retract(self, turn_id: int) -> None:
+        """The user went on speaking: cut the preemptive reply as if it never began (no
+        Interruption event, no history, no reply stamps); the turn itself goes on."""
+        if self.held_turn != turn_id:
+            return
+        self._end_hold(deliver=False)
+        cut = self._cut(turn_id)
+        for stage in reversed(self.stages):
+            if stage.interruptible:
+                stage.on_retract(turn_id, stage in cut)
+        if self.reply_turn == turn_id:
+            self.reply_turn = None
+        if turn_id in self.metrics.turns:
+            self.metrics.retract_reply(turn_id)
+        self.metrics.count("retracted_replies")
+
+    def _cut(self, turn: int | None = None) -> set[Stage]:
+        """Cancel interruptible stages' current work and drop their queued bot output (all of
+        it, or only ``turn``'s); returns the stages whose work was cancelled."""
+
+        def flushable(frame: Frame) -> bool:
+            return not frame.survives_interrupt and (turn is None or getattr(frame, "turn_id", None) == turn)
+
+        cut = set()
+        for stage in self.stages:
+            if not stage.interruptible:
+                continue
+            if stage.inbox is not None:
+                dropped = stage.inbox.discard(flushable)
+                if dropped:
+                    self.metrics.count(f"flushed.{stage.name}", dropped)
+            current = stage._current
+            if current is None or stage._task is None or not self._running:
+                continue
+            if turn is None or getattr(current, "turn_id", None) == turn:
+                stage._task.cancel()
+                stage._current = None
+                stage._task = asyncio.get_running_loop().create_task(self._guard(stage))
+                cut.add(stage)
+        return cut
 
     # -- running ---------------------------------------------------------------------------
     async def _guard(self, stage: Stage) -> None:

@@ -65,6 +65,9 @@ class TurnTimeline:
     reply: str = ""
     played_text: str = ""
     interrupted: bool = False
+    #: the reply was generated from a final sent at a pause hint, before the endpoint (stamps from
+    #: final_transcript to tts_first_audio may then precede ``endpoint``: negative durations)
+    preemptive: bool = False
     discarded: bool = False
     error: str | None = None
 
@@ -129,6 +132,14 @@ class Metrics:
         timeline = self.turn(turn_id)
         if getattr(timeline, name) is None:
             setattr(timeline, name, t)
+
+    def retract_reply(self, turn_id: int) -> None:
+        """Forget a retracted preemptive reply's stamps; the turn's real reply stamps them anew."""
+        timeline = self.turn(turn_id)
+        for name in STAMPS[STAMPS.index("final_transcript") :]:
+            setattr(timeline, name, None)
+        timeline.reply = timeline.played_text = ""
+        timeline.error = None
 
     def count(self, name: str, n: int = 1) -> None:
         self.counters[name] += n

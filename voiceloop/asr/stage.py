@@ -29,13 +29,21 @@ class AsrStage(Stage):
     the final pass early (on a copy of the stream), so the hangover and the final overlap. Engines
     report times from the start of the utterance audio they were fed; the stage shifts them to
     stream time.
+
+    ``preemptive=True`` also sends that early final on at once, so the reply is generated during
+    the hangover too; the pipeline holds the reply at the output until the end of speech confirms
+    it and retracts it if the user goes on speaking. The cost: a handler may be called for a turn
+    that then continues (its ``ctx.cancelled`` is set, and its text is forgotten).
     """
 
     name = "asr"
 
-    def __init__(self, engine: AsrEngine) -> None:
+    def __init__(self, engine: AsrEngine, *, preemptive: bool = False) -> None:
         super().__init__()
         self.engine = engine
+        self.preemptive = preemptive
+        #: (turn, hold number) of the early final sent on for the current pause, if any
+        self._preempted: tuple[int, int] | None = None
         self.session: AsrSession | None = None
         self.turn_id: int | None = None
         self.offset: float | None = None  # stream time of the utterance's first fed sample
@@ -73,8 +81,20 @@ class AsrStage(Stage):
                 self._drop_speculation()  # speech resumed since the last pause: that one is stale
                 await self._release_held()
                 self._speculative = asyncio.ensure_future(session.finalize_preview())
+                if self.preemptive:
+                    turn_id, offset = frame.turn_id, self.offset or 0.0
+                    self._speculative.add_done_callback(lambda f: self._preempt(f, turn_id, offset))
         elif isinstance(frame, SpeechEnded):
             turn_id, offset, self.turn_id, self.offset = frame.turn_id, self.offset or 0.0, None, None
+            exact = frame.reason == "silence" and not frame.discarded
+            if self._preempted is not None:
+                if exact:  # the early final stands: play its reply
+                    self._preempted, self._speculative = None, None
+                    self._held.clear()
+                    session.reset()
+                    self.pipeline.release(turn_id)  # type: ignore[union-attr]
+                    return
+                self._drop_speculation()
             speculative, self._speculative = self._speculative, None
             if frame.discarded:
                 _cancel(speculative)
@@ -82,7 +102,7 @@ class AsrStage(Stage):
                 session.reset()
                 return
             # After a silence endpoint the last pause hint covers all the speech: its final is exact.
-            final = await speculative if speculative is not None and frame.reason == "silence" else None
+            final = await speculative if speculative is not None and exact else None
             if final is None:
                 _cancel(speculative)
                 await self._release_held(turn_id, offset)
@@ -118,6 +138,30 @@ class AsrStage(Stage):
     def _drop_speculation(self) -> None:
         _cancel(self._speculative)
         self._speculative = None
+        if self._preempted is not None:
+            turn_id, _ = self._preempted
+            self._preempted = None
+            self.pipeline.retract(turn_id)  # type: ignore[union-attr]
+
+    def _preempt(self, future: asyncio.Future, turn_id: int, offset: float) -> None:
+        """The early final is ready during the hangover: send it on, its reply held."""
+        pipeline, outbox = self.pipeline, self.outbox
+        if future is not self._speculative or future.cancelled() or future.exception() is not None:
+            return
+        final = future.result()
+        if final is None or not final.text.strip() or pipeline is None or outbox is None:
+            return  # no early final (engine cannot, or nothing heard): the end of speech decides
+        if pipeline.held_turn is not None or len(outbox) >= outbox.maxsize:
+            return
+        final = FinalTranscript(
+            final.text, list(final.chars), final.start, final.end, turn_id, final.embedding
+        )
+        _shift(final, offset)
+        final.preemptive = pipeline.hold(turn_id)
+        self._preempted = (turn_id, final.preemptive)
+        self.metrics.stamp(turn_id, "final_transcript", now())
+        self.metrics.turn(turn_id).transcript = final.text
+        self.emit_nowait(final)
 
     async def finish(self) -> None:
         if self.turn_id is not None and self.session is not None:

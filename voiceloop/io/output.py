@@ -134,6 +134,10 @@ class OutputStage(Stage):
         return self.sink.buffered() > 0
 
     async def process(self, frame: Frame) -> None:
+        pipeline = self.pipeline
+        assert pipeline is not None
+        if isinstance(frame, (AudioChunk, ReplyEnd)) and frame.turn_id == pipeline.held_turn:
+            await pipeline.wait_release(frame.turn_id)  # a preemptive reply: play once confirmed
         if isinstance(frame, AudioChunk):
             await self._play(frame)
         elif isinstance(frame, ReplyEnd):
@@ -141,7 +145,7 @@ class OutputStage(Stage):
                 await self._write(frame.turn_id, self._adapter.flush())
             await self.sink.drain()
             self._turn, self._piece_open = None, False
-            self.pipeline.finish_turn(frame.turn_id)  # type: ignore[union-attr]
+            pipeline.finish_turn(frame.turn_id)
         else:
             await self.forward(frame)
 
@@ -175,6 +179,9 @@ class OutputStage(Stage):
         self._written += len(samples)
         if self._pieces:
             self._pieces[-1][2] = self._written
+
+    def on_retract(self, turn_id: int, cut: bool) -> None:
+        """Nothing to flush: a retracted reply was held here and never reached the sink."""
 
     def on_interrupt(self, interruption: Interruption) -> None:
         dropped = self.sink.flush()
