@@ -121,7 +121,7 @@ def test_run_on_cuda_transcribes_and_answers(chattts_root, tmp_path) -> None:
     metrics = tmp_path / "m.jsonl"
     argv = ["run", "--input", str(user), "--output", str(tmp_path / "bot.wav"), "--asr", str(FIXTURE)]
     argv += ["--tts", str(chattts_root), "--tts-max-seconds", "0.4", "--metrics-out", str(metrics)]
-    argv += ["--device", "cuda", "--precision", "fp16", "--quiet"]
+    argv += ["--device", "cuda", "--quiet"]  # precision auto: fp16 ASR, fp32 TTS
     assert main(argv) == 0
     turns = [t for t in map(json.loads, metrics.read_text().splitlines()) if t["type"] == "turn"]
     assert [t["transcript"] for t in turns] == ["你好", "明天下雨"]
