@@ -73,6 +73,20 @@ def test_run_with_a_handler_from_a_file(conversation, chattts_root, tmp_path):
     assert [t["reply"] for t in lines if t["type"] == "turn"] == ["好", "不好"]
 
 
+def test_run_preemptive_gives_the_same_conversation(conversation, chattts_root, tmp_path):
+    """The real engines' pause-hint final feeds the reply early; it plays only after the endpoint."""
+    code, lines = _run(conversation, chattts_root, tmp_path, "--preemptive", "--quiet")
+    assert code == 0
+    turns = [line for line in lines if line["type"] == "turn"]
+    assert [t["transcript"] for t in turns] == ["你好", "明天下雨"]
+    assert [t["reply"] for t in turns] == ["你好", "明天下雨"]
+    assert any(t["preemptive"] for t in turns)
+    for turn in turns:
+        assert turn["first_played"] >= turn["endpoint"] >= turn["speech_end"]
+        if turn["preemptive"]:  # the final came before the endpoint: the reply was generated early
+            assert turn["final_transcript"] < turn["endpoint"]
+
+
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
