@@ -180,7 +180,8 @@ class StreamState:
         # frames on each side the positional convolution reads (for the features before a step)
         self.reach = self.ckpt.encoder.pos_reach if self.cached_context else 0
         self.past: KeyValues | None = None  # committed frames' keys/values (last L frames)
-        self.audio = np.zeros(0, np.float32)
+        self._audio = np.zeros(16_000, np.float32)  # grows by doubling: appends stay O(1) amortised
+        self._samples = 0
         self.stats: tuple[float, float] | None = None
         self.features = torch.zeros(0)  # conv features (before the per-frame projection), cached
         self.decoder = StreamingGreedyDecoder(self.ckpt.vocab, frame_s=frame)
@@ -192,8 +193,19 @@ class StreamState:
     def committed(self) -> int:
         return self.decoder.committed_frames
 
+    @property
+    def audio(self) -> np.ndarray:
+        """The utterance's samples so far (a view)."""
+        return self._audio[: self._samples]
+
     def add(self, samples: np.ndarray) -> None:
-        self.audio = np.concatenate([self.audio, samples])
+        end = self._samples + len(samples)
+        if end > len(self._audio):
+            grown = np.zeros(max(end, 2 * len(self._audio)), np.float32)
+            grown[: self._samples] = self._audio[: self._samples]
+            self._audio = grown
+        self._audio[self._samples : end] = samples
+        self._samples = end
 
     def due(self) -> bool:
         """A chunk and its lookahead are available."""
