@@ -8,7 +8,11 @@ and zero-fills the rest. Zero-fill while a reply is being played is an audible g
 (backpressure), which also bounds how much audio a barge-in has to throw away.
 
 Play times come from ``stream.latency``: through ALSA → PulseAudio PortAudio's callback
-``time_info`` is all zeros, so it cannot be used.
+``time_info`` is all zeros, so it cannot be used. The echo reference is placed on a sample clock
+(every sample the device was handed, zero-fill included, after an anchor), not at each callback's
+own time: callbacks run late by their scheduling delay (tens of ms under load), and a reply
+resuming after an underrun would be placed that much after its true play time, its echo ahead of
+its reference, which AEC3 cannot cancel.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from ..audio import PlayoutFifo, check_rate
 from ..clock import now
 from ..timeline import Metrics
 from .devices_list import DeviceInfo, device_info, import_sounddevice, pick_device
+from .devices_mic import RESYNC_S
 from .devices_stream import StreamWatch, choose_format
 from .output import AudioSink
 
@@ -77,6 +82,8 @@ class SpeakerSink(AudioSink):
         self._waiting = False  # a coroutine waits for the callback to make progress
         self._wake = asyncio.Event()
         self._watch: StreamWatch | None = None
+        self._clock_anchor: float | None = None  # pipeline time of the device's sample 0
+        self._clock_samples = 0  # samples handed to the device so far (zero-fill included)
 
     def bind_metrics(self, metrics: Metrics) -> None:
         """Count underruns into the pipeline's metrics (the output stage calls this)."""
@@ -88,6 +95,7 @@ class SpeakerSink(AudioSink):
     # -- lifecycle -------------------------------------------------------------------------
     async def open(self) -> None:
         self._clock = asyncio.get_running_loop().time
+        self._clock_anchor, self._clock_samples = None, 0
         sd = import_sounddevice()
         self.info = info = device_info(pick_device(self.device, "output"))
         self._watch = watch = StreamWatch(f"speaker {info.name!r}", self.stall_timeout_s, self._wake.set)
@@ -139,11 +147,26 @@ class SpeakerSink(AudioSink):
         if self.channels > 1:
             out.reshape(frames, self.channels)[:] = mono[:, None]
         reference, clock = self.echo_reference, self._clock
-        if reference is not None and clock is not None and copied:
-            # exactly what goes to the device and when it sounds: stays aligned through underruns
-            reference.push(mono[:copied].copy(), self.sample_rate, clock() + self.latency)
+        if clock is not None:
+            start = self._sample_clock(clock(), frames, status)
+            if reference is not None and copied:
+                # exactly what goes to the device and when it sounds: stays aligned through underruns
+                reference.push(mono[:copied].copy(), self.sample_rate, start)
         if notify and watch is not None:
             watch.call(self._progress, new_gap)
+
+    def _sample_clock(self, t: float, frames: int, status: Any) -> float:
+        """When this block's first sample sounds. PortAudio asks for blocks ahead of playback and
+        only ever late, so the earliest estimate anchors the clock; an estimate later by more than
+        RESYNC_S (clock drift), or a device underflow, re-anchors it."""
+        estimate = t + self.latency - self._clock_samples / self.sample_rate
+        anchor = self._clock_anchor
+        underflow = bool(getattr(status, "output_underflow", False))
+        if anchor is None or estimate < anchor or estimate - anchor > RESYNC_S or underflow:
+            self._clock_anchor = anchor = estimate
+        start = anchor + self._clock_samples / self.sample_rate
+        self._clock_samples += frames
+        return start
 
     # -- event loop ------------------------------------------------------------------------
     def _progress(self, new_gap: bool) -> None:
