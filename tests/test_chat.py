@@ -94,9 +94,9 @@ def test_speaking_over_the_bot_silences_it(pulse, chattts_root, tmp_path):
 KNOWN_LEAK = pytest.mark.xfail(
     strict=False,
     reason="known issue (open in issue 5): on a full-level digital loopback the canceller sometimes "
-    "leaks >= 300 ms of the bot's voice (1 run in 6 here, 2 in 8 beside a CPU hog): AEC3 then removes "
-    "only 15-30 dB, and the energy gate, trained on its usual residual, takes the leak for the user; "
-    "failures print the counters",
+    "leaks >= 300 ms of the bot's voice (1 run in 14 here with the 80 ms AEC lead; ~1 in 4 with 40 ms): "
+    "the run's play times are off beyond the AEC's window, it removes only 8-30 dB, and the energy gate, "
+    "trained on that residual, takes the leak for the user; failures print the counters",
 )
 
 
