@@ -135,3 +135,31 @@ def run(main: Any, *, clock: str = "real") -> Any:
         return asyncio.run(main)
     with asyncio.Runner(loop_factory=lambda: SkipIdleLoop(clock)) as runner:
         return runner.run(main)
+
+
+#: Start-time estimates later than the sample count implies by more than this re-anchor a SampleClock.
+RESYNC_S = 0.1
+
+
+class SampleClock:
+    """Pipeline time of a stream's samples (microphone, speaker, WebRTC track), from arrival times.
+
+    Callbacks and arrivals only ever run late, so the earliest estimate of a block's start anchors
+    sample 0 and later blocks follow the sample count, free of scheduling jitter; an estimate later
+    than the count implies by more than RESYNC_S (clock drift, a stall, a device gap — or an explicit
+    ``resync``) re-anchors it.
+    """
+
+    __slots__ = ("origin", "samples")
+
+    def __init__(self) -> None:
+        self.origin: float | None = None  # pipeline time of sample 0
+        self.samples = 0  # samples so far, dropped or zero-filled ones included
+
+    def place(self, estimate: float, frames: int, rate: int, *, resync: bool = False) -> float:
+        """The time of the first of ``frames`` new samples, whose start was estimated at ``estimate``."""
+        offset = self.samples / rate
+        if self.origin is None or resync or not 0.0 <= estimate - (self.origin + offset) <= RESYNC_S:
+            self.origin = estimate - offset
+        self.samples += frames
+        return self.origin + offset

@@ -446,7 +446,3 @@ class Pipeline:
     def dropped(self) -> dict[str, int]:
         """Frames dropped so far per drop-oldest queue (live view; also in metrics at the end)."""
         return {q.name: q.dropped for q in self.queues if q.drop_oldest}
-
-
-def _is_flushable(frame: Frame) -> bool:
-    return not frame.survives_interrupt

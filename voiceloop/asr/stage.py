@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
 from ..clock import now
 from ..frames import (
@@ -153,9 +154,7 @@ class AsrStage(Stage):
             return  # no early final (engine cannot, or nothing heard): the end of speech decides
         if pipeline.held_turn is not None or len(outbox) >= outbox.maxsize:
             return
-        final = FinalTranscript(
-            final.text, list(final.chars), final.start, final.end, turn_id, final.embedding
-        )
+        final = replace(final, turn_id=turn_id)  # a copy: the engine's object is shared with the stream
         _shift(final, offset)
         final.preemptive = pipeline.hold(turn_id)
         self._preempted = (turn_id, final.preemptive)

@@ -209,7 +209,7 @@ class StreamState:
 
     def due(self) -> bool:
         """A chunk and its lookahead are available."""
-        return self.ckpt.frames_for(len(self.audio)) >= self.committed + self.chunk + self.right
+        return self.ckpt.frames_for(self._samples) >= self.committed + self.chunk + self.right
 
     # -- features --------------------------------------------------------------------------
     def _freeze_stats(self) -> None:

@@ -21,14 +21,11 @@ from typing import Any
 import numpy as np
 
 from ..audio import MAX_CHANNELS, InputAdapter, check_rate
-from ..clock import now
+from ..clock import SampleClock, now
 from ..frames import FRAME_MS, FRAME_SAMPLES, INPUT_RATE, AudioFrame, EndOfStream
 from ..pipeline import Stage
 from .devices_list import DeviceInfo, device_info, import_sounddevice, pick_device
 from .devices_stream import StreamWatch, choose_format
-
-#: Capture-time estimates later than the sample count implies by more than this re-anchor the clock.
-RESYNC_S = 0.1
 
 
 class MicSource(Stage):
@@ -86,8 +83,7 @@ class MicSource(Stage):
         self._wake = asyncio.Event()
         self._ended = False
         self._adapter: InputAdapter | None = None
-        self._t0: float | None = None  # pipeline-clock capture time of the stream's first sample
-        self._in_samples = 0  # device samples per channel received (dropped ones included)
+        self._captured = SampleClock()  # capture times (device samples per channel, dropped ones included)
         self._seq = 0
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -170,7 +166,7 @@ class MicSource(Stage):
 
     def _skip(self, samples: int) -> None:
         """Account for a dropped block so later frames keep their true capture times and seq."""
-        self._in_samples += samples
+        self._captured.samples += samples
         self._seq += round(samples * INPUT_RATE / self.sample_rate / FRAME_SAMPLES)
 
     def _frames(self, block: bytes, t_callback: float) -> list[AudioFrame]:
@@ -180,12 +176,7 @@ class MicSource(Stage):
         # input latency: PortAudio hands a capture block over once it is complete, and through
         # ALSA → PulseAudio the reported 40 ms is overstated — measured: benchmarks/device_latency.py.)
         estimate = t_callback + (now() - time.monotonic()) - n / self.sample_rate
-        # Callbacks are only ever late, so the earliest estimate anchors the sample clock; one that
-        # stays late by more than RESYNC_S (a clock drift, a stall) re-anchors it.
-        nominal = None if self._t0 is None else self._t0 + self._in_samples / self.sample_rate
-        if nominal is None or estimate < nominal or estimate - nominal > RESYNC_S:
-            self._t0 = estimate - self._in_samples / self.sample_rate
-        self._in_samples += n
+        self._captured.place(estimate, n, self.sample_rate)
         if self._adapter is None:
             pieces = [samples.copy()]
         else:
@@ -195,5 +186,5 @@ class MicSource(Stage):
         for piece in pieces:
             seq = self._seq
             self._seq += 1
-            out.append(AudioFrame(piece, capture_time=self._t0 + seq * step, seq=seq))  # type: ignore[operator]
+            out.append(AudioFrame(piece, capture_time=self._captured.origin + seq * step, seq=seq))  # type: ignore[operator]
         return out

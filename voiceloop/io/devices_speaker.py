@@ -25,10 +25,9 @@ from typing import Any
 import numpy as np
 
 from ..audio import PlayoutFifo, check_rate
-from ..clock import now
+from ..clock import SampleClock, now
 from ..timeline import Metrics
 from .devices_list import DeviceInfo, device_info, import_sounddevice, pick_device
-from .devices_mic import RESYNC_S
 from .devices_stream import StreamWatch, choose_format
 from .output import AudioSink
 
@@ -82,8 +81,7 @@ class SpeakerSink(AudioSink):
         self._waiting = False  # a coroutine waits for the callback to make progress
         self._wake = asyncio.Event()
         self._watch: StreamWatch | None = None
-        self._clock_anchor: float | None = None  # pipeline time of the device's sample 0
-        self._clock_samples = 0  # samples handed to the device so far (zero-fill included)
+        self._played = SampleClock()  # play times of the samples handed to the device (zero-fill too)
 
     def bind_metrics(self, metrics: Metrics) -> None:
         """Count underruns into the pipeline's metrics (the output stage calls this)."""
@@ -95,7 +93,7 @@ class SpeakerSink(AudioSink):
     # -- lifecycle -------------------------------------------------------------------------
     async def open(self) -> None:
         self._clock = asyncio.get_running_loop().time
-        self._clock_anchor, self._clock_samples = None, 0
+        self._played = SampleClock()
         sd = import_sounddevice()
         self.info = info = device_info(pick_device(self.device, "output"))
         self._watch = watch = StreamWatch(f"speaker {info.name!r}", self.stall_timeout_s, self._wake.set)
@@ -148,25 +146,14 @@ class SpeakerSink(AudioSink):
             out.reshape(frames, self.channels)[:] = mono[:, None]
         reference, clock = self.echo_reference, self._clock
         if clock is not None:
-            start = self._sample_clock(clock(), frames, status)
+            # PortAudio asks for a block ahead of its playback by the latency (late, never early)
+            underflow = bool(getattr(status, "output_underflow", False))
+            start = self._played.place(clock() + self.latency, frames, self.sample_rate, resync=underflow)
             if reference is not None and copied:
                 # exactly what goes to the device and when it sounds: stays aligned through underruns
                 reference.push(mono[:copied].copy(), self.sample_rate, start)
         if notify and watch is not None:
             watch.call(self._progress, new_gap)
-
-    def _sample_clock(self, t: float, frames: int, status: Any) -> float:
-        """When this block's first sample sounds. PortAudio asks for blocks ahead of playback and
-        only ever late, so the earliest estimate anchors the clock; an estimate later by more than
-        RESYNC_S (clock drift), or a device underflow, re-anchors it."""
-        estimate = t + self.latency - self._clock_samples / self.sample_rate
-        anchor = self._clock_anchor
-        underflow = bool(getattr(status, "output_underflow", False))
-        if anchor is None or estimate < anchor or estimate - anchor > RESYNC_S or underflow:
-            self._clock_anchor = anchor = estimate
-        start = anchor + self._clock_samples / self.sample_rate
-        self._clock_samples += frames
-        return start
 
     # -- event loop ------------------------------------------------------------------------
     def _progress(self, new_gap: bool) -> None:

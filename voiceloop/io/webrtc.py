@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from ..audio import InputAdapter, PlayoutFifo
-from ..clock import now
+from ..clock import SampleClock, now
 from ..frames import FRAME_MS, AudioFrame, EndOfStream
 from ..pipeline import Stage
 from ..timeline import Metrics
@@ -29,8 +29,6 @@ from .output import AudioSink
 
 #: WebRTC's audio clock (Opus always runs at 48 kHz).
 WEBRTC_RATE = 48_000
-#: Capture-time estimates later than the sample count implies by more than this re-anchor the clock.
-RESYNC_S = 0.1
 
 
 def _media() -> Any:
@@ -61,8 +59,7 @@ class WebRtcSource(Stage):
         self._ended = False
         self._adapter: InputAdapter | None = None
         self._format: tuple[int, int] | None = None
-        self._t0: float | None = None  # clock time of the stream's first sample
-        self._in_samples = 0  # input samples per channel received so far
+        self._captured = SampleClock()  # capture times (input samples per channel received so far)
         self._seq = 0
         #: remote frames received (each drained whatever the pipeline does with it)
         self.received = 0
@@ -115,17 +112,13 @@ class WebRtcSource(Stage):
         n = len(pcm)
         # The frame's first sample was captured one frame before it arrived (plus network and jitter
         # buffer, which we cannot see). Arrivals are only ever late, so the earliest estimate anchors.
-        estimate = now() - n / rate
-        nominal = None if self._t0 is None else self._t0 + self._in_samples / rate
-        if nominal is None or estimate < nominal or estimate - nominal > RESYNC_S:
-            self._t0 = estimate - self._in_samples / rate
-        self._in_samples += n
+        self._captured.place(now() - n / rate, n, rate)
         out = []
         step = FRAME_MS / 1000
         for piece in self._adapter.push(pcm):
             seq = self._seq
             self._seq += 1
-            out.append(AudioFrame(piece, capture_time=self._t0 + seq * step, seq=seq))  # type: ignore[operator]
+            out.append(AudioFrame(piece, capture_time=self._captured.origin + seq * step, seq=seq))  # type: ignore[operator]
         return out
 
 
