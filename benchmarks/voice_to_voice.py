@@ -197,7 +197,7 @@ def main() -> None:
         default="off",
         help="off | on | off,on: reply generated during the hangover (LoopOptions.preemptive); a row each",
     )
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda (fp16 runs on cuda)")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda (precision auto: AUTO_PRECISION)")
     parser.add_argument("--cache", type=Path, default=HERE / ".cache")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "voice_to_voice.json")
     args = parser.parse_args()

@@ -43,8 +43,8 @@ class AsrStage(Stage):
         super().__init__()
         self.engine = engine
         self.preemptive = preemptive
-        #: (turn, hold number) of the early final sent on for the current pause, if any
-        self._preempted: tuple[int, int] | None = None
+        #: the turn whose early final was sent on at the current pause (its reply is held), if any
+        self._preempted: int | None = None
         self.session: AsrSession | None = None
         self.turn_id: int | None = None
         self.offset: float | None = None  # stream time of the utterance's first fed sample
@@ -140,8 +140,7 @@ class AsrStage(Stage):
         _cancel(self._speculative)
         self._speculative = None
         if self._preempted is not None:
-            turn_id, _ = self._preempted
-            self._preempted = None
+            turn_id, self._preempted = self._preempted, None
             self.pipeline.retract(turn_id)  # type: ignore[union-attr]
 
     def _preempt(self, future: asyncio.Future, turn_id: int, offset: float) -> None:
@@ -157,7 +156,7 @@ class AsrStage(Stage):
         final = replace(final, turn_id=turn_id)  # a copy: the engine's object is shared with the stream
         _shift(final, offset)
         final.preemptive = pipeline.hold(turn_id)
-        self._preempted = (turn_id, final.preemptive)
+        self._preempted = turn_id
         self.metrics.stamp(turn_id, "final_transcript", now())
         self.metrics.turn(turn_id).transcript = final.text
         self.emit_nowait(final)
