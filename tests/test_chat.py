@@ -86,7 +86,8 @@ def test_speaking_over_the_bot_silences_it(pulse, chattts_root, tmp_path):
     thread.join(timeout=60)
     assert result.get("code") == 0
     first = turns(result)[0]
-    assert first["interrupted"], "user speech during the answer cut it"
+    why = [(t["transcript"], t["reply"], t["interrupted"], t["discarded"]) for t in turns(result)]
+    assert first["interrupted"], f"user speech during the answer cut it; turns {why}"
     tail = audio[-int(0.5 * pulse.rate) :]
     assert loudness(tail) < 300 or len(turns(result)) > 1, "silence after the cut (or the next answer)"
 
