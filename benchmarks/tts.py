@@ -118,8 +118,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument(
         "--variants",
-        default="fp32,int8",
-        help="comma list of fp32,int8,bf16 (CPU), fp16,cuda-fp32,cuda-bf16 (GPU)",
+        default="fp32,int8,torch-fp32,torch-int8",
+        help="comma list of fp32,int8,bf16 (CPU; the default GPT backend: onnxruntime when installed), "
+        "torch-fp32,torch-int8 (CPU, the torch GPT), fp16,cuda-fp32,cuda-bf16 (GPU)",
     )
     parser.add_argument("--skip-reference", action="store_true")
     parser.add_argument("--cache", type=Path, default=HERE / ".cache")
@@ -132,6 +133,7 @@ def main() -> None:
     if torch.cuda.is_available() and "fp16" not in variants:
         variants.append("fp16")
     for variant in variants:
+        backend = "torch" if variant.startswith("torch-") else "auto"
         model = {
             "fp32": ModelOptions(device="cpu", threads=args.threads),
             "int8": ModelOptions(device="cpu", quantize="int8", threads=args.threads),
@@ -139,10 +141,12 @@ def main() -> None:
             "fp16": ModelOptions(device="cuda", dtype="fp16"),
             "cuda-fp32": ModelOptions(device="cuda"),
             "cuda-bf16": ModelOptions(device="cuda", dtype="bf16"),
-        }[variant]
-        engine = ChatTts.from_pretrained(str(root), ChatTtsOptions(model=model, sampling=SamplingOptions()))
+        }[variant.removeprefix("torch-")]
+        options = ChatTtsOptions(model=model, sampling=SamplingOptions(), gpt_backend=backend)
+        engine = ChatTts.from_pretrained(str(root), options)
         torch.set_num_threads(args.threads)
-        row = {"variant": f"voiceloop {variant}", **measure(engine, args.steps, args.repeats)}
+        name = f"voiceloop {variant.removeprefix('torch-')}, {options.resolved_gpt_backend()} GPT"
+        row = {"variant": name, **measure(engine, args.steps, args.repeats)}
         print(row, file=sys.stderr)
         rows.append(row)
         engine.lane.close()

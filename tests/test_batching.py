@@ -263,7 +263,10 @@ def tts(chattts_root):
     from voiceloop.tts.chattts.gpt import SamplingOptions
 
     sampling = SamplingOptions(max_new_tokens=TTS_STEPS, min_new_tokens=TTS_STEPS)
-    engine = ChatTts.from_pretrained(str(chattts_root), ChatTtsOptions(sampling=sampling))
+    # The torch GPT: it runs concurrent sessions' steps as one batched forward (onnxruntime's
+    # graph takes one sequence's cache buffers per call, so its rows run one after another).
+    options = ChatTtsOptions(sampling=sampling, gpt_backend="torch")
+    engine = ChatTts.from_pretrained(str(chattts_root), options)
     yield engine
     engine.lane.close()
 

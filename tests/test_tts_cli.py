@@ -39,6 +39,31 @@ def test_say_stream_reports_first_audio(chattts_root, tmp_path, capsys):
     assert _whole_steps(soundfile.info(out).frames)
 
 
+def test_say_sounds_the_same_on_both_gpt_backends(chattts_root, tmp_path):
+    pytest.importorskip("onnxruntime")
+    waves = []
+    for backend in ("torch", "onnx"):
+        out = tmp_path / f"{backend}.wav"
+        assert (
+            _say(
+                chattts_root,
+                "你好，今天天气不错",
+                "-o",
+                str(out),
+                "--seed",
+                "3",
+                "--voice",
+                "seed:7",
+                "--backend",
+                backend,
+            )
+            == 0
+        )
+        waves.append(soundfile.read(out, dtype="int16")[0].astype(int))
+    assert len(waves[0]) == len(waves[1]) and _whole_steps(len(waves[0]))
+    assert abs(waves[0] - waves[1]).max() <= 2  # same codes; hidden states equal to ~1e-6
+
+
 def test_say_batch_writes_one_file_per_line_and_saves_the_voice(chattts_root, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("VOICELOOP_HOME", str(tmp_path / "home"))
     lines = tmp_path / "lines.txt"

@@ -42,9 +42,11 @@ def _code_sampling() -> SamplingOptions:
     )
 
 
-@pytest.fixture(scope="module")
-def gpt(chattts_root):
-    return ChatTtsGpt.load(chattts_root)
+@pytest.fixture(scope="module", params=["torch", "onnx"])
+def gpt(chattts_root, request):
+    """Both GPT backends must reproduce the reference: the torch one and the onnxruntime graph
+    (fp32; the left-padded batch case goes through its compaction to right padding)."""
+    return ChatTtsGpt.load(chattts_root, backend=request.param)
 
 
 @pytest.fixture(scope="module")

@@ -35,6 +35,7 @@ class LoopOptions:
     asr: str = DEFAULT_ASR  # hub id or local directory
     asr_backend: str = "torch"  # torch | onnx
     tts: str = DEFAULT_TTS
+    tts_backend: str = "auto"  # the GPT's: auto (onnxruntime on CPUs when installed) | torch | onnx
     voice: str | None = None  # seed:N | name | speaker string | file; None: one random voice per session
     precision: str = "auto"  # auto: int8 on CPU (the only way near real time there); CUDA: AUTO_PRECISION
     device: str = "auto"
@@ -59,6 +60,8 @@ class LoopOptions:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.asr_backend not in ("torch", "onnx"):
             raise ValueError(f"asr_backend must be torch or onnx, got {self.asr_backend!r}")
+        if self.tts_backend not in ("auto", "torch", "onnx"):
+            raise ValueError(f"tts_backend must be auto, torch or onnx, got {self.tts_backend!r}")
 
 
 #: precision="auto" per engine and device. CUDA (H200, benchmarks/gpu.sh): the ASR's steps take
@@ -140,7 +143,8 @@ def _load_engines(options: LoopOptions) -> Engines:
         asr_model = model_options(options.device, options.precision, options.asr_threads)
         asr = Wav2Vec2Engine.from_pretrained(options.asr, asr_model)
     tts_model = model_options(options.device, options.precision, options.tts_threads, engine="tts")
-    tts = ChatTts.from_pretrained(options.tts, ChatTtsOptions(model=tts_model))
+    tts_options = ChatTtsOptions(model=tts_model, gpt_backend=options.tts_backend)
+    tts = ChatTts.from_pretrained(options.tts, tts_options)
     if options.voice is not None:
         tts.speaker(options.voice)  # fail now, not at the first reply
     return Engines(asr, tts)

@@ -25,6 +25,12 @@ def add_loop_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--tts", default=DEFAULT_TTS, help="ChatTTS hub id or local directory (default: %(default)s)"
     )
+    parser.add_argument(
+        "--tts-backend",
+        choices=("auto", "torch", "onnx"),
+        default="auto",
+        help="the TTS GPT's runtime; auto (default): onnxruntime on CPUs (1.5x faster steps), else torch",
+    )
     parser.add_argument("--voice", help="seed:N | a saved voice name | a speaker string | a file holding one")
     parser.add_argument(
         "--precision",
@@ -67,6 +73,7 @@ def loop_options(args: argparse.Namespace):
         asr=args.asr,
         asr_backend=args.asr_backend,
         tts=args.tts,
+        tts_backend=args.tts_backend,
         voice=args.voice,
         precision=args.precision,
         device=args.device,

@@ -28,6 +28,12 @@ def add_tts_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default="fp32", choices=("fp32", "bf16", "fp16"))
     parser.add_argument("--int8", action="store_true", help="CPU int8 dynamic quantization of the GPT")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads for the TTS model")
+    parser.add_argument(
+        "--backend",
+        choices=("auto", "torch", "onnx"),
+        default="auto",
+        help="the GPT's runtime; auto (default): onnxruntime on CPUs when installed, else torch",
+    )
     parser.add_argument("--decoder", choices=("hidden", "dvae"), default="hidden", help="mel decoder path")
     parser.add_argument("--verify", action="store_true", help="check the files against the official sha256")
     parser.add_argument(
@@ -45,7 +51,9 @@ def load_tts(args: argparse.Namespace) -> ChatTts:
     model = ModelOptions(
         device=args.device, dtype=args.dtype, quantize="int8" if args.int8 else None, threads=args.threads
     )
-    options = ChatTtsOptions(model=model, decoder=args.decoder, verify_sha256=args.verify)
+    options = ChatTtsOptions(
+        model=model, decoder=args.decoder, verify_sha256=args.verify, gpt_backend=args.backend
+    )
     if getattr(args, "max_seconds", None) is not None:
         if args.max_seconds <= 0:
             raise UserError("--max-seconds must be positive")

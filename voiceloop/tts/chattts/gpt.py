@@ -30,6 +30,7 @@ from ...asr.model import ModelOptions
 from ...compute import CancelToken
 from . import assets
 from .assets import AssetError, check_keys, load_strict
+from .gpt_onnx import OrtLlama
 from .llama import KvCache, LeanLlama
 
 NUM_VQ = 4
@@ -128,7 +129,12 @@ class ChatTtsGpt:
     """The loaded transformer + embeddings + tokenizer; stateless between requests."""
 
     def __init__(
-        self, llama: LlamaModel | LeanLlama, embed: Embed, tokenizer, config: dict, dtype: torch.dtype
+        self,
+        llama: LlamaModel | LeanLlama | OrtLlama,
+        embed: Embed,
+        tokenizer,
+        config: dict,
+        dtype: torch.dtype,
     ) -> None:
         self.llama = llama
         self.embed = embed
@@ -148,11 +154,15 @@ class ChatTtsGpt:
         self.break_0_id = vocab["[break_0]"]
 
     @classmethod
-    def load(cls, root: Path, options: ModelOptions | None = None, *, lean: bool = True) -> ChatTtsGpt:
+    def load(
+        cls, root: Path, options: ModelOptions | None = None, *, lean: bool = True, backend: str = "torch"
+    ) -> ChatTtsGpt:
         """Load ``asset/gpt``, ``asset/Embed.safetensors`` and ``asset/tokenizer`` under ``root``.
 
         ``lean`` (default) steps with :class:`LeanLlama` (fused projections, preallocated cache);
         False keeps the stock ``LlamaModel`` — same function, slower per step on CPUs.
+        ``backend="onnx"`` runs the lean stack as one onnxruntime graph per step (CPU, fp32 or
+        int8; see :mod:`.gpt_onnx`): the fastest CPU path.
         """
         from transformers import AutoTokenizer
 
@@ -173,10 +183,16 @@ class ChatTtsGpt:
         llama.load_state_dict(state, strict=True, assign=True)
         llama.rotary_emb = type(llama.rotary_emb)(llama_config)  # non-persistent buffers: rebuild off meta
         llama.config = llama_config
-        model: nn.Module = LeanLlama.from_llama(llama) if lean else llama
+        if backend not in ("torch", "onnx"):
+            raise ValueError(f"backend must be 'torch' or 'onnx', got {backend!r}")
+        if backend == "onnx" and (device.type != "cpu" or options.dtype != "fp32"):
+            raise ValueError("the onnx GPT backend runs on the CPU in fp32 or int8 (quantize='int8')")
+        model: nn.Module | OrtLlama = LeanLlama.from_llama(llama) if lean or backend == "onnx" else llama
         del llama
         model = model.to(device=device, dtype=options.torch_dtype).eval().requires_grad_(False)
-        if options.quantize == "int8":
+        if backend == "onnx":
+            model = OrtLlama(model, quantize=options.quantize, threads=options.threads)
+        elif options.quantize == "int8":
             with warnings.catch_warnings():  # quantize_dynamic is deprecated in favour of torchao
                 warnings.simplefilter("ignore", DeprecationWarning)
                 warnings.filterwarnings("ignore", ".*quantized tensor creation functions", UserWarning)
@@ -267,7 +283,7 @@ class ChatTtsGpt:
         mask = prompt.mask.long()
         positions = (mask.cumsum(-1) - 1).masked_fill(mask.eq(0), 1)
         inputs = prompt.embeds
-        lean = isinstance(self.llama, LeanLlama)
+        lean = not isinstance(self.llama, LlamaModel)  # LeanLlama or OrtLlama: same interface
         if lean and forward is None:
             forward = self.llama
         cache = self.llama.new_cache(batch, self.dtype, self.device) if lean else DynamicCache()

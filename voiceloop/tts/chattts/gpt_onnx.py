@@ -1,0 +1,220 @@
+"""The GPT's transformer stack as one onnxruntime graph per step (the CPU backend).
+
+Why: at batch 1 a generation step is a chain of ~20 small products per layer. In eager torch each
+costs dispatch overhead, and the dynamic int8 linear (fbgemm, per-tensor activation scale) reads its
+weights at about half the memory bandwidth. onnxruntime runs the whole step in native code: int8
+products (``DynamicQuantizeMatMul``: per-channel int8 weights, activations quantized per call, as
+torch's dynamic int8 linear but a faster kernel) and ``GroupQueryAttention``,
+which applies the rotary embedding and writes the new keys/values in place into our preallocated
+cache (its past and present buffers are the same memory). Measured on the 2-core VM with the full
+20-layer GPT: a step takes ~12.6 ms in int8 (torch int8 ~20 ms) and ~28 ms in fp32 (torch ~75 ms);
+``benchmarks/tts.py`` has the end-to-end rows.
+
+The graph is built here, in memory, from :class:`LeanLlama`'s fused weights; it computes the same
+function (fp32 agrees within 1e-5; int8 weights get one scale per output channel, finer than
+torch's per-tensor default). Batches with left padding are compacted to right padding, which
+the attention op supports natively through a length per row.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .llama import KvCache, LeanLlama
+
+MAX_POSITIONS = 8192  # rotary table rows: far beyond a sentence's prompt + 2048 generated steps
+
+
+def available() -> bool:
+    """Whether onnxruntime (the ``onnx`` extra) is importable."""
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class RaggedKvCache(KvCache):
+    """A :class:`KvCache` whose rows may hold different numbers of positions (right-aligned padding
+    is never stored: row ``b`` holds its ``lengths[b]`` real positions at the front)."""
+
+    def __init__(self, layers: int, batch: int, heads: int, head_dim: int) -> None:
+        super().__init__(layers, batch, heads, head_dim, torch.float32, "cpu")
+        self.lengths = torch.zeros(batch, dtype=torch.int32)
+        self.binding = None  # the session's IOBinding with these buffers bound (rebound on growth)
+        self.bound_capacity = -1
+
+
+def _quantize_columns(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``[N, K]`` float weights → (int8 ``[K, N]``, fp32 scale per output column ``[N]``):
+    symmetric per-channel quantization in DynamicQuantizeMatMul's layout."""
+    scale = np.abs(weight).max(1) / 127.0
+    scale[scale == 0] = 1.0
+    codes = np.clip(np.rint(weight / scale[:, None]), -127, 127).astype(np.int8)
+    return np.ascontiguousarray(codes.T), scale.astype(np.float32)
+
+
+def build_graph(lean: LeanLlama, quantize: str | None):
+    """The ONNX model of one step: ``embeds [B, S, hidden]``, ``seqlens_k [B]`` (positions held
+    after this call, minus one), ``total_len`` and per-layer shared key/value buffers in;
+    final-normed ``hidden [B, S, hidden]`` out."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    hidden, heads, head_dim = lean.hidden, lean.heads, lean.head_dim
+    weights, nodes = [], []
+
+    def const(name: str, array: np.ndarray) -> str:
+        weights.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
+        return name
+
+    def node(op: str, inputs: list[str], outputs: list[str], domain: str = "", **attrs) -> None:
+        nodes.append(helper.make_node(op, inputs, outputs, name=outputs[0], domain=domain, **attrs))
+
+    def linear(x: str, module: torch.nn.Linear, out: str) -> str:
+        w = module.weight.detach().float().numpy()
+        if quantize == "int8":
+            codes, scales = _quantize_columns(w)
+            quantized = [x, const(out + ".q", codes), const(out + ".s", scales)]
+            node("DynamicQuantizeMatMul", quantized, [out], "com.microsoft")
+        else:
+            node("MatMul", [x, const(out + ".w", w.T)], [out])
+        return out
+
+    def norm(x: str, gain: torch.Tensor, out: str) -> str:
+        node(
+            "SimplifiedLayerNormalization",
+            [x, const(out + ".g", gain.detach().float().numpy())],
+            [out],
+            axis=-1,
+            epsilon=lean.eps,
+            stash_type=1,
+        )
+        return out
+
+    angles = np.arange(MAX_POSITIONS, dtype=np.float32)[:, None] * lean.inv_freq.numpy()[None]
+    cos, sin = const("cos", np.cos(angles)), const("sin", np.sin(angles))
+    f32, i32 = TensorProto.FLOAT, TensorProto.INT32
+    kv_shape = ["batch", heads, "capacity", head_dim]
+    inputs = [
+        helper.make_tensor_value_info("embeds", f32, ["batch", "steps", hidden]),
+        helper.make_tensor_value_info("seqlens_k", i32, ["batch"]),
+        helper.make_tensor_value_info("total_len", i32, []),
+    ]
+    outputs = [helper.make_tensor_value_info("hidden", f32, ["batch", "steps", hidden])]
+    x = "embeds"
+    for i, layer in enumerate(lean.layers):
+        key, value, at = f"key_{i}", f"value_{i}", f"layer{i}"
+        inputs += [helper.make_tensor_value_info(f"past_{n}", f32, kv_shape) for n in (key, value)]
+        outputs += [helper.make_tensor_value_info(f"present_{n}", f32, kv_shape) for n in (key, value)]
+        qkv = linear(norm(x, layer.norm_in, at + ".norm_in"), layer.qkv, at + ".qkv")
+        node(
+            "GroupQueryAttention",
+            [qkv, "", "", f"past_{key}", f"past_{value}", "seqlens_k", "total_len", cos, sin],
+            [at + ".attn", f"present_{key}", f"present_{value}"],
+            "com.microsoft",
+            num_heads=heads,
+            kv_num_heads=heads,
+            do_rotary=1,
+            rotary_interleaved=0,
+        )
+        node("Add", [x, linear(at + ".attn", layer.o, at + ".o")], [at + ".mid"])
+        gate_up = linear(norm(at + ".mid", layer.norm_post, at + ".norm_post"), layer.gate_up, at + ".gu")
+        node("Split", [gate_up], [at + ".gate", at + ".up"], axis=-1, num_outputs=2)
+        node("Sigmoid", [at + ".gate"], [at + ".sig"])
+        node("Mul", [at + ".gate", at + ".sig"], [at + ".silu"])
+        node("Mul", [at + ".silu", at + ".up"], [at + ".act"])
+        node("Add", [at + ".mid", linear(at + ".act", layer.down, at + ".down")], [at + ".out"])
+        x = at + ".out"
+    norm(x, lean.norm, "hidden")
+    graph = helper.make_graph(nodes, "chattts_gpt_step", inputs, outputs, weights)
+    opsets = [helper.make_opsetid("", 18), helper.make_opsetid("com.microsoft", 1)]
+    return helper.make_model(graph, opset_imports=opsets)
+
+
+class OrtLlama:
+    """:class:`LeanLlama`'s generation interface (``new_cache``, ``__call__``, ``forward_rows``)
+    on an onnxruntime session. CPU only; float32 activations; ``quantize`` None or "int8"."""
+
+    def __init__(self, lean: LeanLlama, *, quantize: str | None = None, threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        if quantize not in (None, "int8"):
+            raise ValueError(f"quantize must be None or 'int8', got {quantize!r}")
+        self.hidden, self.heads, self.head_dim = lean.hidden, lean.heads, lean.head_dim
+        self.num_layers = len(lean.layers)
+        self.quantize = quantize
+        session = ort.SessionOptions()
+        session.intra_op_num_threads = threads or torch.get_num_threads()
+        session.inter_op_num_threads = 1
+        # No busy-waiting between steps: the ASR and the decoder share these cores.
+        session.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        model = build_graph(lean, quantize).SerializeToString()
+        self.session = ort.InferenceSession(model, session, providers=["CPUExecutionProvider"])
+
+    def new_cache(self, batch: int, dtype: torch.dtype = torch.float32, device="cpu") -> RaggedKvCache:
+        if dtype != torch.float32 or torch.device(device).type != "cpu":
+            raise ValueError("the onnx GPT backend keeps a float32 cache on the CPU")
+        return RaggedKvCache(self.num_layers, batch, self.heads, self.head_dim)
+
+    @torch.inference_mode()
+    def __call__(
+        self, embeds: torch.Tensor, positions: torch.Tensor, cache: KvCache, valid: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Same contract as :meth:`LeanLlama.forward`. ``positions`` must be what the tokens' places
+        imply (``cumsum(valid) - 1``), as :meth:`ChatTtsGpt.generate` passes: the attention op
+        derives them from the per-row lengths."""
+        if not isinstance(cache, RaggedKvCache):
+            raise TypeError("use OrtLlama.new_cache() for this backend's cache")
+        batch, steps, _ = embeds.shape
+        embeds = embeds.float().contiguous()
+        if steps == 1:
+            return self._run(embeds, cache, cache.lengths + 1)
+        if cache.length:
+            raise ValueError("the onnx GPT backend takes a multi-position input only as the first pass")
+        if valid is None:
+            return self._run(embeds, cache, torch.full((batch,), steps, dtype=torch.int32))
+        # Left-padded prompt: move each row's real positions to the front (right padding).
+        keep = valid[:, -steps:].bool()
+        counts = keep.sum(1).to(torch.int32)
+        order = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)  # real first, in order
+        compact = torch.gather(embeds, 1, order[..., None].expand_as(embeds)).contiguous()
+        out = self._run(compact, cache, counts)
+        aligned = torch.zeros_like(out)
+        aligned.scatter_(1, order[..., None].expand_as(out), out)  # back to the caller's layout
+        return aligned.masked_fill_(~keep[..., None], 0.0)  # padding slots: zeros, not garbage
+
+    @torch.inference_mode()
+    def forward_rows(self, rows: list[tuple[torch.Tensor, torch.Tensor, KvCache]]) -> list[torch.Tensor]:
+        """Several sequences' next positions. Each keeps its own cache buffers, which one graph call
+        cannot bind together, so rows run one after another (use the torch backend to share one
+        weight read across many concurrent sessions)."""
+        return [self(embeds, positions, cache) for embeds, positions, cache in rows]
+
+    def _run(self, embeds: torch.Tensor, cache: RaggedKvCache, lengths: torch.Tensor) -> torch.Tensor:
+        batch, steps, hidden = embeds.shape
+        if batch != cache.shape[0]:
+            raise ValueError(f"batch {batch} does not match the cache's {cache.shape[0]}")
+        total = int(lengths.max())
+        cache.reserve(total)
+        binding = cache.binding
+        if binding is None or cache.bound_capacity != cache.capacity:
+            binding = cache.binding = self.session.io_binding()
+            for i in range(self.num_layers):
+                for name, store in ((f"key_{i}", cache.keys[i]), (f"value_{i}", cache.values[i])):
+                    shape = list(store.shape)
+                    binding.bind_input(f"past_{name}", "cpu", 0, np.float32, shape, store.data_ptr())
+                    binding.bind_output(f"present_{name}", "cpu", 0, np.float32, shape, store.data_ptr())
+            cache.bound_capacity = cache.capacity
+        seqlens = (lengths - 1).to(torch.int32).contiguous()
+        total_len = torch.tensor(total, dtype=torch.int32)
+        out = torch.empty(batch, steps, hidden)
+        binding.bind_input("embeds", "cpu", 0, np.float32, [batch, steps, hidden], embeds.data_ptr())
+        binding.bind_input("seqlens_k", "cpu", 0, np.int32, [batch], seqlens.data_ptr())
+        binding.bind_input("total_len", "cpu", 0, np.int32, [], total_len.data_ptr())
+        binding.bind_output("hidden", "cpu", 0, np.float32, [batch, steps, hidden], out.data_ptr())
+        self.session.run_with_iobinding(binding)
+        cache.lengths = lengths.to(torch.int32)
+        cache.length = total
+        return out
