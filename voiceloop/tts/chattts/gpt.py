@@ -30,7 +30,7 @@ from ...asr.model import ModelOptions
 from ...compute import CancelToken
 from . import assets
 from .assets import AssetError, check_keys, load_strict
-from .gpt_onnx import OrtLlama
+from .gpt_onnx import OrtHeads, OrtLlama
 from .llama import KvCache, LeanLlama
 
 NUM_VQ = 4
@@ -149,6 +149,9 @@ class ChatTtsGpt:
         missing = [t for t in ("[spk_emb]", "[Ebreak]", "[break_0]", "[Stts]", "[Ptts]") if t not in vocab]
         if missing:
             raise AssetError(f"the tokenizer lacks ChatTTS control tokens: {', '.join(missing)}")
+        # Output heads: the embed module's (torch); the onnx backend swaps in one-product versions.
+        self.code_logits: Callable[[torch.Tensor], torch.Tensor] = embed.code_logits
+        self.text_logits: Callable[[torch.Tensor], torch.Tensor] = embed.head_text
         self.spk_emb_id = vocab["[spk_emb]"]
         self.text_eos = vocab["[Ebreak]"]
         self.break_0_id = vocab["[break_0]"]
@@ -204,7 +207,14 @@ class ChatTtsGpt:
         embed.bake()
         embed = embed.to(device).eval().requires_grad_(False)
         tokenizer = AutoTokenizer.from_pretrained(str(root / assets.TOKENIZER_DIR))
-        return cls(model, embed, tokenizer, config, options.torch_dtype)
+        gpt = cls(model, embed, tokenizer, config, options.torch_dtype)
+        if backend == "onnx":
+            codes = OrtHeads(
+                [h.weight for h in embed.head_code], quantize=options.quantize, threads=options.threads
+            )
+            text = OrtHeads([embed.head_text.weight], quantize=options.quantize, threads=options.threads)
+            gpt.code_logits, gpt.text_logits = codes, lambda hidden: text(hidden)[:, 0]
+        return gpt
 
     # -- prompts -----------------------------------------------------------------------------
 
@@ -304,7 +314,7 @@ class ChatTtsGpt:
                     **{_CACHE_KW: cache},
                 ).last_hidden_state
             hidden = out[:, -1].float()
-            logits = self.embed.head_text(hidden) if text else self.embed.code_logits(hidden).flatten(0, 1)
+            logits = self.text_logits(hidden) if text else self.code_logits(hidden).flatten(0, 1)
             logits = logits.float() / temperature
             if sampling.repetition_penalty != 1.0 and history:
                 window = torch.stack(history[-sampling.penalty_window :], 1)
