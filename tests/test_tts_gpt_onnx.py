@@ -127,3 +127,29 @@ def test_misuse_is_rejected_clearly(chattts_root, lean, fp32) -> None:
     with pytest.raises(ValueError, match="float32 cache on the CPU"):
         fp32.new_cache(1, torch.bfloat16)
     assert isinstance(cache, RaggedKvCache)
+
+
+def test_graphs_are_stamped_for_older_runtimes(lean) -> None:
+    """onnx 1.23 writes IR 14, which onnxruntime < 1.2x refuses (seen on a GPU machine): write IR 10."""
+    from voiceloop.tts.chattts.gpt_onnx import IR_VERSION, _session, build_graph
+
+    model = build_graph(lean, None)
+    _session(model, 1)
+    assert model.ir_version == IR_VERSION == 10
+
+
+def test_auto_falls_back_to_torch_when_onnxruntime_cannot_run_the_graph(chattts_root, monkeypatch) -> None:
+    from voiceloop.tts.chattts import gpt_onnx
+    from voiceloop.tts.chattts.engine import ChatTts
+
+    def refuse(model, threads):
+        raise gpt_onnx.OnnxBackendError("onnxruntime 1.0 cannot run the GPT graph: too old")
+
+    monkeypatch.setattr(gpt_onnx, "_session", refuse)
+    engine = ChatTts.from_pretrained(str(chattts_root), ChatTtsOptions(model=ModelOptions(device="cpu")))
+    try:
+        assert isinstance(engine.gpt.llama, LeanLlama)
+    finally:
+        engine.lane.close()
+    with pytest.raises(gpt_onnx.OnnxBackendError, match="too old"):
+        ChatTts.from_pretrained(str(chattts_root), ChatTtsOptions(gpt_backend="onnx"))

@@ -121,7 +121,13 @@ class ChatTts(TtsEngine):
         if options.verify_sha256:
             assets.verify(root)
         device = options.model.resolve_device()
-        gpt = ChatTtsGpt.load(root, options.model, backend=options.resolved_gpt_backend())
+        try:
+            gpt = ChatTtsGpt.load(root, options.model, backend=options.resolved_gpt_backend())
+        except gpt_onnx.OnnxBackendError as exc:
+            if options.gpt_backend != "auto":
+                raise
+            log.warning("%s; the GPT runs on torch instead", exc)
+            gpt = ChatTtsGpt.load(root, options.model, backend="torch")
         # The decoders and vocoder are small and convolutional: float32 everywhere but GPUs.
         dtype = options.model.torch_dtype if device.type != "cpu" else torch.float32
         hidden = HiddenDecoder.from_file(root / assets.DECODER, device=device, dtype=dtype)

@@ -23,6 +23,9 @@ import torch
 
 from .llama import KvCache, LeanLlama
 
+#: IR version written: 10 is what onnxruntime 1.18 (our floor) reads; a newer ``onnx`` would
+#: stamp its own (14 with onnx 1.23), which older runtimes refuse.
+IR_VERSION = 10
 MAX_POSITIONS = 8192  # rotary table rows: far beyond a sentence's prompt + 2048 generated steps
 
 
@@ -133,15 +136,23 @@ def build_graph(lean: LeanLlama, quantize: str | None):
     return helper.make_model(graph, opset_imports=opsets)
 
 
+class OnnxBackendError(RuntimeError):
+    """onnxruntime could not load the step graph (too old a runtime, missing kernels)."""
+
+
 def _session(model, threads: int | None):
     import onnxruntime as ort
 
+    model.ir_version = min(model.ir_version, IR_VERSION)
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads or torch.get_num_threads()
     options.inter_op_num_threads = 1
     # No busy-waiting between steps: the ASR and the decoder share these cores.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    try:
+        return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/NotImplemented types
+        raise OnnxBackendError(f"onnxruntime {ort.__version__} cannot run the GPT graph: {exc}") from exc
 
 
 class OrtHeads:
