@@ -152,4 +152,5 @@ def test_auto_falls_back_to_torch_when_onnxruntime_cannot_run_the_graph(chattts_
     finally:
         engine.lane.close()
     with pytest.raises(gpt_onnx.OnnxBackendError, match="too old"):
-        ChatTts.from_pretrained(str(chattts_root), ChatTtsOptions(gpt_backend="onnx"))
+        cpu = ModelOptions(device="cpu")
+        ChatTts.from_pretrained(str(chattts_root), ChatTtsOptions(model=cpu, gpt_backend="onnx"))

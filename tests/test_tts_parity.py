@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from voiceloop.asr.model import ModelOptions
 from voiceloop.tts.chattts.decoder import CodeDecoder, HiddenDecoder
 from voiceloop.tts.chattts.gpt import ChatTtsGpt, SamplingOptions
 from voiceloop.tts.chattts.speaker import SpeakerStats, decode_speaker, sample_speaker
@@ -46,7 +47,8 @@ def _code_sampling() -> SamplingOptions:
 def gpt(chattts_root, request):
     """Both GPT backends must reproduce the reference: the torch one and the onnxruntime graph
     (fp32; the left-padded batch case goes through its compaction to right padding)."""
-    return ChatTtsGpt.load(chattts_root, backend=request.param)
+    options = ModelOptions(device="cpu") if request.param == "onnx" else None  # onnx: a CPU backend
+    return ChatTtsGpt.load(chattts_root, options, backend=request.param)
 
 
 @pytest.fixture(scope="module")
