@@ -56,6 +56,8 @@ def test_say_sounds_the_same_on_both_gpt_backends(chattts_root, tmp_path):
                 "seed:7",
                 "--backend",
                 backend,
+                "--device",
+                "cpu",
             )
             == 0
         )
