@@ -149,9 +149,8 @@ class ChatTtsGpt:
         missing = [t for t in ("[spk_emb]", "[Ebreak]", "[break_0]", "[Stts]", "[Ptts]") if t not in vocab]
         if missing:
             raise AssetError(f"the tokenizer lacks ChatTTS control tokens: {', '.join(missing)}")
-        # Output heads: the embed module's (torch); the onnx backend swaps in one-product versions.
-        self.code_logits: Callable[[torch.Tensor], torch.Tensor] = embed.code_logits
-        self.text_logits: Callable[[torch.Tensor], torch.Tensor] = embed.head_text
+        #: output heads as one onnxruntime product each (code, text); None: the embed module's
+        self.ort_heads: tuple[OrtHeads, OrtHeads] | None = None
         self.spk_emb_id = vocab["[spk_emb]"]
         self.text_eos = vocab["[Ebreak]"]
         self.break_0_id = vocab["[break_0]"]
@@ -213,8 +212,16 @@ class ChatTtsGpt:
                 [h.weight for h in embed.head_code], quantize=options.quantize, threads=options.threads
             )
             text = OrtHeads([embed.head_text.weight], quantize=options.quantize, threads=options.threads)
-            gpt.code_logits, gpt.text_logits = codes, lambda hidden: text(hidden)[:, 0]
+            gpt.ort_heads = (codes, text)
         return gpt
+
+    def code_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """``[B, hidden]`` → ``[B, num_vq, num_audio_tokens]``."""
+        return self.embed.code_logits(hidden) if self.ort_heads is None else self.ort_heads[0](hidden)
+
+    def text_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """``[B, hidden]`` → ``[B, num_text_tokens]``."""
+        return self.embed.head_text(hidden) if self.ort_heads is None else self.ort_heads[1](hidden)[:, 0]
 
     # -- prompts -----------------------------------------------------------------------------
 
