@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from voiceloop.asr.model import ModelOptions
+from voiceloop.ortgraph import GraphLoadError
 from voiceloop.tts.chattts.engine import ChatTtsOptions
 from voiceloop.tts.chattts.gpt import ChatTtsGpt
 from voiceloop.tts.chattts.gpt_onnx import OrtLlama, RaggedKvCache
@@ -131,10 +132,11 @@ def test_misuse_is_rejected_clearly(chattts_root, lean, fp32) -> None:
 
 def test_graphs_are_stamped_for_older_runtimes(lean) -> None:
     """onnx 1.23 writes IR 14, which onnxruntime < 1.2x refuses (seen on a GPU machine): write IR 10."""
-    from voiceloop.tts.chattts.gpt_onnx import IR_VERSION, _session, build_graph
+    from voiceloop.ortgraph import IR_VERSION, cpu_session
+    from voiceloop.tts.chattts.gpt_onnx import build_graph
 
     model = build_graph(lean, None)
-    _session(model, 1)
+    cpu_session(model, 1, "GPT")
     assert model.ir_version == IR_VERSION == 10
 
 
@@ -142,15 +144,15 @@ def test_auto_falls_back_to_torch_when_onnxruntime_cannot_run_the_graph(chattts_
     from voiceloop.tts.chattts import gpt_onnx
     from voiceloop.tts.chattts.engine import ChatTts
 
-    def refuse(model, threads):
-        raise gpt_onnx.OnnxBackendError("onnxruntime 1.0 cannot run the GPT graph: too old")
+    def refuse(model, threads, what):
+        raise GraphLoadError(f"onnxruntime 1.0 cannot run the {what} graph: too old")
 
-    monkeypatch.setattr(gpt_onnx, "_session", refuse)
+    monkeypatch.setattr(gpt_onnx, "cpu_session", refuse)
     engine = ChatTts.from_pretrained(str(chattts_root), ChatTtsOptions(model=ModelOptions(device="cpu")))
     try:
         assert isinstance(engine.gpt.llama, LeanLlama)
     finally:
         engine.lane.close()
-    with pytest.raises(gpt_onnx.OnnxBackendError, match="too old"):
+    with pytest.raises(GraphLoadError, match="too old"):
         cpu = ModelOptions(device="cpu")
         ChatTts.from_pretrained(str(chattts_root), ChatTtsOptions(model=cpu, gpt_backend="onnx"))

@@ -21,6 +21,7 @@ import torch
 
 from ...asr.model import ModelOptions
 from ...compute import CancelToken, ComputeLane
+from ...ortgraph import GraphLoadError
 from ..base import TtsEngine, TtsSession
 from . import assets, gpt_onnx
 from .decoder import CodeDecoder, HiddenDecoder
@@ -123,7 +124,7 @@ class ChatTts(TtsEngine):
         device = options.model.resolve_device()
         try:
             gpt = ChatTtsGpt.load(root, options.model, backend=options.resolved_gpt_backend())
-        except gpt_onnx.OnnxBackendError as exc:
+        except GraphLoadError as exc:
             if options.gpt_backend != "auto":
                 raise
             log.warning("%s; the GPT runs on torch instead", exc)

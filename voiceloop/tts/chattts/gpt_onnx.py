@@ -21,22 +21,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ...ortgraph import available, cpu_session, quantize_columns
 from .llama import KvCache, LeanLlama
 
-#: IR version written: 10 is what onnxruntime 1.18 (our floor) reads; a newer ``onnx`` would
-#: stamp its own (14 with onnx 1.23), which older runtimes refuse.
-IR_VERSION = 10
+__all__ = ["OrtHeads", "OrtLlama", "RaggedKvCache", "available", "build_graph"]
+
 MAX_POSITIONS = 8192  # rotary table rows: far beyond a sentence's prompt + 2048 generated steps
-
-
-def available() -> bool:
-    """Whether onnxruntime (the ``onnx`` extra) is importable."""
-    try:
-        import onnx  # noqa: F401
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 class RaggedKvCache(KvCache):
@@ -48,15 +38,6 @@ class RaggedKvCache(KvCache):
         self.lengths = torch.zeros(batch, dtype=torch.int32)
         self.binding = None  # the session's IOBinding with these buffers bound (rebound on growth)
         self.bound_capacity = -1
-
-
-def _quantize_columns(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``[N, K]`` float weights → (int8 ``[K, N]``, fp32 scale per output column ``[N]``):
-    symmetric per-channel quantization in DynamicQuantizeMatMul's layout."""
-    scale = np.abs(weight).max(1) / 127.0
-    scale[scale == 0] = 1.0
-    codes = np.clip(np.rint(weight / scale[:, None]), -127, 127).astype(np.int8)
-    return np.ascontiguousarray(codes.T), scale.astype(np.float32)
 
 
 def build_graph(lean: LeanLlama, quantize: str | None):
@@ -78,7 +59,7 @@ def build_graph(lean: LeanLlama, quantize: str | None):
     def linear(x: str, module: torch.nn.Linear, out: str) -> str:
         w = module.weight.detach().float().numpy()
         if quantize == "int8":
-            codes, scales = _quantize_columns(w)
+            codes, scales = quantize_columns(w)
             quantized = [x, const(out + ".q", codes), const(out + ".s", scales)]
             node("DynamicQuantizeMatMul", quantized, [out], "com.microsoft")
         else:
@@ -136,25 +117,6 @@ def build_graph(lean: LeanLlama, quantize: str | None):
     return helper.make_model(graph, opset_imports=opsets)
 
 
-class OnnxBackendError(RuntimeError):
-    """onnxruntime could not load the step graph (too old a runtime, missing kernels)."""
-
-
-def _session(model, threads: int | None):
-    import onnxruntime as ort
-
-    model.ir_version = min(model.ir_version, IR_VERSION)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads or torch.get_num_threads()
-    options.inter_op_num_threads = 1
-    # No busy-waiting between steps: the ASR and the decoder share these cores.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    try:
-        return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/NotImplemented types
-        raise OnnxBackendError(f"onnxruntime {ort.__version__} cannot run the GPT graph: {exc}") from exc
-
-
 class OrtHeads:
     """Output heads (``[N_i, hidden]`` weights) as one product per step: ``[B, hidden]`` →
     ``[B, len(heads), N]``. The four code heads are one int8 read instead of four float32 calls."""
@@ -165,7 +127,7 @@ class OrtHeads:
         stacked = torch.cat([w.detach().float() for w in weights]).numpy()
         self.count, self.width = len(weights), weights[0].shape[0]
         if quantize == "int8":
-            codes, scales = _quantize_columns(stacked)
+            codes, scales = quantize_columns(stacked)
             consts = [numpy_helper.from_array(codes, "w"), numpy_helper.from_array(scales, "s")]
             product = helper.make_node(
                 "DynamicQuantizeMatMul", ["hidden", "w", "s"], ["logits"], domain="com.microsoft"
@@ -182,7 +144,7 @@ class OrtHeads:
             consts,
         )
         opsets = [helper.make_opsetid("", 18), helper.make_opsetid("com.microsoft", 1)]
-        self.session = _session(helper.make_model(graph, opset_imports=opsets), threads)
+        self.session = cpu_session(helper.make_model(graph, opset_imports=opsets), threads, "GPT heads")
 
     def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
         (logits,) = self.session.run(None, {"hidden": hidden.float().contiguous().numpy()})
@@ -199,7 +161,7 @@ class OrtLlama:
         self.hidden, self.heads, self.head_dim = lean.hidden, lean.heads, lean.head_dim
         self.num_layers = len(lean.layers)
         self.quantize = quantize
-        self.session = _session(build_graph(lean, quantize), threads)
+        self.session = cpu_session(build_graph(lean, quantize), threads, "GPT")
 
     def new_cache(self, batch: int, dtype: torch.dtype = torch.float32, device="cpu") -> RaggedKvCache:
         if dtype != torch.float32 or torch.device(device).type != "cpu":

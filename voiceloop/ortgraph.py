@@ -1,0 +1,56 @@
+"""What the in-memory onnxruntime graphs (the TTS GPT step, the ASR encoder step) share.
+
+Both are built at load time from the loaded torch weights, run on the CPU and quantize their
+products the same way: per-output-channel symmetric int8 weights for ``DynamicQuantizeMatMul``
+(activations quantized to uint8 per call). The weights keep 7 bits (±63): without AVX-512 VNNI
+the uint8×int8 kernel adds pairs of products in saturating 16-bit lanes (2·255·127 overflows),
+which measurably broke the tiny ASR fixture (log-prob drift 1.33 vs 0.26 at ±63, torch int8 0.31).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+#: IR version written: 10 is what onnxruntime 1.18 (our floor) reads; onnx 1.23 would stamp 14,
+#: which older runtimes refuse (seen with onnxruntime 1.30 on a GPU machine).
+IR_VERSION = 10
+WEIGHT_RANGE = 63
+
+
+class GraphLoadError(RuntimeError):
+    """onnxruntime could not load a graph (too old a runtime, a missing kernel)."""
+
+
+def available() -> bool:
+    """Whether onnx and onnxruntime (the ``onnx`` extra) import."""
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def quantize_columns(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``[N, K]`` float weights → (int8 ``[K, N]``, fp32 scale per output column ``[N]``)."""
+    scale = np.abs(weight).max(1) / WEIGHT_RANGE
+    scale[scale == 0] = 1.0
+    codes = np.clip(np.rint(weight / scale[:, None]), -WEIGHT_RANGE, WEIGHT_RANGE).astype(np.int8)
+    return np.ascontiguousarray(codes.T), scale.astype(np.float32)
+
+
+def cpu_session(model, threads: int | None, what: str):
+    """An onnxruntime CPU session for ``model`` (an in-memory ModelProto)."""
+    import onnxruntime as ort
+
+    model.ir_version = min(model.ir_version, IR_VERSION)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    # No busy-waiting between calls: the other engine and the decoder share these cores.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    try:
+        return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/NotImplemented types
+        raise GraphLoadError(f"onnxruntime {ort.__version__} cannot run the {what} graph: {exc}") from exc
