@@ -196,8 +196,6 @@ def build_checkpoints(precisions: list[str], seed: int, threads: int) -> dict[st
             variant = copy.deepcopy(model).to(torch.bfloat16)
         elif precision == "int8":
             variant = quantize_int8(copy.deepcopy(model))
-        elif precision in ("onnx-fp32", "onnx-int8"):  # the layers on onnxruntime (encoder="onnx")
-            variant = model
         elif precision.startswith("cuda-"):  # cuda-fp32 / cuda-fp16 / cuda-bf16 on a GPU
             dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision[5:]]
             variant = copy.deepcopy(model).to("cuda", dtype)
@@ -206,11 +204,6 @@ def build_checkpoints(precisions: list[str], seed: int, threads: int) -> dict[st
         out[precision] = Wav2Vec2Checkpoint(
             variant, vocab, name=f"random-xlsr53-large-{precision}", threads=threads
         )
-        if precision.startswith("onnx-"):
-            from voiceloop.asr.encoder_onnx import OrtEncoder
-
-            graph = OrtEncoder(model, quantize="int8" if precision == "onnx-int8" else None, threads=threads)
-            out[precision].encoder = graph.attach(out[precision].encoder)
     return out
 
 

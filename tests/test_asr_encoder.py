@@ -20,7 +20,7 @@ def ckpt(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
     directory = make_tiny_checkpoint(
         tmp_path_factory.mktemp(request.param), seed=5, layers=3, do_stable_layer_norm=stable
     )
-    return Wav2Vec2Checkpoint.from_pretrained(str(directory), encoder="torch")  # LeanEncoder's own tests
+    return Wav2Vec2Checkpoint.from_pretrained(str(directory))
 
 
 def hidden_of(ckpt: Wav2Vec2Checkpoint, seconds: float, seed: int = 0) -> torch.Tensor:

@@ -156,3 +156,16 @@ def test_auto_falls_back_to_torch_when_onnxruntime_cannot_run_the_graph(chattts_
     with pytest.raises(GraphLoadError, match="too old"):
         cpu = ModelOptions(device="cpu")
         ChatTts.from_pretrained(str(chattts_root), ChatTtsOptions(model=cpu, gpt_backend="onnx"))
+
+
+def test_int8_weights_keep_seven_bits_so_avx2_lanes_cannot_saturate() -> None:
+    import numpy as np
+
+    from voiceloop.ortgraph import WEIGHT_RANGE, quantize_columns
+
+    weight = np.random.default_rng(0).standard_normal((5, 64)).astype(np.float32)
+    weight[2] = 0.0  # an all-zero output channel must not divide by zero
+    codes, scales = quantize_columns(weight)
+    assert codes.shape == (64, 5) and codes.dtype == np.int8 and scales.shape == (5,)
+    assert int(np.abs(codes).max()) == WEIGHT_RANGE == 63  # 2 * 255 * 63 < 2**15: no 16-bit overflow
+    np.testing.assert_allclose(codes.T * scales[:, None], weight, atol=float(scales.max()) / 2 + 1e-7)

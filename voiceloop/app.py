@@ -33,8 +33,7 @@ class LoopOptions:
     """Everything a conversation loop is built from; defaults are the real models from the hub."""
 
     asr: str = DEFAULT_ASR  # hub id or local directory
-    asr_backend: str = "torch"  # torch | onnx (an exported directory, voiceloop asr export-onnx)
-    asr_encoder: str = "auto"  # the layers: auto (onnxruntime on CPUs when installed) | torch | onnx
+    asr_backend: str = "torch"  # torch | onnx
     tts: str = DEFAULT_TTS
     tts_backend: str = "auto"  # the GPT's: auto (onnxruntime on CPUs when installed) | torch | onnx
     voice: str | None = None  # seed:N | name | speaker string | file; None: one random voice per session
@@ -61,8 +60,6 @@ class LoopOptions:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.asr_backend not in ("torch", "onnx"):
             raise ValueError(f"asr_backend must be torch or onnx, got {self.asr_backend!r}")
-        if self.asr_encoder not in ("auto", "torch", "onnx"):
-            raise ValueError(f"asr_encoder must be auto, torch or onnx, got {self.asr_encoder!r}")
         if self.tts_backend not in ("auto", "torch", "onnx"):
             raise ValueError(f"tts_backend must be auto, torch or onnx, got {self.tts_backend!r}")
 
@@ -144,7 +141,7 @@ def _load_engines(options: LoopOptions) -> Engines:
         asr = Wav2Vec2Engine(checkpoint)
     else:
         asr_model = model_options(options.device, options.precision, options.asr_threads)
-        asr = Wav2Vec2Engine.from_pretrained(options.asr, asr_model, encoder=options.asr_encoder)
+        asr = Wav2Vec2Engine.from_pretrained(options.asr, asr_model)
     tts_model = model_options(options.device, options.precision, options.tts_threads, engine="tts")
     tts_options = ChatTtsOptions(model=tts_model, gpt_backend=options.tts_backend)
     tts = ChatTts.from_pretrained(options.tts, tts_options)

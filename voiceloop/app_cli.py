@@ -26,12 +26,6 @@ def add_loop_arguments(parser: argparse.ArgumentParser) -> None:
         "--tts", default=DEFAULT_TTS, help="ChatTTS hub id or local directory (default: %(default)s)"
     )
     parser.add_argument(
-        "--asr-encoder",
-        choices=("auto", "torch", "onnx"),
-        default="auto",
-        help="where the ASR's transformer layers run; auto (default): onnxruntime on CPUs, else torch",
-    )
-    parser.add_argument(
         "--tts-backend",
         choices=("auto", "torch", "onnx"),
         default="auto",
@@ -78,7 +72,6 @@ def loop_options(args: argparse.Namespace):
     return LoopOptions(
         asr=args.asr,
         asr_backend=args.asr_backend,
-        asr_encoder=args.asr_encoder,
         tts=args.tts,
         tts_backend=args.tts_backend,
         voice=args.voice,

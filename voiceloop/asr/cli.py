@@ -40,13 +40,6 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="re-encode the left context L every step instead of reusing its cached keys/values (slower)",
     )
-    parser.add_argument(
-        "--encoder",
-        choices=("auto", "torch", "onnx"),
-        default="auto",
-        help="where the torch backend's transformer layers run; auto (default): onnxruntime on CPUs "
-        "when installed (1.5-2x faster steps), else torch",
-    )
 
 
 def load_engine(args: argparse.Namespace) -> Wav2Vec2Engine:
@@ -71,8 +64,7 @@ def load_engine(args: argparse.Namespace) -> Wav2Vec2Engine:
     options = ModelOptions(
         device=args.device, dtype=args.dtype, quantize="int8" if args.int8 else None, threads=args.threads
     )
-    encoder = getattr(args, "encoder", "auto")
-    return Wav2Vec2Engine.from_pretrained(args.model, options, streaming, encoder=encoder)
+    return Wav2Vec2Engine.from_pretrained(args.model, options, streaming)
 
 
 def _chars_json(chars: list[CharInfo]) -> list[dict[str, Any]]:

@@ -9,7 +9,6 @@ the checkpoint.
 
 from __future__ import annotations
 
-import logging
 import math
 import os
 import re
@@ -30,8 +29,6 @@ from transformers import Wav2Vec2ForCTC, Wav2Vec2Processor
 from ..errors import UserError
 from .base import DEFAULT_MODEL, conv_frames, normalize_audio
 from .encoder import EncoderResult, EncoderStep, LeanEncoder
-
-log = logging.getLogger(__name__)
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 _DEVICE_RE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
@@ -189,12 +186,9 @@ class Wav2Vec2Checkpoint:
 
     @classmethod
     def from_pretrained(
-        cls, name_or_path: str = DEFAULT_MODEL, options: ModelOptions | None = None, *, encoder: str = "auto"
+        cls, name_or_path: str = DEFAULT_MODEL, options: ModelOptions | None = None
     ) -> Wav2Vec2Checkpoint:
         """Load a local directory or hub id.
-
-        ``encoder``: where the transformer layers run — "onnx" (onnxruntime, CPU fp32/int8, see
-        :mod:`voiceloop.asr.encoder_onnx`), "torch", or "auto" (onnx on the CPU when installed).
 
         Hub ids come from the local cache when complete (no network round trip); otherwise one quick
         reachability check precedes the download, because huggingface_hub retries an unreachable
@@ -219,16 +213,6 @@ class Wav2Vec2Checkpoint:
         model, info = loaded
         _check_loading_info(name_or_path, info)
         model = model.to(device).eval().requires_grad_(False)
-        graph = None
-        if _encoder_backend(encoder, options, device) == "onnx":
-            from .encoder_onnx import GraphLoadError, OrtEncoder
-
-            try:  # from the float weights, before torch quantizes them in place
-                graph = OrtEncoder(model, quantize=options.quantize, threads=options.threads)
-            except GraphLoadError as exc:
-                if encoder != "auto":
-                    raise
-                log.warning("%s; the encoder runs on torch instead", exc)
         if options.quantize == "int8":
             with warnings.catch_warnings():  # quantize_dynamic and qint8 tensors are deprecated (torchao)
                 warnings.simplefilter("ignore", DeprecationWarning)
@@ -238,12 +222,7 @@ class Wav2Vec2Checkpoint:
         vocab = Vocabulary.from_processor(processor.tokenizer, size=head, blank_id=pad)
         fe = processor.feature_extractor
         rate, norm, threads = fe.sampling_rate, fe.do_normalize, options.threads
-        checkpoint = cls(
-            model, vocab, name=name_or_path, sample_rate=rate, do_normalize=norm, threads=threads
-        )
-        if graph is not None:
-            checkpoint.encoder = graph.attach(checkpoint.encoder)
-        return checkpoint
+        return cls(model, vocab, name=name_or_path, sample_rate=rate, do_normalize=norm, threads=threads)
 
     def apply_threads(self) -> None:
         """Set torch's intra-op threads for the calling compute thread (no-op when not configured)."""
@@ -319,22 +298,6 @@ class Wav2Vec2Checkpoint:
         if isinstance(layer, bool) or not isinstance(layer, int) or not -count <= layer < count:
             raise ValueError(f"layer must be an int in [{-count}, {count - 1}], got {layer!r}")
         return layer % count
-
-
-ENCODER_BACKENDS = ("auto", "torch", "onnx")
-
-
-def _encoder_backend(choice: str, options: ModelOptions, device: torch.device) -> str:
-    if choice not in ENCODER_BACKENDS:
-        raise ValueError(f"encoder must be auto, torch or onnx, got {choice!r}")
-    cpu = device.type == "cpu" and options.dtype == "fp32"
-    if choice == "onnx" and not cpu:
-        raise ValueError("the onnx encoder runs on the CPU in fp32 or int8 (quantize='int8')")
-    if choice == "auto":
-        from .encoder_onnx import available
-
-        return "onnx" if cpu and available() else "torch"
-    return choice
 
 
 def _resolve_source(name: str) -> tuple[str, bool]:

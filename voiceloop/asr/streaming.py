@@ -95,11 +95,8 @@ class Wav2Vec2Engine(AsrEngine):
         name_or_path: str = DEFAULT_MODEL,
         model_options: ModelOptions | None = None,
         options: StreamingOptions | None = None,
-        *,
-        encoder: str = "auto",
     ) -> Wav2Vec2Engine:
-        """``encoder``: auto | torch | onnx, as in :meth:`Wav2Vec2Checkpoint.from_pretrained`."""
-        return cls(Wav2Vec2Checkpoint.from_pretrained(name_or_path, model_options, encoder=encoder), options)
+        return cls(Wav2Vec2Checkpoint.from_pretrained(name_or_path, model_options), options)
 
     def session(self) -> Wav2Vec2Session:
         return Wav2Vec2Session(self)
