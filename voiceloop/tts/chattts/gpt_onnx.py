@@ -12,7 +12,7 @@ cache (its past and present buffers are the same memory). Measured on the 2-core
 
 The graph is built here, in memory, from :class:`LeanLlama`'s fused weights; it computes the same
 function (fp32 agrees within 1e-5; int8 weights get one scale per output channel, finer than
-torch's per-tensor default). Batches with left padding are compacted to right padding, which
+torch's per-tensor default, and 7 bits: see :mod:`voiceloop.ortgraph`). Batches with left padding are compacted to right padding, which
 the attention op supports natively through a length per row.
 """
 
