@@ -169,3 +169,29 @@ def test_int8_weights_keep_seven_bits_so_avx2_lanes_cannot_saturate() -> None:
     assert codes.shape == (64, 5) and codes.dtype == np.int8 and scales.shape == (5,)
     assert int(np.abs(codes).max()) == WEIGHT_RANGE == 63  # 2 * 255 * 63 < 2**15: no 16-bit overflow
     np.testing.assert_allclose(codes.T * scales[:, None], weight, atol=float(scales.max()) / 2 + 1e-7)
+
+
+def test_several_sessions_rows_run_batched_on_torch_and_single_steps_go_on_in_the_graph(lean) -> None:
+    graph = OrtLlama(lean, threads=1).with_batched(lean)
+    torch.manual_seed(4)
+    prompts = [torch.randn(1, n, lean.hidden) for n in (3, 11, 6)]
+    ours = [graph.new_cache(1) for _ in prompts]
+    alone = [lean.new_cache(1, torch.float32, "cpu") for _ in prompts]
+    for prompt, mine, theirs in zip(prompts, ours, alone, strict=True):
+        graph(prompt, _positions(0, prompt.shape[1]), mine)
+        lean(prompt, _positions(0, prompt.shape[1]), theirs)
+    for _ in range(3):  # three sessions' steps together: the torch stack, on the graph's cache buffers
+        embeds = [torch.randn(1, 1, lean.hidden) for _ in prompts]
+        positions = [_positions(c.length, 1) for c in alone]
+        got = graph.forward_rows(list(zip(embeds, positions, ours, strict=True)))
+        for e, p, c, have in zip(embeds, positions, alone, got, strict=True):
+            torch.testing.assert_close(have, lean(e, p, c), rtol=1e-4, atol=1e-4)
+    assert [c.lengths.tolist() for c in ours] == [[6], [14], [9]]
+    x = torch.randn(1, 1, lean.hidden)  # then one session alone again: back in the graph
+    torch.testing.assert_close(graph(x, _positions(14, 1), ours[1]), lean(x, _positions(14, 1), alone[1]))
+
+
+def test_the_loaded_onnx_gpt_batches_rows_on_its_torch_twin(chattts_root) -> None:
+    gpt = ChatTtsGpt.load(chattts_root, ModelOptions(device="cpu", quantize="int8"), backend="onnx")
+    assert isinstance(gpt.llama, OrtLlama) and isinstance(gpt.llama.batched, LeanLlama)
+    assert type(gpt.llama.batched.layers[0].qkv) is torch.ao.nn.quantized.dynamic.Linear

@@ -192,13 +192,16 @@ class ChatTtsGpt:
         model: nn.Module | OrtLlama = LeanLlama.from_llama(llama) if lean or backend == "onnx" else llama
         del llama
         model = model.to(device=device, dtype=options.torch_dtype).eval().requires_grad_(False)
-        if backend == "onnx":
-            model = OrtLlama(model, quantize=options.quantize, threads=options.threads)
-        elif options.quantize == "int8":
+        graph = None
+        if backend == "onnx":  # from the float weights, before torch quantizes them in place
+            graph = OrtLlama(model, quantize=options.quantize, threads=options.threads)
+        if options.quantize == "int8":
             with warnings.catch_warnings():  # quantize_dynamic is deprecated in favour of torchao
                 warnings.simplefilter("ignore", DeprecationWarning)
                 warnings.filterwarnings("ignore", ".*quantized tensor creation functions", UserWarning)
                 torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8, inplace=True)
+        if graph is not None:
+            model = graph.with_batched(model)  # torch keeps the multi-session steps (forward_rows)
         embed = Embed(
             int(config["hidden_size"]), int(config["num_audio_tokens"]), int(config["num_text_tokens"])
         )

@@ -12,8 +12,9 @@ cache (its past and present buffers are the same memory). Measured on the 2-core
 
 The graph is built here, in memory, from :class:`LeanLlama`'s fused weights; it computes the same
 function (fp32 agrees within 1e-5; int8 weights get one scale per output channel, finer than
-torch's per-tensor default, and 7 bits: see :mod:`voiceloop.ortgraph`). Batches with left padding are compacted to right padding, which
-the attention op supports natively through a length per row.
+torch's per-tensor default, and 7 bits: see :mod:`voiceloop.ortgraph`). Batches with left
+padding are compacted to right padding, which the attention op supports natively through a length
+per row. Several concurrent sequences' steps go to the torch stack (:meth:`OrtLlama.forward_rows`).
 """
 
 from __future__ import annotations
@@ -162,6 +163,13 @@ class OrtLlama:
         self.num_layers = len(lean.layers)
         self.quantize = quantize
         self.session = cpu_session(build_graph(lean, quantize), threads, "GPT")
+        #: the torch stack on the same weights, for several sequences' steps at once (see forward_rows)
+        self.batched: LeanLlama | None = None
+
+    def with_batched(self, lean: LeanLlama) -> OrtLlama:
+        """Let ``lean`` (the same weights, quantized alike or not) run multi-row steps."""
+        self.batched = lean
+        return self
 
     def new_cache(self, batch: int, dtype: torch.dtype = torch.float32, device="cpu") -> RaggedKvCache:
         if dtype != torch.float32 or torch.device(device).type != "cpu":
@@ -197,10 +205,18 @@ class OrtLlama:
 
     @torch.inference_mode()
     def forward_rows(self, rows: list[tuple[torch.Tensor, torch.Tensor, KvCache]]) -> list[torch.Tensor]:
-        """Several sequences' next positions. Each keeps its own cache buffers, which one graph call
-        cannot bind together, so rows run one after another (use the torch backend to share one
-        weight read across many concurrent sessions)."""
-        return [self(embeds, positions, cache) for embeds, positions, cache in rows]
+        """Several sequences' next positions (concurrent sessions). One graph call binds one
+        sequence's cache buffers, so two or more rows go to :attr:`batched`, the torch stack, which
+        reads the weights once for all rows, on the same cache buffers. Measured (full-size int8,
+        2 cores): 2 rows 22 vs 24 ms one after another here, 4 rows 37 vs 51, 8 rows 46 vs 117;
+        one row stays here (12 vs 19 ms)."""
+        if self.batched is None or len(rows) < 2:
+            return [self(embeds, positions, cache) for embeds, positions, cache in rows]
+        out = self.batched.forward_rows(rows)
+        for _, _, cache in rows:
+            if isinstance(cache, RaggedKvCache):
+                cache.lengths = torch.tensor([cache.length], dtype=torch.int32)
+        return out
 
     def _run(self, embeds: torch.Tensor, cache: RaggedKvCache, lengths: torch.Tensor) -> torch.Tensor:
         batch, steps, hidden = embeds.shape
