@@ -125,6 +125,10 @@ def test_misuse_is_rejected_clearly(chattts_root, lean, fp32) -> None:
     fp32(torch.randn(1, 2, lean.hidden), _positions(0, 2), cache)
     with pytest.raises(ValueError, match="first pass"):
         fp32(torch.randn(1, 2, lean.hidden), _positions(2, 2), cache)
+    short = OrtLlama(lean, threads=1)
+    short.max_positions = 4  # the rotary table's end, brought near
+    with pytest.raises(ValueError, match="holds 4 positions; 5 asked"):
+        short(torch.randn(1, 5, lean.hidden), _positions(0, 5), short.new_cache(1))
     with pytest.raises(ValueError, match="float32 cache on the CPU"):
         fp32.new_cache(1, torch.bfloat16)
     assert isinstance(cache, RaggedKvCache)

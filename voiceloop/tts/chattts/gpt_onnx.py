@@ -163,6 +163,7 @@ class OrtLlama:
         self.num_layers = len(lean.layers)
         self.quantize = quantize
         self.session = cpu_session(build_graph(lean, quantize), threads, "GPT")
+        self.max_positions = MAX_POSITIONS  # the graph's rotary table ends here
         #: the torch stack on the same weights, for several sequences' steps at once (see forward_rows)
         self.batched: LeanLlama | None = None
 
@@ -223,6 +224,8 @@ class OrtLlama:
         if batch != cache.shape[0]:
             raise ValueError(f"batch {batch} does not match the cache's {cache.shape[0]}")
         total = int(lengths.max())
+        if total > self.max_positions:
+            raise ValueError(f"the onnx GPT graph holds {self.max_positions} positions; {total} asked")
         cache.reserve(total)
         binding = cache.binding
         if binding is None or cache.bound_capacity != cache.capacity:
