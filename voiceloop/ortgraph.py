@@ -41,6 +41,30 @@ def quantize_columns(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.ascontiguousarray(codes.T), scale.astype(np.float32)
 
 
+def product(x: str, weight: np.ndarray, out: str, quantize: str | None):
+    """The node and initializers computing ``out = x @ weight.T`` (``weight`` ``[N, K]``), int8
+    (``quantize="int8"``) or float."""
+    from onnx import helper, numpy_helper
+
+    if quantize == "int8":
+        codes, scales = quantize_columns(weight)
+        consts = [numpy_helper.from_array(codes, out + ".q"), numpy_helper.from_array(scales, out + ".s")]
+        inputs = [x, out + ".q", out + ".s"]
+        return helper.make_node(
+            "DynamicQuantizeMatMul", inputs, [out], name=out, domain="com.microsoft"
+        ), consts
+    consts = [numpy_helper.from_array(np.ascontiguousarray(weight.T), out + ".w")]
+    return helper.make_node("MatMul", [x, out + ".w"], [out], name=out), consts
+
+
+def model_of(graph):
+    """A ModelProto for ``graph`` with the opsets these graphs use (ONNX 18, com.microsoft 1)."""
+    from onnx import helper
+
+    opsets = [helper.make_opsetid("", 18), helper.make_opsetid("com.microsoft", 1)]
+    return helper.make_model(graph, opset_imports=opsets)
+
+
 def cpu_session(model, threads: int | None, what: str):
     """An onnxruntime CPU session for ``model`` (an in-memory ModelProto)."""
     import onnxruntime as ort

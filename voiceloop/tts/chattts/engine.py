@@ -21,9 +21,9 @@ import torch
 
 from ...asr.model import ModelOptions
 from ...compute import CancelToken, ComputeLane
-from ...ortgraph import GraphLoadError
+from ...ortgraph import GraphLoadError, available
 from ..base import TtsEngine, TtsSession
-from . import assets, gpt_onnx
+from . import assets
 from .decoder import CodeDecoder, HiddenDecoder
 from .gpt import REFINE_SAMPLING, ChatTtsGpt, SamplingOptions
 from .gpt_onnx import OrtLlama
@@ -74,7 +74,7 @@ class ChatTtsOptions:
         if self.gpt_backend != "auto":
             return self.gpt_backend
         cpu = self.model.resolve_device().type == "cpu" and self.model.dtype == "fp32"
-        return "onnx" if cpu and gpt_onnx.available() else "torch"
+        return "onnx" if cpu and available() else "torch"
 
 
 @dataclass

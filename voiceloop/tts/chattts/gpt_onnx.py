@@ -22,10 +22,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ...ortgraph import available, cpu_session, quantize_columns
+from ...ortgraph import cpu_session, model_of, product
 from .llama import KvCache, LeanLlama
-
-__all__ = ["OrtHeads", "OrtLlama", "RaggedKvCache", "available", "build_graph"]
 
 MAX_POSITIONS = 8192  # rotary table rows: far beyond a sentence's prompt + 2048 generated steps
 
@@ -58,13 +56,9 @@ def build_graph(lean: LeanLlama, quantize: str | None):
         nodes.append(helper.make_node(op, inputs, outputs, name=outputs[0], domain=domain, **attrs))
 
     def linear(x: str, module: torch.nn.Linear, out: str) -> str:
-        w = module.weight.detach().float().numpy()
-        if quantize == "int8":
-            codes, scales = quantize_columns(w)
-            quantized = [x, const(out + ".q", codes), const(out + ".s", scales)]
-            node("DynamicQuantizeMatMul", quantized, [out], "com.microsoft")
-        else:
-            node("MatMul", [x, const(out + ".w", w.T)], [out])
+        made, consts = product(x, module.weight.detach().float().numpy(), out, quantize)
+        nodes.append(made)
+        weights.extend(consts)
         return out
 
     def norm(x: str, gain: torch.Tensor, out: str) -> str:
@@ -113,9 +107,7 @@ def build_graph(lean: LeanLlama, quantize: str | None):
         node("Add", [at + ".mid", linear(at + ".act", layer.down, at + ".down")], [at + ".out"])
         x = at + ".out"
     norm(x, lean.norm, "hidden")
-    graph = helper.make_graph(nodes, "chattts_gpt_step", inputs, outputs, weights)
-    opsets = [helper.make_opsetid("", 18), helper.make_opsetid("com.microsoft", 1)]
-    return helper.make_model(graph, opset_imports=opsets)
+    return model_of(helper.make_graph(nodes, "chattts_gpt_step", inputs, outputs, weights))
 
 
 class OrtHeads:
@@ -123,29 +115,20 @@ class OrtHeads:
     ``[B, len(heads), N]``. The four code heads are one int8 read instead of four float32 calls."""
 
     def __init__(self, weights: list[torch.Tensor], *, quantize: str | None, threads: int | None) -> None:
-        from onnx import TensorProto, helper, numpy_helper
+        from onnx import TensorProto, helper
 
         stacked = torch.cat([w.detach().float() for w in weights]).numpy()
         self.count, self.width = len(weights), weights[0].shape[0]
-        if quantize == "int8":
-            codes, scales = quantize_columns(stacked)
-            consts = [numpy_helper.from_array(codes, "w"), numpy_helper.from_array(scales, "s")]
-            product = helper.make_node(
-                "DynamicQuantizeMatMul", ["hidden", "w", "s"], ["logits"], domain="com.microsoft"
-            )
-        else:
-            consts = [numpy_helper.from_array(np.ascontiguousarray(stacked.T), "w")]
-            product = helper.make_node("MatMul", ["hidden", "w"], ["logits"])
+        made, consts = product("hidden", stacked, "logits", quantize)
         f32 = TensorProto.FLOAT
         graph = helper.make_graph(
-            [product],
+            [made],
             "chattts_heads",
             [helper.make_tensor_value_info("hidden", f32, ["batch", stacked.shape[1]])],
             [helper.make_tensor_value_info("logits", f32, ["batch", stacked.shape[0]])],
             consts,
         )
-        opsets = [helper.make_opsetid("", 18), helper.make_opsetid("com.microsoft", 1)]
-        self.session = cpu_session(helper.make_model(graph, opset_imports=opsets), threads, "GPT heads")
+        self.session = cpu_session(model_of(graph), threads, "GPT heads")
 
     def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
         (logits,) = self.session.run(None, {"hidden": hidden.float().contiguous().numpy()})
