@@ -313,11 +313,12 @@ class Pulse:
         return float(np.median(delays))
 
     @contextlib.contextmanager
-    def loopback(self, latency_msec: int = 20) -> Iterator[None]:
+    def loopback(self, latency_msec: int = 20, adjust: str | None = None) -> Iterator[None]:
         """Everything played on the speaker also reaches the microphone (acoustic echo)."""
+        extra = [] if adjust is None else [f"adjust_time={adjust}"]
         module = self.server.pactl(
             "load-module", "module-loopback", "source=vspeaker.monitor", "sink=vmic_feed",
-            f"latency_msec={latency_msec}",
+            f"latency_msec={latency_msec}", *extra,
         )  # fmt: skip
         try:
             yield

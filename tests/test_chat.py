@@ -92,16 +92,7 @@ def test_speaking_over_the_bot_silences_it(pulse, chattts_root, tmp_path):
     assert loudness(tail) < 300 or len(turns(result)) > 1, "silence after the cut (or the next answer)"
 
 
-KNOWN_LEAK = pytest.mark.xfail(
-    strict=False,
-    reason="known issue (open in issue 5): on a full-level digital loopback the canceller sometimes "
-    "leaks >= 300 ms of the bot's voice (1 run in 14 here with the 80 ms AEC lead; ~1 in 4 with 40 ms): "
-    "the run's play times are off beyond the AEC's window, it removes only 8-30 dB, and the energy gate, "
-    "trained on that residual, takes the leak for the user; failures print the counters",
-)
-
-
-@pytest.mark.parametrize("echo", [pytest.param("auto", marks=KNOWN_LEAK), "off"])
+@pytest.mark.parametrize("echo", ["auto", "off"])
 def test_the_bots_own_voice_looped_back_does_not_interrupt_it(pulse, chattts_root, tmp_path, echo):
     """Speaker → microphone loopback (an acoustic echo): with echo handling the bot finishes its reply;
     without it (the control) its own voice cuts it off."""

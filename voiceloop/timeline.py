@@ -109,11 +109,13 @@ class Metrics:
 
     Counters that matter: ``dropped.<queue>`` (frames lost to drop-oldest queues),
     ``flushed.<stage>`` (bot output discarded by a barge-in), ``underruns`` (device zero-fill),
-    ``handler_errors``/``handler_timeouts``, ``interruptions``.
+    ``handler_errors``/``handler_timeouts``, ``interruptions``. Gauges hold a latest measured
+    value (``echo.delay_ms``: where the echo was found relative to the reported play times).
     """
 
     jsonl: IO[str] | None = None
     counters: Counter[str] = field(default_factory=Counter)
+    gauges: dict[str, float] = field(default_factory=dict)
     turns: dict[int, TurnTimeline] = field(default_factory=dict)
     finished: list[TurnTimeline] = field(default_factory=list)
 
@@ -144,6 +146,9 @@ class Metrics:
     def count(self, name: str, n: int = 1) -> None:
         self.counters[name] += n
 
+    def gauge(self, name: str, value: float) -> None:
+        self.gauges[name] = value
+
     def finish_turn(self, turn_id: int) -> TurnTimeline | None:
         """Close a turn: moves it to ``finished`` and writes its JSON line. None if unknown."""
         timeline = self.turns.pop(turn_id, None)
@@ -164,6 +169,7 @@ class Metrics:
             "turns": len(self.finished),
             "durations": {k: summarize(v) for k, v in per_metric.items() if v},
             "counters": dict(self.counters),
+            **({"gauges": dict(self.gauges)} if self.gauges else {}),
         }
 
     def close(self) -> dict[str, Any]:

@@ -30,6 +30,7 @@ import numpy as np
 
 from ..errors import UserError
 from ..frames import AudioFrame
+from .delay import EchoDelayEstimator
 from .reference import EchoReference
 
 
@@ -63,6 +64,11 @@ def _load_rtc() -> Any:
     return _rtc
 
 
+#: AEC3 cancels echo that follows its far-end block by 0 .. about this much (benchmarks/echo.py's
+#: play-time sweep: 20..250 ms cancelled, 300 ms and echo ahead of its far end not)
+WORKABLE_S = 0.2
+
+
 @dataclass
 class AecOptions:
     """How the canceller is fed and which WebRTC stages run besides AEC3.
@@ -76,21 +82,29 @@ class AecOptions:
     later). 80, because device latencies are more often over- than understated: through ALSA →
     PulseAudio, a speaker looped back into the mic made the bot interrupt itself in 2 of 8 runs
     beside a CPU hog at 40 ms, 1 of 14 at 80, none of 14 at 120 (which gives up the early side).
-    A run that fails has a misalignment outside the window for the whole run; estimating the
-    echo's delay online and placing the window on it is the real fix (not done yet).
+    With a delay estimator (:class:`~voiceloop.aec.delay.EchoDelayEstimator`, on by default in
+    :class:`~voiceloop.aec.stage.EchoProcessor`) an echo found outside that window moves the lead
+    onto the measured delay (``tracked_lead_ms``), once, with a fresh AEC3. (The self-interruptions
+    on PulseAudio turned out to be something else: the far end read ahead of what the speaker had
+    written — see :class:`~voiceloop.aec.stage.EchoStage`.)
     ``noise_suppression`` / ``auto_gain_control``: off, because they change what the VAD and the
     ASR were tuned on. ``high_pass_filter``: on; AEC3 enables it anyway.
     """
 
     lead_ms: int = 80
+    #: the lead placed on a measured echo delay when the reported play times put the echo outside
+    #: AEC3's window: only the measurement's error and a device gap shifting the echo later
+    #: (~10 ms measured on PulseAudio) need absorbing
+    tracked_lead_ms: int = 40
     noise_suppression: bool = False
     auto_gain_control: bool = False
     high_pass_filter: bool = True
 
     def __post_init__(self) -> None:
-        lead = self.lead_ms
-        if isinstance(lead, bool) or not isinstance(lead, int) or not 0 <= lead <= 400 or lead % 10:
-            raise ValueError(f"lead_ms must be a multiple of 10 in [0, 400], got {lead!r}")
+        for name in ("lead_ms", "tracked_lead_ms"):
+            lead = getattr(self, name)
+            if isinstance(lead, bool) or not isinstance(lead, int) or not 0 <= lead <= 400 or lead % 10:
+                raise ValueError(f"{name} must be a multiple of 10 in [0, 400], got {lead!r}")
 
 
 def check_mic_frame(frame: Any, rate: int) -> np.ndarray:
@@ -128,13 +142,23 @@ class EchoCanceller:
     thread at any pace.
     """
 
-    def __init__(self, reference: EchoReference, options: AecOptions | None = None) -> None:
+    def __init__(
+        self,
+        reference: EchoReference,
+        options: AecOptions | None = None,
+        delay: EchoDelayEstimator | None = None,
+    ) -> None:
         self.reference = reference
         self.options = options if options is not None else AecOptions()
+        #: measured echo delay (fed by its owner); None: trust the reported play times
+        self.delay = delay
         self.rate = reference.rate
         self._rtc = _load_rtc()
         self._lock = threading.Lock()
         self._apm = self._new_apm()
+        self._lead = self.options.lead_ms / 1000  # see lead_s
+        #: times the lead moved onto a measured echo delay
+        self.lead_moves = 0
 
     def _new_apm(self) -> Any:
         o = self.options
@@ -154,16 +178,41 @@ class EchoCanceller:
     def process_samples(self, x: np.ndarray, capture_time: float) -> np.ndarray:
         """Echo-cancel mono int16 samples (whole 10 ms blocks at ``rate``) captured at ``capture_time``."""
         n = len(x)
-        lead = self.options.lead_ms
-        far = self.reference.read(capture_time + lead / 1000, n)
+        self._follow_delay()
+        lead = self._lead
+        far = self.reference.read(capture_time + lead, n)
         rtc = self._rtc
         far_frame = rtc.AudioFrame(bytearray(far.tobytes()), self.rate, 1, n)
         mic_frame = rtc.AudioFrame(bytearray(x.tobytes()), self.rate, 1, n)
         with self._lock:
             self._apm.process_reverse_stream(far_frame)
-            self._apm.set_stream_delay_ms(lead)
+            self._apm.set_stream_delay_ms(min(500, max(0, round(lead * 1000))))
             self._apm.process_stream(mic_frame)
         return np.frombuffer(mic_frame.data, dtype=np.int16).copy()
+
+    @property
+    def lead_s(self) -> float:
+        """How far after a mic block's capture time its far-end block starts, on the reported play clock."""
+        return self._lead
+
+    def reads_until(self, capture_time: float, duration: float) -> float:
+        """The latest reference time processing a mic block at ``capture_time`` reads."""
+        return capture_time + duration + self._lead
+
+    def _follow_delay(self) -> None:
+        """Move the lead onto the measured echo when the echo lies where AEC3 cannot cancel it.
+
+        Only then, and with a fresh AEC3: moving the far end while AEC3 works costs more than it
+        gains (a jump inside its filter span lost the path for seconds, ERLE 50 -> 10 dB, and even a
+        move during a pause left the next reply at 4 dB).
+        """
+        measured = self.delay.delay_s if self.delay is not None else None
+        if measured is None or 0.0 <= self._lead + measured <= WORKABLE_S:
+            return
+        self._lead = self.options.tracked_lead_ms / 1000 - measured
+        with self._lock:
+            self._apm = self._new_apm()
+        self.lead_moves += 1
 
     def reset(self) -> None:
         """Forget the learned echo path (a new device or session)."""

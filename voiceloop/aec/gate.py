@@ -23,6 +23,7 @@ import numpy as np
 
 from ..frames import AudioFrame, SpeechStarted
 from .canceller import check_mic_frame
+from .delay import EchoDelayEstimator
 from .reference import EchoReference
 
 SUPPRESS = ("off", "echo", "all")
@@ -155,6 +156,23 @@ class EchoPowerModel:
         if self._since_fit >= self.REFIT_BLOCKS and len(self._y) >= 4 * self._n:
             self.fit()
 
+    def shift(self, blocks: int) -> None:
+        """The reference rows move ``blocks`` later (the echo was measured that much earlier):
+        keep the fitted taps, moved to match, and restart the training history on the new rows."""
+        if self.taps is not None:
+            moved = np.zeros_like(self.taps)
+            if abs(blocks) < self._n:
+                if blocks >= 0:
+                    moved[: self._n - blocks] = self.taps[blocks:]
+                else:
+                    moved[-blocks:] = self.taps[: self._n + blocks]
+            self.taps = moved if moved.any() else None
+        self._x.clear()
+        self._y.clear()
+        self._gram[:] = 0.0
+        self._xy[:] = 0.0
+        self._since_fit = 0
+
     def fit(self) -> None:
         self._since_fit = 0
         if self.fits % 64 == 63:  # re-sum now and then: running sums drift with rounding
@@ -183,8 +201,16 @@ class EchoGate:
     judges a SpeechStarted by the frames between its speech onset and its decision.
     """
 
-    def __init__(self, reference: EchoReference, options: GateOptions | None = None) -> None:
+    def __init__(
+        self,
+        reference: EchoReference,
+        options: GateOptions | None = None,
+        delay: EchoDelayEstimator | None = None,
+    ) -> None:
         self.reference = reference
+        #: measured echo delay (fed by its owner); None: trust the reported play times
+        self.delay = delay
+        self._shift_blocks = 0  # reference rows are read this many 10 ms blocks earlier
         o = self.options = options if options is not None else GateOptions()
         self.rate = reference.rate
         self._block = round(self.rate * BLOCK_S)
@@ -243,6 +269,11 @@ class EchoGate:
         self.refused.append(started.turn_id)
         return False
 
+    def reads_until(self, capture_time: float, duration: float) -> float:
+        """The latest reference time judging a mic frame at ``capture_time`` reads."""
+        measured = self.delay.delay_s if self.delay is not None else None
+        return capture_time + duration + self.options.lead_ms / 1000 - (measured or 0.0)
+
     @property
     def coupling_db(self) -> float | None:
         """Total echo gain of the fitted path in dB (None before the first fit)."""
@@ -253,7 +284,13 @@ class EchoGate:
     def _reference_rows(self, t: float, blocks: int) -> np.ndarray:
         """Per mic block: reference block powers from ``lead_ms`` after it backwards (blocks × taps)."""
         taps, b = self._taps, self._block
-        start = t + self.options.lead_ms / 1000 - (taps - 1) * BLOCK_S
+        if self.delay is not None and self.delay.delay_s is not None:
+            shift = round(self.delay.delay_s / BLOCK_S)
+            if shift != self._shift_blocks:
+                self.model.shift(shift - self._shift_blocks)
+                self._ratios.clear()
+                self._shift_blocks = shift
+        start = t + self.options.lead_ms / 1000 - (taps - 1 + self._shift_blocks) * BLOCK_S
         powers = _block_powers(self.reference.read(start, (taps - 1 + blocks) * b), b)
         index = self._row_index.get(blocks)
         if index is None:  # row j, tap k -> block (taps - 1) + j - k: newest first

@@ -8,19 +8,30 @@ bot's own voice never reaches the ASR and the bot never answers itself.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
+import math
 
+from ..clock import now
 from ..errors import UserError
 from ..frames import AudioFrame, Frame, SpeechEnded, SpeechStarted
 from ..pipeline import Stage
-from .canceller import AecOptions, EchoCanceller, EchoUnavailable, aec_available
+from .canceller import AecOptions, EchoCanceller, EchoUnavailable, aec_available, check_mic_frame
+from .delay import DelayOptions, EchoDelayEstimator
 from .gate import EchoGate, GateOptions
 from .reference import EchoReference
 
 log = logging.getLogger("voiceloop")
 
 MODES = ("aec", "gate", "aec+gate", "off")
+
+#: A mic frame waits at most this long for its reference to be written ...
+REFERENCE_WAIT_S = 0.1
+#: ... and only when the reference is written up to within this much of what the frame needs
+#: (a writer is feeding it); polled every REFERENCE_POLL_S.
+REFERENCE_LIVE_S = 0.25
+REFERENCE_POLL_S = 0.004
 
 
 class EchoModeError(UserError, ValueError):
@@ -47,6 +58,9 @@ class EchoProcessor:
     ``mode`` "aec": AEC3 only; "gate": energy gate only; "aec+gate": the gate judges the
     cancelled signal; "off": frames pass untouched. With ``mode=None`` an unloadable AEC engine
     falls back to the gate (logged); naming "aec" explicitly raises :class:`EchoUnavailable`.
+    ``track_delay``: measure the echo's real delay on the raw mic (``delay`` tunes how), so the
+    canceller and the gate read the reference where the echo is; False trusts the reported play
+    times (a misreport beyond the canceller's ~150 ms window then leaks the echo for the run).
     """
 
     def __init__(
@@ -56,30 +70,42 @@ class EchoProcessor:
         *,
         aec: AecOptions | None = None,
         gate: GateOptions | None = None,
+        track_delay: bool = True,
+        delay: DelayOptions | None = None,
     ) -> None:
         self.reference = reference
         resolved = resolve_mode(mode)
+        track = track_delay and resolved != "off"
+        self.delay = EchoDelayEstimator(reference, delay) if track else None
         self.canceller: EchoCanceller | None = None
         if "aec" in resolved:
             try:
-                self.canceller = EchoCanceller(reference, aec)
+                self.canceller = EchoCanceller(reference, aec, self.delay)
             except EchoUnavailable as exc:
                 if mode not in (None, "auto"):
                     raise
                 log.warning("echo cancellation unavailable, using the echo gate: %s", exc)
                 resolved = "gate"
         self.mode = resolved
-        self.gate = EchoGate(reference, gate) if "gate" in resolved else None
+        self.gate = EchoGate(reference, gate, self.delay) if "gate" in resolved else None
         self.frames = 0
 
     def process(self, frame: AudioFrame) -> AudioFrame:
         """Clean one 16 kHz mono int16 mic frame (whole 10 ms blocks)."""
         self.frames += 1
+        if self.delay is not None:
+            self.delay.observe(check_mic_frame(frame, self.reference.rate), frame.capture_time)
         if self.canceller is not None:
             frame = self.canceller.process(frame)
         if self.gate is not None:
             frame = self.gate.process(frame)
         return frame
+
+    def reads_until(self, frame: AudioFrame) -> float:
+        """The latest reference time processing ``frame`` reads (-inf when nothing reads it)."""
+        duration = len(frame.samples) / frame.sample_rate
+        readers = [r for r in (self.canceller, self.gate) if r is not None]
+        return max((r.reads_until(frame.capture_time, duration) for r in readers), default=-math.inf)
 
     def allow(self, started: SpeechStarted) -> bool:
         """Barge-in predicate (always True without a gate)."""
@@ -91,7 +117,8 @@ class EchoStage(Stage):
 
     The output side feeds ``reference`` (see :class:`EchoReference`); wire
     ``BargeInOptions(allow=stage.allow_barge_in)`` for the gate to decide barge-ins. Counters:
-    ``echo.suppressed_frames`` (muted by the gate), ``echo.refused_barge_ins``.
+    ``echo.suppressed_frames`` (muted by the gate), ``echo.refused_barge_ins``,
+    ``echo.delay_moves`` (the measured echo delay was set or moved); gauge ``echo.delay_ms``.
     """
 
     name = "echo"
@@ -103,9 +130,13 @@ class EchoStage(Stage):
         *,
         aec: AecOptions | None = None,
         gate: GateOptions | None = None,
+        track_delay: bool = True,
+        delay: DelayOptions | None = None,
     ) -> None:
         super().__init__()
-        self.processor = EchoProcessor(reference, mode, aec=aec, gate=gate)
+        self.processor = EchoProcessor(
+            reference, mode, aec=aec, gate=gate, track_delay=track_delay, delay=delay
+        )
         self.reference = reference
 
     @property
@@ -120,12 +151,37 @@ class EchoStage(Stage):
         if frame.__class__ is not AudioFrame:
             await self.forward(frame)
             return
-        gate = self.processor.gate
+        await self._await_reference(frame)  # type: ignore[arg-type]
+        gate, delay = self.processor.gate, self.processor.delay
         muted = gate.suppressed if gate is not None else 0
+        moves = delay.moves if delay is not None else 0
         out = self.processor.process(frame)  # type: ignore[arg-type]
         if gate is not None and gate.suppressed != muted:
             self.metrics.count("echo.suppressed_frames")
+        if delay is not None and delay.moves != moves and delay.delay_s is not None:
+            self.metrics.count("echo.delay_moves")
+            self.metrics.gauge("echo.delay_ms", round(delay.delay_s * 1000))
         await self.forward(out)
+
+    async def _await_reference(self, frame: AudioFrame) -> None:
+        """Hold the frame until the reference it is compared with has been written.
+
+        A mic block is processed as soon as it is captured, but its far end lies up to the lead
+        ahead, which the speaker writes only about its output latency ahead of playing. Waits
+        only while a writer keeps the reference near the frame's time (a device playing or idling),
+        at most ``REFERENCE_WAIT_S``; a frame that times out counts as ``echo.reference_late``.
+        """
+        need = self.processor.reads_until(frame)
+        reference = self.reference
+        have = reference.final_until
+        if have >= need or have < need - REFERENCE_LIVE_S:
+            return
+        deadline = now() + REFERENCE_WAIT_S
+        while reference.final_until < need:
+            if now() >= deadline:
+                self.metrics.count("echo.reference_late")
+                return
+            await asyncio.sleep(REFERENCE_POLL_S)
 
     def allow_barge_in(self, started: SpeechStarted) -> bool:
         """``BargeInOptions(allow=...)``: refuse barge-ins the echo explains."""

@@ -149,9 +149,10 @@ class SpeakerSink(AudioSink):
             # PortAudio asks for a block ahead of its playback by the latency (late, never early)
             underflow = bool(getattr(status, "output_underflow", False))
             start = self._played.place(clock() + self.latency, frames, self.sample_rate, resync=underflow)
-            if reference is not None and copied:
-                # exactly what goes to the device and when it sounds: stays aligned through underruns
-                reference.push(mono[:copied].copy(), self.sample_rate, start)
+            if reference is not None:
+                # exactly what goes to the device and when it sounds, zero-fill included: aligned
+                # through underruns, and final up to the block's end (the canceller waits for that)
+                reference.push(mono.copy(), self.sample_rate, start)
         if notify and watch is not None:
             watch.call(self._progress, new_gap)
 

@@ -1,0 +1,141 @@
+"""Where the echo really is: the delay between the reference's play times and its echo in the mic.
+
+The canceller and the gate read the reference at each mic frame's capture time plus a fixed
+lead. That is right only when the devices report play and capture times truthfully; through
+ALSA → PulseAudio the reports were off by more than the canceller's ~150 ms window in some runs,
+for the whole run, and the bot then heard itself. So the offset is measured, not assumed:
+generalised cross-correlation with phase transform (GCC-PHAT) between the last
+``window_ms`` of raw mic audio and the reference over every lag in ``[min_lag_ms, max_lag_ms]``.
+PHAT whitens both spectra, so the peak is as sharp for speech as for noise and does not move
+with the room's colouring; an estimate counts only when its peak stands ``min_confidence``
+standard deviations over the rest of the correlation, and the delay moves only when ``settle``
+consecutive estimates agree within ``tolerance_ms`` (double talk and pauses give scattered peaks).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, fields
+
+import numpy as np
+
+from .reference import EchoReference
+
+
+@dataclass
+class DelayOptions:
+    """How the echo delay is tracked (all times in ms; lags: + means echo after its play time).
+
+    Defaults: a 600 ms window every 120 ms finds the echo about 0.4 s into the first reply and
+    costs ~2 ms per estimate (three 64k-point FFTs). Lags from -400 ms (play times reported
+    late) to +600 ms (buffering the reports missed, plus the acoustic path). Three agreeing
+    estimates, because synthetic voices repeat whole waveform segments: espeak-ng speech gave
+    2-3 confident peaks in a row at a wrong lag when the true one lay outside the range.
+    """
+
+    window_ms: int = 600
+    every_ms: int = 120
+    min_lag_ms: int = -400
+    max_lag_ms: int = 600
+    #: peak height over the correlation's mean, in standard deviations (noise alone: about 4.5)
+    min_confidence: float = 9.0
+    #: consecutive confident estimates that must agree before the delay is set or moved
+    settle: int = 3
+    tolerance_ms: float = 8.0
+    #: reference or mic quieter than this (mean over the window, dBFS) gives no estimate
+    floor_dbfs: float = -55.0
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"{f.name} must be a finite number, got {value!r}")
+        if self.window_ms < 100 or self.every_ms < 10:
+            raise ValueError("need window_ms >= 100 and every_ms >= 10")
+        if self.min_lag_ms >= self.max_lag_ms:
+            raise ValueError("min_lag_ms must be below max_lag_ms")
+        if self.settle < 1 or self.tolerance_ms <= 0 or self.min_confidence <= 0:
+            raise ValueError("need settle >= 1, tolerance_ms > 0 and min_confidence > 0")
+
+
+class EchoDelayEstimator:
+    """Tracks how late the echo of played audio reaches the mic, on the pipeline clock.
+
+    Feed every raw (not yet cancelled) mic frame to :meth:`observe`; :attr:`delay_s` is then the
+    measured offset (echo capture time minus reported play time), or None until one is known.
+    """
+
+    def __init__(self, reference: EchoReference, options: DelayOptions | None = None) -> None:
+        self.reference = reference
+        o = self.options = options if options is not None else DelayOptions()
+        self.rate = reference.rate
+        self._window = round(o.window_ms * self.rate / 1000)
+        self._every = round(o.every_ms * self.rate / 1000)
+        self._lo = round(o.min_lag_ms * self.rate / 1000)
+        self._hi = round(o.max_lag_ms * self.rate / 1000)
+        span = self._window + (self._hi - self._lo)
+        self._fft = 1 << (span + self._window - 1).bit_length()
+        freqs = np.fft.rfftfreq(self._fft, 1 / self.rate)
+        self._band = (freqs >= 100.0) & (freqs <= 0.45 * self.rate)  # no hum, no resampler edge
+        self._floor = 10 ** (o.floor_dbfs / 10) * 32768.0**2
+        self._mic = np.zeros(self._window, dtype=np.float64)
+        self._filled = 0
+        self._end_time: float | None = None  # capture time just past the newest mic sample
+        self._due = self._every
+        self._recent: deque[float] = deque(maxlen=o.settle)
+        self.delay_s: float | None = None
+        self.estimates = 0  # confident estimates so far
+        self.moves = 0  # times the delay was set or moved
+        self.confidence = 0.0  # of the latest estimate
+
+    def observe(self, samples: np.ndarray, capture_time: float) -> None:
+        """Add mic samples (mono int16 at the reference rate) captured from ``capture_time``."""
+        n = len(samples)
+        if self._end_time is None or abs(capture_time - self._end_time) > 0.01:
+            self._filled = 0  # a gap in the capture (or the first frame): start the window afresh
+        self._end_time = capture_time + n / self.rate
+        keep = min(n, self._window)
+        self._mic = np.roll(self._mic, -keep)
+        self._mic[-keep:] = samples[-keep:]
+        self._filled = min(self._window, self._filled + n)
+        self._due -= n
+        if self._due <= 0:
+            self._due = self._every
+            if self._filled == self._window:
+                self._estimate()
+
+    def _estimate(self) -> None:
+        assert self._end_time is not None
+        rate, window = self.rate, self._window
+        start = self._end_time - window / rate
+        # mic sample i (time start + i/rate) echoes reference sample i + D, D = hi - lag (samples)
+        ref = self.reference.read(start - self._hi / rate, window + self._hi - self._lo).astype(np.float64)
+        mic = self._mic
+        if min(float(np.mean(mic * mic)), float(np.mean(ref * ref))) < self._floor:
+            return
+        cross = np.conj(np.fft.rfft(mic, self._fft)) * np.fft.rfft(ref, self._fft)
+        cross[~self._band] = 0.0
+        cross /= np.abs(cross) + 1e-12
+        corr = np.fft.irfft(cross, self._fft)[: self._hi - self._lo + 1]
+        peak = int(np.argmax(corr))
+        std = float(corr.std())
+        self.confidence = 0.0 if std == 0.0 else (float(corr[peak]) - float(corr.mean())) / std
+        if self.confidence < self.options.min_confidence:
+            return
+        self.estimates += 1
+        self._recent.append((self._hi - peak) / rate)
+        recent = self._recent
+        if len(recent) < recent.maxlen or max(recent) - min(recent) > self.options.tolerance_ms / 1000:
+            return
+        value = float(np.median(recent))
+        if self.delay_s is None or abs(value - self.delay_s) > self.options.tolerance_ms / 1000:
+            self.delay_s = value
+            self.moves += 1
+
+    def reset(self) -> None:
+        """Forget the measured delay (a new device or session)."""
+        self._filled = 0
+        self._end_time = None
+        self._recent.clear()
+        self.delay_s = None
