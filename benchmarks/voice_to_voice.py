@@ -11,7 +11,9 @@ is played to a virtual speaker; needs pulseaudio, see tests/pulse.py).
 
     python benchmarks/voice_to_voice.py [--turns 6] [--precisions fp32,int8] [--paths file,pulse]
 
-Prints a table and writes ``benchmarks/results/voice_to_voice.json``.
+``--paths`` may add ``pulse+echo``: the pulse path with ``voiceloop chat``'s default echo handling
+(AEC3 + gate) between the mic and the VAD. Prints a table and writes
+``benchmarks/results/voice_to_voice.json``.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from chattts_fixtures import write_random_assets  # noqa: E402
 from speech import espeak  # noqa: E402
 
 from voiceloop.app import Engines, LoopOptions, build_pipeline, load_engines  # noqa: E402
+from voiceloop.app_cli import echo_stage  # noqa: E402
 from voiceloop.clock import run  # noqa: E402
 from voiceloop.dialogue import TurnContext  # noqa: E402
 from voiceloop.io.files import FileSource  # noqa: E402
@@ -125,8 +128,12 @@ def run_file(engines: Engines, options: LoopOptions, audio: np.ndarray, handler:
     return metrics
 
 
-def run_pulse(engines: Engines, options: LoopOptions, audio: np.ndarray, handler: Echo) -> Metrics | str:
-    """Play the conversation into the virtual mic of a private PulseAudio server; the bot plays out."""
+def run_pulse(
+    engines: Engines, options: LoopOptions, audio: np.ndarray, handler: Echo, echo: str = "off"
+) -> Metrics | str:
+    """Play the conversation into the virtual mic of a private PulseAudio server; the bot plays out.
+    ``echo``: the chat's echo handling (``--echo``) between the mic and the VAD; no loopback, so it
+    only costs (its mic frames wait for the far end they are compared with)."""
     from pulse import Pulse, PulseServer, missing, use_server  # the test harness, usable outside pytest
 
     reason = missing()
@@ -143,7 +150,8 @@ def run_pulse(engines: Engines, options: LoopOptions, audio: np.ndarray, handler
         seconds = len(audio) / 16_000 + 2.0
         source = MicSource("vmic", max_seconds=seconds + 1.0)
         sink = SpeakerSink("vspeaker", sample_rate=engines.tts.sample_rate)
-        pipeline = build_pipeline(source, sink, engines, handler, options, metrics=metrics)
+        stage = echo_stage(echo)
+        pipeline = build_pipeline(source, sink, engines, handler, options, metrics=metrics, echo=stage)
 
         async def main() -> None:
             task = asyncio.ensure_future(pipeline.run())
@@ -229,8 +237,11 @@ def main() -> None:
                 options.preemptive = preemptive == "on"
                 for path in args.paths.split(","):
                     handler = Echo(raw=args.raw_echo)
-                    run_path = run_file if path == "file" else run_pulse
-                    metrics = run_path(engines, options, audio, handler)
+                    if path == "file":
+                        metrics = run_file(engines, options, audio, handler)
+                    else:  # "pulse", or "pulse+echo": with the chat's default echo handling
+                        echo = "auto" if "echo" in path else "off"
+                        metrics = run_pulse(engines, options, audio, handler, echo)
                     row = {"precision": precision, "path": path, "end_silence_ms": silence}
                     row["preemptive"] = options.preemptive
                     row.update({"skipped": metrics} if isinstance(metrics, str) else summarise(metrics))

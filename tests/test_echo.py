@@ -244,7 +244,7 @@ def test_apm_binding_facts():
 def test_aec_tolerates_play_time_errors_within_the_lead(bot16, bot24):
     mic = EchoPath(delay_ms=40, gain_db=-6).mic(bot24, BOT_RATE)
     a, b = speech_span(bot16)
-    for error_s in (-0.05, 0.1):  # sink reports 50 ms early / 100 ms late (> the 40 ms acoustic delay)
+    for error_s in (-0.1, 0.05):  # sink reports 100 ms early / 50 ms late (> the 40 ms lead - 40 ms path)
         out = run_frames(EchoCanceller(reference_for(bot24, error_s)).process, mic, start_time=T0)
         assert 10 * np.log10(power(seg(mic, a + 0.5, b)) / power(seg(out, a + 0.5, b))) >= 20
 

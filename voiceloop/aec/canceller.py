@@ -5,8 +5,8 @@ Why this engine: AEC3 is the canceller every browser call uses; ``livekit`` ship
 it current. ``benchmarks/echo.py`` (40 synthetic rooms: 40-120 ms delay, reverberation, -12..+3
 dB echo, loudspeaker overdrive): echo-return-loss enhancement median 41 dB, worst room 16 dB; no
 false and no missed barge-in with the gate. It needs the play times right to within a window about
-150 ms wide, placed by ``AecOptions.lead_ms`` (-50..+100 ms with the default lead): with echo ahead
-of its reference, or too far behind it, it cancels nothing.
+150 ms wide, placed by ``AecOptions.lead_ms`` (-100..+50 ms with the default lead): with echo ahead
+of its reference, or too far behind it, it cancels nothing — so the echo's real delay is tracked.
 
 Binding facts this module relies on (livekit 1.2.1, checked by the tests):
 
@@ -64,9 +64,10 @@ def _load_rtc() -> Any:
     return _rtc
 
 
-#: AEC3 cancels echo that follows its far-end block by 0 .. about this much (benchmarks/echo.py's
-#: play-time sweep: 20..250 ms cancelled, 300 ms and echo ahead of its far end not)
-WORKABLE_S = 0.2
+#: AEC3 cancels echo that follows its far-end block by 0 .. about this much: benchmarks/echo.py's
+#: sweep (8 rooms x 6 replies, fixed lead 40) cancelled 180-260 ms but not 280-360 ms (a single
+#: reply held up to 480 ms), and echo ahead of its far end not at all
+WORKABLE_S = 0.25
 
 
 @dataclass
@@ -77,21 +78,22 @@ class AecOptions:
     *after* the block's capture time. AEC3 cannot cancel echo that reaches it before its
     reference (measured: ERLE fell from 30 dB to 7 dB when the reference came 40 ms late), but
     copes with extra delay (0-200 ms lead: same ERLE after 0.5 s). The lead absorbs play times
-    reported later than played, up to about its length; ``benchmarks/echo.py``'s sweep (8 rooms)
-    cancelled play-time errors of -100..+50 ms at 40, -50..+100 at 80 and 0..+150 at 120 (+: reported
-    later). 80, because device latencies are more often over- than understated: through ALSA →
-    PulseAudio, a speaker looped back into the mic made the bot interrupt itself in 2 of 8 runs
-    beside a CPU hog at 40 ms, 1 of 14 at 80, none of 14 at 120 (which gives up the early side).
-    With a delay estimator (:class:`~voiceloop.aec.delay.EchoDelayEstimator`, on by default in
-    :class:`~voiceloop.aec.stage.EchoProcessor`) an echo found outside that window moves the lead
-    onto the measured delay (``tracked_lead_ms``), once, with a fresh AEC3. (The self-interruptions
-    on PulseAudio turned out to be something else: the far end read ahead of what the speaker had
-    written — see :class:`~voiceloop.aec.stage.EchoStage`.)
+    reported later than played, up to about its length; ``benchmarks/echo.py``'s sweep (8 rooms,
+    fixed lead) cancelled play-time errors of -100..+50 ms at 40, -50..+100 at 80 and 0..+150 at
+    120 (+: reported later). Errors outside the window are handled by delay tracking
+    (:class:`~voiceloop.aec.delay.EchoDelayEstimator`, on by default in
+    :class:`~voiceloop.aec.stage.EchoProcessor`): an echo measured outside it moves the lead onto
+    the measured delay (``tracked_lead_ms``), once, with a fresh AEC3. So the lead is 40, not 80:
+    each mic block waits until the speaker has written the far end it reads (see
+    :class:`~voiceloop.aec.stage.EchoStage`), and on PulseAudio that wait was 18 ms median, 40 ms
+    p90 at 80 against 0 / 4-17 ms at 40 — latency added to every turn's endpoint.
+    (Self-interruptions on a PulseAudio loopback, once blamed on play times, came from reading
+    far end not yet written: AEC3 fed a far end with holes lost the echo path, ERLE 63 -> 0-20 dB.)
     ``noise_suppression`` / ``auto_gain_control``: off, because they change what the VAD and the
     ASR were tuned on. ``high_pass_filter``: on; AEC3 enables it anyway.
     """
 
-    lead_ms: int = 80
+    lead_ms: int = 40
     #: the lead placed on a measured echo delay when the reported play times put the echo outside
     #: AEC3's window: only the measurement's error and a device gap shifting the echo later
     #: (~10 ms measured on PulseAudio) need absorbing
@@ -203,8 +205,8 @@ class EchoCanceller:
         """Move the lead onto the measured echo when the echo lies where AEC3 cannot cancel it.
 
         Only then, and with a fresh AEC3: moving the far end while AEC3 works costs more than it
-        gains (a jump inside its filter span lost the path for seconds, ERLE 50 -> 10 dB, and even a
-        move during a pause left the next reply at 4 dB).
+        gains (a jump lost the path for seconds, ERLE 50 -> 10 dB, and even a move during a pause
+        left the next reply at 4 dB).
         """
         measured = self.delay.delay_s if self.delay is not None else None
         if measured is None or 0.0 <= self._lead + measured <= WORKABLE_S:

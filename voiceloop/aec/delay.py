@@ -9,7 +9,8 @@ generalised cross-correlation with phase transform (GCC-PHAT) between the last
 PHAT whitens both spectra, so the peak is as sharp for speech as for noise and does not move
 with the room's colouring; an estimate counts only when its peak stands ``min_confidence``
 standard deviations over the rest of the correlation, and the delay moves only when ``settle``
-consecutive estimates agree within ``tolerance_ms`` (double talk and pauses give scattered peaks).
+consecutive estimates agree within ``tolerance_ms`` (double talk and pauses give scattered peaks;
+moving a known delay takes ``settle_move``).
 """
 
 from __future__ import annotations
@@ -40,8 +41,12 @@ class DelayOptions:
     max_lag_ms: int = 600
     #: peak height over the correlation's mean, in standard deviations (noise alone: about 4.5)
     min_confidence: float = 9.0
-    #: consecutive confident estimates that must agree before the delay is set or moved
+    #: consecutive confident estimates that must agree before the delay is first set ...
     settle: int = 3
+    #: ... and before a known delay moves: a reply that repeats an earlier one (same clip, or a
+    #: TTS saying the same words the same way) correlates with its own past at a wrong lag for
+    #: up to ~0.5 s around the reply boundary (measured: 4 agreeing estimates in a row)
+    settle_move: int = 8
     tolerance_ms: float = 8.0
     #: reference or mic quieter than this (mean over the window, dBFS) gives no estimate
     floor_dbfs: float = -55.0
@@ -55,8 +60,8 @@ class DelayOptions:
             raise ValueError("need window_ms >= 100 and every_ms >= 10")
         if self.min_lag_ms >= self.max_lag_ms:
             raise ValueError("min_lag_ms must be below max_lag_ms")
-        if self.settle < 1 or self.tolerance_ms <= 0 or self.min_confidence <= 0:
-            raise ValueError("need settle >= 1, tolerance_ms > 0 and min_confidence > 0")
+        if not 1 <= self.settle <= self.settle_move or self.tolerance_ms <= 0 or self.min_confidence <= 0:
+            raise ValueError("need 1 <= settle <= settle_move, tolerance_ms > 0 and min_confidence > 0")
 
 
 class EchoDelayEstimator:
@@ -83,7 +88,7 @@ class EchoDelayEstimator:
         self._filled = 0
         self._end_time: float | None = None  # capture time just past the newest mic sample
         self._due = self._every
-        self._recent: deque[float] = deque(maxlen=o.settle)
+        self._recent: deque[float] = deque(maxlen=o.settle_move)
         self.delay_s: float | None = None
         self.estimates = 0  # confident estimates so far
         self.moves = 0  # times the delay was set or moved
@@ -125,11 +130,13 @@ class EchoDelayEstimator:
             return
         self.estimates += 1
         self._recent.append((self._hi - peak) / rate)
-        recent = self._recent
-        if len(recent) < recent.maxlen or max(recent) - min(recent) > self.options.tolerance_ms / 1000:
+        tolerance = self.options.tolerance_ms / 1000
+        need = self.options.settle if self.delay_s is None else self.options.settle_move
+        recent = list(self._recent)[-need:]
+        if len(recent) < need or max(recent) - min(recent) > tolerance:
             return
         value = float(np.median(recent))
-        if self.delay_s is None or abs(value - self.delay_s) > self.options.tolerance_ms / 1000:
+        if self.delay_s is None or abs(value - self.delay_s) > tolerance:
             self.delay_s = value
             self.moves += 1
 

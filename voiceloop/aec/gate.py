@@ -271,8 +271,15 @@ class EchoGate:
 
     def reads_until(self, capture_time: float, duration: float) -> float:
         """The latest reference time judging a mic frame at ``capture_time`` reads."""
-        measured = self.delay.delay_s if self.delay is not None else None
-        return capture_time + duration + self.options.lead_ms / 1000 - (measured or 0.0)
+        return capture_time + duration + self.options.lead_ms / 1000 - self._shift_blocks * BLOCK_S
+
+    def _covers(self, delay_s: float) -> bool:
+        """Whether the taps (as shifted now) see an echo ``delay_s`` after the reported play time,
+        with 20 ms to spare at either end. Only then is the alignment left alone: a wrong estimate
+        (a repeated reply correlating with itself) must not move a gate that works."""
+        early = self._shift_blocks * BLOCK_S - self.options.lead_ms / 1000  # earliest echo the taps see
+        late = early + (self._taps - 1) * BLOCK_S
+        return early + 0.02 <= delay_s <= late - 0.02
 
     @property
     def coupling_db(self) -> float | None:
@@ -284,8 +291,9 @@ class EchoGate:
     def _reference_rows(self, t: float, blocks: int) -> np.ndarray:
         """Per mic block: reference block powers from ``lead_ms`` after it backwards (blocks × taps)."""
         taps, b = self._taps, self._block
-        if self.delay is not None and self.delay.delay_s is not None:
-            shift = round(self.delay.delay_s / BLOCK_S)
+        measured = self.delay.delay_s if self.delay is not None else None
+        if measured is not None and not self._covers(measured):  # the echo is past the taps: follow it
+            shift = round(measured / BLOCK_S)
             if shift != self._shift_blocks:
                 self.model.shift(shift - self._shift_blocks)
                 self._ratios.clear()
