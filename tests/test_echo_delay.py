@@ -221,3 +221,14 @@ def test_mic_frames_wait_for_their_reference(bot16, bot24, monkeypatch):
     no_wait, waited = results[0.0], results[stage_module.REFERENCE_WAIT_S]
     assert waited[1] == 0 and waited[0] >= 30, results
     assert no_wait[1] > 0 and no_wait[0] < waited[0] - 10, results
+
+
+def test_a_writer_that_stops_is_not_waited_for(bot24):
+    """An output stage writes a reply's reference ahead and then nothing: the mic frames after the
+    reply must not each wait out the timeout (at most the one that finds the writer gone waits)."""
+    reference = reference_for(bot24[: BOT_RATE // 2])  # 0.5 s written at once, then no more
+    mic = np.zeros(2 * 16_000, np.int16)
+    echo = EchoStage(reference, "gate", track_delay=False)
+    metrics = asyncio.run(Pipeline([Mic(mic), echo, Speaking()]).run())
+    assert metrics.counters.get("echo.reference_waits", 0) <= 1
+    assert metrics.counters.get("echo.reference_late", 0) == 0

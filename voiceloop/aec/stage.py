@@ -32,6 +32,8 @@ REFERENCE_WAIT_S = 0.1
 #: (a writer is feeding it); polled every REFERENCE_POLL_S.
 REFERENCE_LIVE_S = 0.25
 REFERENCE_POLL_S = 0.004
+#: a reference not advanced for this long has no writer (a device writes every block, ~20 ms)
+REFERENCE_STALL_S = 0.06
 
 
 class EchoModeError(UserError, ValueError):
@@ -138,6 +140,7 @@ class EchoStage(Stage):
             reference, mode, aec=aec, gate=gate, track_delay=track_delay, delay=delay
         )
         self.reference = reference
+        self._stalled_at = -math.inf  # final_until when its writer was last seen to stop
 
     @property
     def mode(self) -> str:
@@ -168,20 +171,30 @@ class EchoStage(Stage):
 
         A mic block is processed as soon as it is captured, but its far end lies up to the lead
         ahead, which the speaker writes only about its output latency ahead of playing. Waits
-        only while a writer keeps the reference near the frame's time (a device playing or idling),
-        at most ``REFERENCE_WAIT_S``; a frame that times out counts as ``echo.reference_late``.
+        only while a writer keeps the reference near the frame's time (a device playing or idling)
+        and keeps advancing it, at most ``REFERENCE_WAIT_S``: a frame that times out counts as
+        ``echo.reference_late``; a writer that stops (an output stage after a reply) is not waited
+        for again until it writes more. Frames held at all count as ``echo.reference_waits``.
         """
         need = self.processor.reads_until(frame)
         reference = self.reference
         have = reference.final_until
-        if have >= need or have < need - REFERENCE_LIVE_S:
+        if have >= need or have < need - REFERENCE_LIVE_S or have == self._stalled_at:
             return
-        deadline = now() + REFERENCE_WAIT_S
-        while reference.final_until < need:
-            if now() >= deadline:
-                self.metrics.count("echo.reference_late")
-                return
+        self.metrics.count("echo.reference_waits")
+        started = t = now()
+        last, last_change = have, started
+        while t - started < REFERENCE_WAIT_S:
             await asyncio.sleep(REFERENCE_POLL_S)
+            have, t = reference.final_until, now()
+            if have >= need:
+                return
+            if have != last:
+                last, last_change = have, t
+            elif t - last_change >= REFERENCE_STALL_S:  # nobody is writing: the reply ended
+                self._stalled_at = have
+                return
+        self.metrics.count("echo.reference_late")
 
     def allow_barge_in(self, started: SpeechStarted) -> bool:
         """``BargeInOptions(allow=...)``: refuse barge-ins the echo explains."""
