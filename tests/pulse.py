@@ -313,12 +313,11 @@ class Pulse:
         return float(np.median(delays))
 
     @contextlib.contextmanager
-    def loopback(self, latency_msec: int = 20, adjust: str | None = None) -> Iterator[None]:
+    def loopback(self, latency_msec: int = 20) -> Iterator[None]:
         """Everything played on the speaker also reaches the microphone (acoustic echo)."""
-        extra = [] if adjust is None else [f"adjust_time={adjust}"]
         module = self.server.pactl(
             "load-module", "module-loopback", "source=vspeaker.monitor", "sink=vmic_feed",
-            f"latency_msec={latency_msec}", *extra,
+            f"latency_msec={latency_msec}",
         )  # fmt: skip
         try:
             yield

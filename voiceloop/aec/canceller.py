@@ -217,6 +217,8 @@ class EchoCanceller:
         self.lead_moves += 1
 
     def reset(self) -> None:
-        """Forget the learned echo path (a new device or session)."""
+        """Forget the learned echo path and any lead moved onto a measured delay (a new device or
+        session; reset the delay estimator with it)."""
         with self._lock:
             self._apm = self._new_apm()
+        self._lead = self.options.lead_ms / 1000
