@@ -286,6 +286,24 @@ class Pulse:
         """Start recording ``device`` (default: what the virtual speaker plays); ``stop()`` it."""
         return Recorder(device, rate)
 
+    def wait_for_reader(self, source: str = "vmic", timeout: float = 90.0, settle: float = 0.5) -> None:
+        """Block until an application records ``source`` (an app's microphone is open), then ``settle``
+        seconds more: a fixed sleep either wasted time or, on a cold start, let speech in too early."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            sources = {}
+            for line in self.server.pactl("list", "short", "sources").splitlines():
+                fields = line.split("\t")
+                if len(fields) > 1:
+                    sources[fields[0]] = fields[1]
+            for line in self.server.pactl("list", "short", "source-outputs").splitlines():
+                fields = line.split("\t")
+                if len(fields) > 1 and sources.get(fields[1]) == source:
+                    time.sleep(settle)
+                    return
+            time.sleep(0.05)
+        raise TimeoutError(f"nothing recorded {source!r} within {timeout} s")
+
     def record(self, seconds: float, device: str = "vspeaker_mon", rate: int = RATE) -> np.ndarray:
         rec = self.recorder(device, rate)
         time.sleep(seconds)

@@ -59,7 +59,7 @@ def loudness(audio: np.ndarray) -> float:
 def test_an_utterance_gets_a_spoken_answer_and_a_timeline(pulse, chattts_root, tmp_path):
     thread, result = chat(chattts_root, tmp_path, 9.0, "--tts-max-seconds", "1.0", "--echo", "off")
     recording = pulse.recorder()
-    time.sleep(3.0)  # models load, the mic opens
+    pulse.wait_for_reader()  # models load, the mic opens
     say(pulse, "你好")
     thread.join(timeout=60)
     audio = recording.stop()
@@ -76,7 +76,7 @@ def test_speaking_over_the_bot_silences_it(pulse, chattts_root, tmp_path):
     thread, result = chat(
         chattts_root, tmp_path, 14.0, "--handler", f"{bot}:reply", "--tts-max-seconds", "2.5", "--echo", "off"
     )
-    time.sleep(3.0)
+    pulse.wait_for_reader()
     say(pulse, "你好")
     time.sleep(2.5)  # the long answer is playing now
     recording = pulse.recorder()
@@ -101,7 +101,7 @@ def test_the_bots_own_voice_looped_back_does_not_interrupt_it(pulse, chattts_roo
     extra = ("--handler", f"{bot}:reply", "--tts-max-seconds", "2.0", "--echo", echo)
     thread, result = chat(chattts_root, tmp_path, 12.0, *extra)
     with pulse.loopback():
-        time.sleep(3.0)
+        pulse.wait_for_reader()
         say(pulse, "你好")
         thread.join(timeout=60)
     assert result.get("code") == 0
