@@ -84,7 +84,10 @@ class EchoDelayEstimator:
         freqs = np.fft.rfftfreq(self._fft, 1 / self.rate)
         self._band = (freqs >= 100.0) & (freqs <= 0.45 * self.rate)  # no hum, no resampler edge
         self._floor = 10 ** (o.floor_dbfs / 10) * 32768.0**2
-        self._mic = np.zeros(self._window, dtype=np.float64)
+        # the newest mic samples end at _mic_end; room for a second window, so a frame is one copy
+        # (the window moves back to the front once per window, not once per frame)
+        self._mic = np.zeros(2 * self._window, dtype=np.float64)
+        self._mic_end = 0
         self._filled = 0
         self._end_time: float | None = None  # capture time just past the newest mic sample
         self._due = self._every
@@ -101,8 +104,12 @@ class EchoDelayEstimator:
             self._filled = 0  # a gap in the capture (or the first frame): start the window afresh
         self._end_time = capture_time + n / self.rate
         keep = min(n, self._window)
-        self._mic = np.roll(self._mic, -keep)
-        self._mic[-keep:] = samples[-keep:]
+        if self._mic_end + keep > len(self._mic):
+            tail = self._window - keep
+            self._mic[:tail] = self._mic[self._mic_end - tail : self._mic_end]
+            self._mic_end = tail
+        self._mic[self._mic_end : self._mic_end + keep] = samples[-keep:]
+        self._mic_end += keep
         self._filled = min(self._window, self._filled + n)
         self._due -= n
         if self._due <= 0:
@@ -116,7 +123,7 @@ class EchoDelayEstimator:
         start = self._end_time - window / rate
         # mic sample i (time start + i/rate) echoes reference sample i + D, D = hi - lag (samples)
         ref = self.reference.read(start - self._hi / rate, window + self._hi - self._lo).astype(np.float64)
-        mic = self._mic
+        mic = self._mic[self._mic_end - window : self._mic_end]
         if min(float(np.mean(mic * mic)), float(np.mean(ref * ref))) < self._floor:
             return
         cross = np.conj(np.fft.rfft(mic, self._fft)) * np.fft.rfft(ref, self._fft)
@@ -142,7 +149,7 @@ class EchoDelayEstimator:
 
     def reset(self) -> None:
         """Forget the measured delay (a new device or session)."""
-        self._filled = 0
+        self._filled = self._mic_end = 0
         self._end_time = None
         self._recent.clear()
         self.delay_s = None
