@@ -7,6 +7,7 @@ import pytest
 import torch
 from asr_fixtures import make_tiny_checkpoint
 
+from voiceloop.asr import encoder as encoder_module
 from voiceloop.asr.encoder import EncoderStep, KeyValues
 from voiceloop.asr.model import Wav2Vec2Checkpoint
 from voiceloop.asr.streaming import StreamingOptions, StreamState, Wav2Vec2Engine
@@ -102,7 +103,8 @@ def test_several_streams_in_one_call_equal_each_alone(ckpt: Wav2Vec2Checkpoint) 
 def test_key_values_keep_the_newest_frames() -> None:
     older = KeyValues(torch.arange(2 * 2 * 5 * 3, dtype=torch.float32).view(2, 2, 5, 3))
     newer = KeyValues(-torch.ones(2, 2, 4, 3))
-    joined = older.then(newer, keep=6)
+    joined = older.then(newer, keep=6, room=3)
+    assert joined.room == 3
     assert joined.frames == 6
     torch.testing.assert_close(joined.tensor[:, :, :2], older.tensor[:, :, 3:])
     torch.testing.assert_close(joined.tensor[:, :, 2:], newer.tensor)
@@ -150,3 +152,37 @@ def test_recompute_mode_re_encodes_the_left_context(ckpt: Wav2Vec2Checkpoint) ->
     window = state.plan()
     assert window is not None and window.context == 0 and window.past is None
     assert window.first == window.commit_from - state.left
+
+
+def test_the_short_window_positional_path_equals_the_grouped_convolution(
+    ckpt: Wav2Vec2Checkpoint, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hidden = hidden_of(ckpt, 1.5, seed=5)
+    reach = ckpt.encoder.pos_reach
+    monkeypatch.setattr(encoder_module, "SHORT_BLOCK_FRAMES", 7)  # several blocks, a ragged last one
+    for context, frames in ((0, 1), (reach, 23), (3, 40)):
+        step = EncoderStep(hidden[: context + frames], context=context)
+        monkeypatch.setattr(encoder_module, "SHORT_WINDOW_FRAMES", 10**6)
+        short = ckpt.encoder._positional(step)
+        monkeypatch.setattr(encoder_module, "SHORT_WINDOW_FRAMES", 0)
+        conv = ckpt.encoder._positional(step)
+        torch.testing.assert_close(short, conv, rtol=0, atol=1e-5)
+
+
+def test_a_past_shared_by_two_steps_is_neither_mixed_up_nor_changed(ckpt: Wav2Vec2Checkpoint) -> None:
+    a = hidden_of(ckpt, 1.2, seed=6)
+    first = ckpt.encode_steps([EncoderStep(a[:20])], key_values=True)[0].key_values
+    assert first is not None
+    past = first.newest(20, room=100)  # room for both steps' frames: they must not both write there
+    before = past.tensor.clone()
+    steps = [EncoderStep(a[12:30], context=8, past=past), EncoderStep(a[12:], context=8, past=past)]
+    together = ckpt.encode_steps(steps, key_values=True)
+    # copied now: a later call on the same past may write into the same room
+    joint_kv = [r.key_values.tensor.clone() for r in together if r.key_values is not None]
+    for step, joint, kv in zip(steps, together, joint_kv, strict=True):
+        alone = ckpt.encode_steps([step], key_values=True)[0]
+        torch.testing.assert_close(joint.log_probs, alone.log_probs, rtol=0, atol=1e-5)
+        assert alone.key_values is not None and kv.shape[2] == 20 + step.frames
+        torch.testing.assert_close(kv, alone.key_values.tensor, rtol=0, atol=1e-5)
+    torch.testing.assert_close(past.tensor, before, rtol=0, atol=0)
+    assert past.frames == 20

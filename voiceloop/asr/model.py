@@ -26,6 +26,7 @@ from packaging.version import Version
 from torch import nn
 from transformers import Wav2Vec2ForCTC, Wav2Vec2Processor
 
+from ..allocator import tune_for_inference
 from ..errors import UserError
 from .base import DEFAULT_MODEL, conv_frames, normalize_audio
 from .encoder import EncoderResult, EncoderStep, LeanEncoder
@@ -171,6 +172,8 @@ class Wav2Vec2Checkpoint:
         first = next(model.wav2vec2.feature_extractor.parameters())  # the conv encoder is never quantized
         self.device: torch.device = first.device
         self.dtype: torch.dtype = first.dtype
+        if self.device.type == "cpu":
+            tune_for_inference()  # streaming steps reuse MBs of buffers: keep them off the kernel
         self.conv_stride = math.prod(config.conv_stride)
         field, jump = 1, 1
         for kernel, stride in zip(config.conv_kernel, config.conv_stride, strict=True):

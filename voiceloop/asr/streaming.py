@@ -317,9 +317,11 @@ class StreamState:
             self.embed_sum = kept.sum(axis=0) + (0 if self.embed_sum is None else self.embed_sum)
             self.embed_frames += len(kept)
         if result.key_values is not None and self.left > 0:
-            committed = KeyValues(result.key_values.tensor[:, :, keep])
-            past = self.past
-            self.past = committed.newest(self.left) if past is None else past.then(committed, self.left)
+            # [past | this window's frames] in one buffer (cached context: the window starts at
+            # commit_from): keep the last L frames up to the chunk's end
+            encoded = int(window.hidden.shape[0]) - window.context
+            committed = result.key_values.prefix(result.key_values.frames - encoded + keep.stop)
+            self.past = committed.newest(self.left, room=self.chunk + self.right)
 
 
 @dataclass

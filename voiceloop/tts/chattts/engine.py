@@ -19,6 +19,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+from ...allocator import tune_for_inference
 from ...asr.model import ModelOptions
 from ...compute import CancelToken, ComputeLane
 from ...ortgraph import GraphLoadError, available
@@ -105,6 +106,8 @@ class ChatTts(TtsEngine):
         self.stats = stats
         self.options = options
         self.voices = voices or VoiceStore()
+        if next(vocos.parameters()).device.type == "cpu":
+            tune_for_inference()  # per-step buffers stay in the heap (see voiceloop.allocator)
         threads = options.model.threads
         self.lane = ComputeLane(
             "tts",
