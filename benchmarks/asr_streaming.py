@@ -194,7 +194,7 @@ def build_checkpoints(precisions: list[str], seed: int, threads: int) -> dict[st
             variant = model
         elif precision == "bf16":
             variant = copy.deepcopy(model).to(torch.bfloat16)
-        elif precision == "int8":
+        elif precision in ("int8", "int8-conv"):  # int8-conv: ModelOptions(int8_conv=True)
             variant = quantize_int8(copy.deepcopy(model))
         elif precision.startswith("cuda-"):  # cuda-fp32 / cuda-fp16 / cuda-bf16 on a GPU
             dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision[5:]]
@@ -202,7 +202,11 @@ def build_checkpoints(precisions: list[str], seed: int, threads: int) -> dict[st
         else:
             raise ValueError(f"unknown precision {precision!r}")
         out[precision] = Wav2Vec2Checkpoint(
-            variant, vocab, name=f"random-xlsr53-large-{precision}", threads=threads
+            variant,
+            vocab,
+            name=f"random-xlsr53-large-{precision}",
+            threads=threads,
+            int8_conv=precision == "int8-conv",
         )
     return out
 

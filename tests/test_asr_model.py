@@ -181,6 +181,27 @@ def test_int8_quantizes_every_linear_layer(
     assert np.isfinite(log_probs).all() and np.abs(log_probs - ckpt.log_probs(audio)).max() < 0.1
 
 
+def test_int8_conv_runs_the_conv_feature_encoder_as_int8_matmuls(
+    dirs: dict[str, Path], ckpt: Wav2Vec2Checkpoint, audio: np.ndarray
+) -> None:
+    options = ModelOptions(quantize="int8", int8_conv=True)
+    int8 = Wav2Vec2Checkpoint.from_pretrained(str(dirs["2021"]), options)
+    assert int8.int8_conv is not None
+    assert (
+        Wav2Vec2Checkpoint.from_pretrained(str(dirs["2021"]), ModelOptions(quantize="int8")).int8_conv is None
+    )
+    quantized = torch.ao.nn.quantized.dynamic.Linear
+    assert all(isinstance(layer[0], quantized) for layer in int8.int8_conv.layers)
+    samples = int8.normalize(audio)
+    features = int8.conv_features(samples)
+    stock = ckpt.conv_features(samples)
+    assert features.shape == stock.shape  # same frames, time-major, every layer's geometry
+    assert float((features - stock).norm() / stock.norm()) < 0.1  # rounding (~5 %), not another function
+    for n in (0, 399, 400, 401, 1234):  # edges: no frame, one frame, ragged
+        assert int8.conv_features(samples[:n]).shape == ckpt.conv_features(samples[:n]).shape
+    assert np.abs(int8.log_probs(audio) - ckpt.log_probs(audio)).max() < 0.2
+
+
 @pytest.mark.parametrize(
     "kwargs",
     [
@@ -193,6 +214,7 @@ def test_int8_quantizes_every_linear_layer(
         {"dtype": "fp16", "device": "cpu"},
         {"quantize": "int8", "device": "cuda"},
         {"quantize": "int8", "dtype": "bf16"},
+        {"int8_conv": True},
     ],
 )
 def test_bad_options_raise_value_error(kwargs: dict[str, object]) -> None:

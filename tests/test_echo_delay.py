@@ -200,6 +200,8 @@ class LateSpeaker(Mic):
             loop.call_later(self.late_s, push_until, t + 0.2)
             await self.emit(AudioFrame(self.samples[seq * 320 : (seq + 1) * 320], 16_000, t, seq))
             await asyncio.sleep(0.0005)
+            while self.outbox is not None and len(self.outbox):  # a live mic: never ahead of the stage
+                await asyncio.sleep(0.0005)
         await self.emit(EndOfStream())
 
 
@@ -232,3 +234,45 @@ def test_a_writer_that_stops_is_not_waited_for(bot24):
     metrics = asyncio.run(Pipeline([Mic(mic), echo, Speaking()]).run())
     assert metrics.counters.get("echo.reference_waits", 0) <= 1
     assert metrics.counters.get("echo.reference_late", 0) == 0
+
+
+class BurstyMic(Mic):
+    """Frames that piled up while the loop was busy (all queued at once), and a speaker that
+    writes the far end in real time from T0: every frame's far end is live but not yet written."""
+
+    def __init__(self, samples, reference):
+        super().__init__(samples)
+        self.reference = reference
+
+    async def produce(self) -> None:
+        block = np.zeros(BOT_RATE // 50, np.int16)
+        for written in range(5):  # 100 ms written before the first frame
+            self.reference.push(block, BOT_RATE, T0 + written * 0.02)
+
+        async def speaker() -> None:
+            for written in range(5, 100):
+                await asyncio.sleep(0.02)
+                self.reference.push(block, BOT_RATE, T0 + written * 0.02)
+
+        writer = asyncio.create_task(speaker())
+        try:
+            await super().produce()
+            await asyncio.sleep(0.3)  # the writer keeps going while the stage drains the queue
+        finally:
+            writer.cancel()
+
+
+def test_no_frame_is_held_while_mic_frames_queue_behind_it():
+    """Holding a frame for its far end is only worth it while the mic path keeps up: with frames
+    queued behind, the stage passes them on at once (under load, holds backed the mic up into
+    dropped frames)."""
+    reference = EchoReference()
+    mic = np.zeros(16_000, np.int16)  # 50 frames, all emitted without pause
+    echo = EchoStage(reference, "gate", track_delay=False)
+    out = Speaking()
+    metrics = asyncio.run(Pipeline([BurstyMic(mic, reference), echo, out]).run())
+    got = [f for f in out.frames if isinstance(f, AudioFrame)]
+    assert len(got) == 50
+    assert metrics.counters.get("echo.reference_behind", 0) >= 1
+    # only the last frames (nothing queued behind them) may wait: not one wait per frame
+    assert metrics.counters.get("echo.reference_waits", 0) <= stage_module.REFERENCE_BACKLOG_FRAMES

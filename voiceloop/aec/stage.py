@@ -34,6 +34,9 @@ REFERENCE_LIVE_S = 0.25
 REFERENCE_POLL_S = 0.004
 #: a reference not advanced for this long has no writer (a device writes every block, ~20 ms)
 REFERENCE_STALL_S = 0.06
+#: no holding while this many mic frames queue behind the held one: the mic path is behind real
+#: time already, and holding more would back it up into dropped mic frames (seen under load)
+REFERENCE_BACKLOG_FRAMES = 2
 
 
 class EchoModeError(UserError, ValueError):
@@ -175,11 +178,15 @@ class EchoStage(Stage):
         and keeps advancing it, at most ``REFERENCE_WAIT_S``: a frame that times out counts as
         ``echo.reference_late``; a writer that stops (an output stage after a reply) is not waited
         for again until it writes more. Frames held at all count as ``echo.reference_waits``.
+        Nothing is held while ``REFERENCE_BACKLOG_FRAMES`` mic frames queue behind this one
+        (``echo.reference_behind``): the far end's completeness is not worth falling behind for.
         """
         need = self.processor.reads_until(frame)
         reference = self.reference
         have = reference.final_until
         if have >= need or have < need - REFERENCE_LIVE_S or have == self._stalled_at:
+            return
+        if self._backlogged():
             return
         self.metrics.count("echo.reference_waits")
         started = t = now()
@@ -187,7 +194,7 @@ class EchoStage(Stage):
         while t - started < REFERENCE_WAIT_S:
             await asyncio.sleep(REFERENCE_POLL_S)
             have, t = reference.final_until, now()
-            if have >= need:
+            if have >= need or self._backlogged():
                 return
             if have != last:
                 last, last_change = have, t
@@ -195,6 +202,12 @@ class EchoStage(Stage):
                 self._stalled_at = have
                 return
         self.metrics.count("echo.reference_late")
+
+    def _backlogged(self) -> bool:
+        if self.inbox is None or len(self.inbox) < REFERENCE_BACKLOG_FRAMES:
+            return False
+        self.metrics.count("echo.reference_behind")
+        return True
 
     def allow_barge_in(self, started: SpeechStarted) -> bool:
         """``BargeInOptions(allow=...)``: refuse barge-ins the echo explains."""

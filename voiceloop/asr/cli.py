@@ -31,6 +31,11 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
     parser.add_argument("--dtype", default="fp32", choices=("fp32", "bf16", "fp16"))
     parser.add_argument("--int8", action="store_true", help="CPU int8 dynamic quantization of linear layers")
+    parser.add_argument(
+        "--int8-conv",
+        action="store_true",
+        help="with --int8 (implied): the conv feature encoder in int8 too (~8%% faster, slightly less exact)",
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads for the ASR model")
     parser.add_argument("--chunk-s", type=float, default=DEFAULT_WINDOW["chunk_s"], help="streaming chunk C")
     parser.add_argument("--left-s", type=float, default=DEFAULT_WINDOW["left_s"], help="left context L")
@@ -52,7 +57,10 @@ def load_engine(args: argparse.Namespace) -> Wav2Vec2Engine:
         right_s=args.right_s,
         cache_context=not getattr(args, "recompute_context", False),
     )
+    int8_conv = bool(getattr(args, "int8_conv", False))
     if args.backend == "onnx":
+        if int8_conv:
+            raise ValueError("--int8-conv is for the torch backend (the ONNX export keeps its conv in fp32)")
         from .onnx import OnnxCheckpoint
 
         if args.device not in ("auto", "cpu") or args.dtype != "fp32":
@@ -62,7 +70,11 @@ def load_engine(args: argparse.Namespace) -> Wav2Vec2Engine:
         )
         return Wav2Vec2Engine(checkpoint, streaming)
     options = ModelOptions(
-        device=args.device, dtype=args.dtype, quantize="int8" if args.int8 else None, threads=args.threads
+        device=args.device,
+        dtype=args.dtype,
+        quantize="int8" if args.int8 or int8_conv else None,
+        threads=args.threads,
+        int8_conv=int8_conv,
     )
     return Wav2Vec2Engine.from_pretrained(args.model, options, streaming)
 

@@ -29,6 +29,7 @@ from transformers import Wav2Vec2ForCTC, Wav2Vec2Processor
 from ..allocator import tune_for_inference
 from ..errors import UserError
 from .base import DEFAULT_MODEL, conv_frames, normalize_audio
+from .conv_int8 import Int8ConvFeatures
 from .encoder import EncoderResult, EncoderStep, LeanEncoder
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -71,6 +72,11 @@ class ModelOptions:
     dtype: str = "fp32"  # fp32 | bf16 | fp16 (fp16 needs cuda/mps)
     quantize: str | None = None  # None | "int8" (dynamic int8 nn.Linear, CPU only)
     threads: int | None = None  # torch intra-op threads for this model's compute (None: leave as is)
+    #: ASR with quantize="int8": the conv feature encoder's matmuls in int8 too (voiceloop.asr.conv_int8;
+    #: a streaming step ~8 % faster on 2 AVX2 cores). Off by default: it adds ~0.6 % relative error per
+    #: conv layer (5.7 % at the encoder's output on a random large model), and how that moves the real
+    #: checkpoint's CER is unmeasured here (benchmarks/asr_real.py measures it where the weights are).
+    int8_conv: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.device, str) or not _DEVICE_RE.fullmatch(self.device):
@@ -82,6 +88,8 @@ class ModelOptions:
         threads = self.threads
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
             raise ValueError(f"threads must be a positive integer or None, got {self.threads!r}")
+        if self.int8_conv and self.quantize != "int8":
+            raise ValueError("int8_conv=True needs quantize='int8'")
         if self.quantize == "int8":
             if self.device not in ("auto", "cpu"):
                 raise ValueError(f"quantize='int8' runs on the CPU only, not on {self.device!r}")
@@ -161,6 +169,7 @@ class Wav2Vec2Checkpoint:
         sample_rate: int = 16000,
         do_normalize: bool = True,
         threads: int | None = None,
+        int8_conv: bool = False,
     ) -> None:
         self.model = model.eval()
         self.vocab = vocab
@@ -186,6 +195,11 @@ class Wav2Vec2Checkpoint:
         self.num_layers = int(config.num_hidden_layers)
         self.vocab_size = int(config.vocab_size)
         self.encoder = LeanEncoder(model)
+        #: int8 conv feature encoder (``ModelOptions.int8_conv`` on a CPU, per-frame-norm checkpoints)
+        self.int8_conv: Int8ConvFeatures | None = None
+        feature_encoder = model.wav2vec2.feature_extractor
+        if int8_conv and self.device.type == "cpu" and Int8ConvFeatures.supports(feature_encoder, config):
+            self.int8_conv = Int8ConvFeatures(feature_encoder)
 
     @classmethod
     def from_pretrained(
@@ -225,7 +239,15 @@ class Wav2Vec2Checkpoint:
         vocab = Vocabulary.from_processor(processor.tokenizer, size=head, blank_id=pad)
         fe = processor.feature_extractor
         rate, norm, threads = fe.sampling_rate, fe.do_normalize, options.threads
-        return cls(model, vocab, name=name_or_path, sample_rate=rate, do_normalize=norm, threads=threads)
+        return cls(
+            model,
+            vocab,
+            name=name_or_path,
+            sample_rate=rate,
+            do_normalize=norm,
+            threads=threads,
+            int8_conv=options.int8_conv,
+        )
 
     def apply_threads(self) -> None:
         """Set torch's intra-op threads for the calling compute thread (no-op when not configured)."""
@@ -249,6 +271,8 @@ class Wav2Vec2Checkpoint:
         if self.frames_for(len(samples)) == 0:
             return torch.empty(0, self.conv_dim, device=self.device, dtype=self.dtype)
         batch = torch.from_numpy(samples).to(self.device, self.dtype)[None]
+        if self.int8_conv is not None:
+            return self.int8_conv(batch)
         return self.model.wav2vec2.feature_extractor(batch)[0].transpose(0, 1)
 
     @torch.inference_mode()
