@@ -132,16 +132,7 @@ class LeanEncoder:
             else:
                 weight = conv.weight
         self.pos_weight = weight.detach().clone()
-        # the same weights as one matrix per group, [groups, kernel * group_in, group_out], for the
-        # short-window path (see _positional_short)
-        out_ch, group_in, kernel = self.pos_weight.shape
-        per_group = out_ch // conv.groups
-        self.pos_matrix = (
-            self.pos_weight.view(conv.groups, per_group, group_in, kernel)
-            .permute(0, 3, 2, 1)
-            .reshape(conv.groups, kernel * group_in, per_group)
-            .contiguous()
-        )
+        self._pos_matrix: torch.Tensor | None = None  # for the short-window path, made on first use
         self.pos_bias = None if conv.bias is None else conv.bias.detach()
         self.pos_groups = conv.groups
         self.pos_kernel = int(conv.kernel_size[0])
@@ -228,6 +219,20 @@ class LeanEncoder:
             pos = F.conv1d(source, self.pos_weight, self.pos_bias, groups=self.pos_groups)
             pos = pos[0, :, : step.frames].transpose(0, 1)
         return hidden[context:] + self.pos_activation(pos)
+
+    @property
+    def pos_matrix(self) -> torch.Tensor:
+        """The positional conv weights as one matrix per group: ``[groups, kernel * in, out]``."""
+        if self._pos_matrix is None:
+            out_ch, group_in, kernel = self.pos_weight.shape
+            groups = self.pos_groups
+            self._pos_matrix = (
+                self.pos_weight.view(groups, out_ch // groups, group_in, kernel)
+                .permute(0, 3, 2, 1)
+                .reshape(groups, kernel * group_in, out_ch // groups)
+                .contiguous()
+            )
+        return self._pos_matrix
 
     def _positional_short(self, source: torch.Tensor, frames: int) -> torch.Tensor:
         """The grouped positional convolution of a short window as one batched matmul per group.
