@@ -1,11 +1,12 @@
 """Keep freed memory in the process heap while models run on the CPU (glibc only).
 
-Every streaming step allocates and frees the same large buffers (attention inputs, im2col copies,
-conv activations of a few MB each). glibc hands blocks over its mmap threshold straight back to
-the kernel on free, and trims the heap top above its trim threshold, so the next step takes page
-faults on all of it again: ~125,000 faults and 0.4 s of kernel time per 8 s utterance in the
-streaming ASR benchmark, about 10 % of the step time. Fixing both thresholds keeps those blocks in
-the heap for reuse (measured: faults 125k -> 0, RTF 0.39 -> 0.35 on 2 cores).
+Every streaming step allocates and frees buffers of a few MB (attention inputs, conv activations,
+decoder frames). glibc hands blocks over its mmap threshold straight back to the kernel on free,
+and trims the heap top once more than twice the largest block is free, so the next step takes
+page faults on all of it again. Measured (``benchmarks/allocator.py``, side by side, 2 cores):
+streaming TTS 8,500 faults per 5 s reply with glibc's defaults, none tuned (RTF 0.88 -> 0.83,
+within this VM's noise); streaming ASR took 125,000 faults per 8 s utterance before its
+keys/values moved into reusable buffers (RTF 0.39 -> 0.35 then), none either way since.
 
 The price is resident memory: up to ``TRIM_BYTES`` of freed heap is kept instead of returned.
 Set ``VOICELOOP_MALLOC_TUNING=0`` to leave glibc's defaults alone.

@@ -204,6 +204,7 @@ class EchoStage(Stage):
         self.metrics.count("echo.reference_late")
 
     def _backlogged(self) -> bool:
+        """Whether mic frames queue behind the one being held (counted: the hold is skipped)."""
         if self.inbox is None or len(self.inbox) < REFERENCE_BACKLOG_FRAMES:
             return False
         self.metrics.count("echo.reference_behind")
