@@ -100,15 +100,20 @@ def test_several_streams_in_one_call_equal_each_alone(ckpt: Wav2Vec2Checkpoint) 
         torch.testing.assert_close(joint.key_values.tensor, alone.key_values.tensor, rtol=0, atol=1e-5)
 
 
-def test_key_values_keep_the_newest_frames() -> None:
-    older = KeyValues(torch.arange(2 * 2 * 5 * 3, dtype=torch.float32).view(2, 2, 5, 3))
-    newer = KeyValues(-torch.ones(2, 2, 4, 3))
-    joined = older.then(newer, keep=6, room=3)
-    assert joined.room == 3
-    assert joined.frames == 6
-    torch.testing.assert_close(joined.tensor[:, :, :2], older.tensor[:, :, 3:])
-    torch.testing.assert_close(joined.tensor[:, :, 2:], newer.tensor)
-    assert older.then(newer, keep=0).frames == 0
+def test_key_values_keep_the_newest_frames_in_a_buffer_with_room() -> None:
+    values = torch.arange(2 * 2 * 8 * 3, dtype=torch.float32).view(2, 2, 8, 3)
+    past = KeyValues(values, frames=6)  # 6 frames, room for 2
+    assert (past.frames, past.room) == (6, 2)
+    assert past.with_room(2) is past  # enough room: the same buffer
+    grown = past.with_room(5)
+    assert (grown.frames, grown.room) == (6, 5)
+    torch.testing.assert_close(grown.tensor, values[:, :, :6])
+    kept = past.prefix(5).newest(3, room=4)  # frames 2..4, copied
+    assert (kept.frames, kept.room) == (3, 4)
+    torch.testing.assert_close(kept.tensor, values[:, :, 2:5])
+    values.zero_()  # a copy: the source buffer can be reused
+    assert kept.tensor.abs().sum() > 0
+    assert past.newest(0).frames == 0 and past.prefix(99).frames == 6
 
 
 def test_cached_streaming_encodes_only_new_frames_and_keeps_l_frames_of_context(

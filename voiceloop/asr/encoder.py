@@ -65,11 +65,6 @@ class KeyValues:
         buffer[:, :, :keep] = self.buffer[:, :, self.frames - keep : self.frames]
         return KeyValues(buffer, keep)
 
-    def then(self, later: KeyValues, keep: int, room: int = 0) -> KeyValues:
-        """These frames followed by ``later``, cut to the last ``keep`` frames (a fresh buffer)."""
-        joined = KeyValues(torch.cat([self.tensor, later.tensor], dim=2))
-        return joined.newest(keep, room)
-
     def with_room(self, frames: int) -> KeyValues:
         """These frames in a buffer with room for ``frames`` more (this one when it has the room)."""
         return self if self.room >= frames else self.newest(self.frames, room=frames)
