@@ -41,3 +41,24 @@ def test_tuned_heap_reuses_freed_blocks_instead_of_faulting_them_in_again() -> N
     assert untouched == "False"
     # glibc's defaults trim the heap top (> 2x the largest block) after each step and fault it in again
     assert default_faults > 10_000
+
+
+def test_frozen_heap_skips_what_exists_and_still_collects_new_garbage() -> None:
+    import gc
+    import weakref
+
+    from voiceloop.allocator import frozen_heap
+
+    class Node:
+        pass
+
+    before = gc.get_freeze_count()
+    with frozen_heap():
+        assert gc.get_freeze_count() > before  # the imported modules and everything else so far
+        cycle = Node()
+        cycle.self = cycle  # garbage only the cyclic GC can free, made while frozen
+        alive = weakref.ref(cycle)
+        del cycle
+        gc.collect()
+        assert alive() is None
+    assert gc.get_freeze_count() == 0

@@ -9,6 +9,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from .allocator import frozen_heap
 from .errors import UserError
 
 SPEAKER_BARGE_IN_MS = 300  # chat with echo handling: speech needed before a barge-in (see cmd_chat)
@@ -127,7 +128,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     view = _view(args)
     view.attach(pipeline)
     try:
-        with view:
+        with view, frozen_heap():
             run(pipeline.run(), clock="real" if args.realtime else "fast")
     finally:
         summary = metrics.close()
@@ -170,7 +171,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
     view = _view(args)
     view.attach(pipeline)
     try:
-        with view:
+        with view, frozen_heap():
             run(pipeline.run(), clock="real")
     except KeyboardInterrupt:
         pass  # Ctrl-C is how a chat ends
@@ -240,7 +241,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             await server.stop()
 
     try:
-        asyncio.run(main())
+        with frozen_heap():
+            asyncio.run(main())
     except KeyboardInterrupt:
         pass  # Ctrl-C is how a server ends
     finally:
