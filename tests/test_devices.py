@@ -128,6 +128,8 @@ async def test_mic_drops_oldest_when_the_loop_stalls(pulse: Pulse) -> None:
     metrics = await task
     frames = [f for f in sink.frames if isinstance(f, AudioFrame)]
     assert mic.dropped > 0 and metrics.counters["dropped.mic"] == mic.dropped
+    # the stall is visible as such: blocks captured during it waited (about) that long for the loop
+    assert metrics.gauges["mic.handoff_max_ms"] >= 300
     seqs = [f.seq for f in frames]
     assert any(b - a > 1 for a, b in itertools.pairwise(seqs)), "dropped audio leaves a seq gap"
     # capture times stay on the device's timeline across the gap

@@ -78,6 +78,9 @@ class MicSource(Stage):
         #: capture blocks dropped because the pipeline fell behind; PortAudio status flags seen
         self.dropped = 0
         self.xruns = 0
+        #: longest wait of a captured block for the event loop (gauge ``mic.handoff_max_ms``): a
+        #: stalled loop shows here before the buffer overflows into ``dropped.mic``
+        self.handoff_max_s = 0.0
         self._watch: StreamWatch | None = None
         self._blocks: deque[tuple[bytes, float]] = deque()
         self._wake = asyncio.Event()
@@ -133,6 +136,11 @@ class MicSource(Stage):
 
     # -- event loop ------------------------------------------------------------------------
     def _put(self, block: bytes, t: float, xrun: bool) -> None:
+        waited = time.monotonic() - t
+        if waited > self.handoff_max_s:
+            self.handoff_max_s = waited
+            if self.pipeline is not None:
+                self.metrics.gauge("mic.handoff_max_ms", round(waited * 1000))
         if xrun:
             self.xruns += 1
             self._count("xruns.mic")
