@@ -33,7 +33,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -54,6 +53,7 @@ from voiceloop.asr.finetune import char_error_rate  # noqa: E402
 from voiceloop.asr.model import ModelOptions, Vocabulary, Wav2Vec2Checkpoint  # noqa: E402
 from voiceloop.asr.streaming import StreamingOptions, StreamState, Wav2Vec2Engine  # noqa: E402
 from voiceloop.audio import int16_to_float  # noqa: E402
+from voiceloop.quantize import int8_linears  # noqa: E402
 
 RATE = 16_000
 HOP = 320  # one 20 ms frame at 16 kHz: what the session is fed, and the model's frame rate
@@ -213,10 +213,7 @@ def build_checkpoints(precisions: list[str], seed: int, threads: int) -> dict[st
 
 def quantize_int8(model: nn.Module) -> nn.Module:
     """Dynamic int8 ``nn.Linear`` like ``ModelOptions(quantize="int8")`` (its deprecation warnings muted)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        warnings.filterwarnings("ignore", ".*quantized tensor creation functions", UserWarning)
-        return torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8, inplace=True)
+    return int8_linears(model)
 
 
 # -- paced streaming simulation ----------------------------------------------------------------------

@@ -14,11 +14,11 @@ default model's) take this path; it rounds activations to 8 bits per call as the
 
 from __future__ import annotations
 
-import warnings
-
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ..quantize import int8_linears
 
 
 class Int8ConvFeatures:
@@ -37,7 +37,8 @@ class Int8ConvFeatures:
                 linear.weight.copy_(conv.weight.permute(0, 2, 1).reshape(out_ch, kernel * in_ch))
                 if conv.bias is not None:
                     linear.bias.copy_(conv.bias)
-            self.layers.append((_quantized(linear), layer.layer_norm, kernel, stride, layer.activation))
+            quantized = int8_linears(nn.Sequential(linear))[0]
+            self.layers.append((quantized, layer.layer_norm, kernel, stride, layer.activation))
 
     @staticmethod
     def supports(feature_encoder: nn.Module, config: object) -> bool:
@@ -58,13 +59,3 @@ class Int8ConvFeatures:
                 F.layer_norm(linear(rows), norm.normalized_shape, norm.weight, norm.bias, norm.eps)
             )
         return x
-
-
-def _quantized(linear: nn.Linear) -> nn.Module:
-    with warnings.catch_warnings():  # quantize_dynamic and qint8 tensors are deprecated (torchao)
-        warnings.simplefilter("ignore", DeprecationWarning)
-        warnings.filterwarnings("ignore", ".*quantized tensor creation functions", UserWarning)
-        wrapped = torch.ao.quantization.quantize_dynamic(
-            nn.Sequential(linear), {nn.Linear}, dtype=torch.qint8
-        )
-    return wrapped[0]

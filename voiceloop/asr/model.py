@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,11 +22,11 @@ import transformers
 from huggingface_hub import HfApi
 from huggingface_hub.errors import HfHubHTTPError, HFValidationError
 from packaging.version import Version
-from torch import nn
 from transformers import Wav2Vec2ForCTC, Wav2Vec2Processor
 
 from ..allocator import tune_for_inference
 from ..errors import UserError
+from ..quantize import int8_linears
 from .base import DEFAULT_MODEL, conv_frames, normalize_audio
 from .conv_int8 import Int8ConvFeatures
 from .encoder import EncoderResult, EncoderStep, LeanEncoder
@@ -231,10 +230,7 @@ class Wav2Vec2Checkpoint:
         _check_loading_info(name_or_path, info)
         model = model.to(device).eval().requires_grad_(False)
         if options.quantize == "int8":
-            with warnings.catch_warnings():  # quantize_dynamic and qint8 tensors are deprecated (torchao)
-                warnings.simplefilter("ignore", DeprecationWarning)
-                warnings.filterwarnings("ignore", ".*quantized tensor creation functions", UserWarning)
-                torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8, inplace=True)
+            int8_linears(model)
         head, pad = model.config.vocab_size, model.config.pad_token_id
         vocab = Vocabulary.from_processor(processor.tokenizer, size=head, blank_id=pad)
         fe = processor.feature_extractor

@@ -12,7 +12,6 @@ from __future__ import annotations
 import inspect
 import json
 import os
-import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +27,7 @@ from transformers.generation import TopKLogitsWarper, TopPLogitsWarper
 
 from ...asr.model import ModelOptions
 from ...compute import CancelToken
+from ...quantize import int8_linears
 from . import assets
 from .assets import AssetError, check_keys, load_strict
 from .gpt_onnx import OrtHeads, OrtLlama
@@ -196,10 +196,7 @@ class ChatTtsGpt:
         if backend == "onnx":  # from the float weights, before torch quantizes them in place
             graph = OrtLlama(model, quantize=options.quantize, threads=options.threads)
         if options.quantize == "int8":
-            with warnings.catch_warnings():  # quantize_dynamic is deprecated in favour of torchao
-                warnings.simplefilter("ignore", DeprecationWarning)
-                warnings.filterwarnings("ignore", ".*quantized tensor creation functions", UserWarning)
-                torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8, inplace=True)
+            int8_linears(model)
         if graph is not None:
             model = graph.with_batched(model)  # torch keeps the multi-session steps (forward_rows)
         embed = Embed(
