@@ -53,7 +53,7 @@ from voiceloop.asr.finetune import char_error_rate  # noqa: E402
 from voiceloop.asr.model import ModelOptions, Vocabulary, Wav2Vec2Checkpoint  # noqa: E402
 from voiceloop.asr.streaming import StreamingOptions, StreamState, Wav2Vec2Engine  # noqa: E402
 from voiceloop.audio import int16_to_float  # noqa: E402
-from voiceloop.quantize import int8_linears  # noqa: E402
+from voiceloop.quantize import int8_engine, int8_linears  # noqa: E402
 
 RATE = 16_000
 HOP = 320  # one 20 ms frame at 16 kHz: what the session is fed, and the model's frame rate
@@ -196,6 +196,8 @@ def build_checkpoints(precisions: list[str], seed: int, threads: int) -> dict[st
             variant = copy.deepcopy(model).to(torch.bfloat16)
         elif precision in ("int8", "int8-conv"):  # int8-conv: ModelOptions(int8_conv=True)
             variant = quantize_int8(copy.deepcopy(model))
+        elif precision.startswith("int8-") and precision[5:] in torch.backends.quantized.supported_engines:
+            variant = quantize_int8(copy.deepcopy(model), engine=precision[5:])  # int8-fbgemm etc.
         elif precision.startswith("cuda-"):  # cuda-fp32 / cuda-fp16 / cuda-bf16 on a GPU
             dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision[5:]]
             variant = copy.deepcopy(model).to("cuda", dtype)
@@ -211,9 +213,9 @@ def build_checkpoints(precisions: list[str], seed: int, threads: int) -> dict[st
     return out
 
 
-def quantize_int8(model: nn.Module) -> nn.Module:
-    """Dynamic int8 ``nn.Linear`` like ``ModelOptions(quantize="int8")`` (its deprecation warnings muted)."""
-    return int8_linears(model)
+def quantize_int8(model: nn.Module, engine: str | None = None) -> nn.Module:
+    """Dynamic int8 ``nn.Linear`` as ``ModelOptions(quantize="int8")``; ``engine`` forces a backend."""
+    return int8_linears(model, rows=44, engine=engine)
 
 
 # -- paced streaming simulation ----------------------------------------------------------------------
@@ -615,6 +617,7 @@ def machine_info() -> dict[str, Any]:
         "git_commit": commit,
         "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"),
         "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "int8_engine": int8_engine(),
         "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
         "cpu_flags_simd": sorted(f for f in cpu_flags() if f.startswith(("avx", "amx", "fma"))),
         "loadavg_start": os.getloadavg(),

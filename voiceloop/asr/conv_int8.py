@@ -37,7 +37,7 @@ class Int8ConvFeatures:
                 linear.weight.copy_(conv.weight.permute(0, 2, 1).reshape(out_ch, kernel * in_ch))
                 if conv.bias is not None:
                     linear.bias.copy_(conv.bias)
-            quantized = int8_linears(nn.Sequential(linear))[0]
+            quantized = int8_linears(nn.Sequential(linear), rows=400)[0]
             self.layers.append((quantized, layer.layer_norm, kernel, stride, layer.activation))
 
     @staticmethod

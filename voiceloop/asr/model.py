@@ -230,7 +230,7 @@ class Wav2Vec2Checkpoint:
         _check_loading_info(name_or_path, info)
         model = model.to(device).eval().requires_grad_(False)
         if options.quantize == "int8":
-            int8_linears(model)
+            int8_linears(model, rows=44)  # a streaming step encodes C + R frames (44 by default)
         head, pad = model.config.vocab_size, model.config.pad_token_id
         vocab = Vocabulary.from_processor(processor.tokenizer, size=head, blank_id=pad)
         fe = processor.feature_extractor

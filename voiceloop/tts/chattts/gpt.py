@@ -196,7 +196,7 @@ class ChatTtsGpt:
         if backend == "onnx":  # from the float weights, before torch quantizes them in place
             graph = OrtLlama(model, quantize=options.quantize, threads=options.threads)
         if options.quantize == "int8":
-            int8_linears(model)
+            int8_linears(model, rows=1)  # one token per step
         if graph is not None:
             model = graph.with_batched(model)  # torch keeps the multi-session steps (forward_rows)
         embed = Embed(
