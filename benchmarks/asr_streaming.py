@@ -194,7 +194,7 @@ def build_checkpoints(precisions: list[str], seed: int, threads: int) -> dict[st
             variant = model
         elif precision == "bf16":
             variant = copy.deepcopy(model).to(torch.bfloat16)
-        elif precision in ("int8", "int8-conv"):  # int8-conv: ModelOptions(int8_conv=True)
+        elif precision in ("int8", "int8-conv", "int8-stockconv"):  # int8-conv: ModelOptions(int8_conv=True)
             variant = quantize_int8(copy.deepcopy(model))
         elif precision.startswith("int8-") and precision[5:] in torch.backends.quantized.supported_engines:
             variant = quantize_int8(copy.deepcopy(model), engine=precision[5:])  # int8-fbgemm etc.
@@ -210,6 +210,8 @@ def build_checkpoints(precisions: list[str], seed: int, threads: int) -> dict[st
             threads=threads,
             int8_conv=precision == "int8-conv",
         )
+        if precision.endswith("stockconv"):  # the transformers conv module instead of the matmuls
+            out[precision].matmul_conv = None
     return out
 
 

@@ -74,7 +74,7 @@ def test_window_and_context_flags_reach_the_engine(tmp_path) -> None:
     assert not recompute.caches_context
     assert (recompute.options.chunk_s, recompute.options.right_s) == (0.32, 0.16)
     int8_conv = load_engine(parser.parse_args(["--model", str(model), "--int8-conv"]))
-    assert int8_conv.checkpoint.int8_conv is not None  # implies --int8
-    assert default.checkpoint.int8_conv is None
+    assert int8_conv.checkpoint.matmul_conv.int8  # implies --int8
+    assert not default.checkpoint.matmul_conv.int8
     for engine in (default, recompute, int8_conv):
         engine.lane.close()

@@ -111,7 +111,8 @@ def test_encode_layers_use_transformers_hidden_state_numbering(
         log_probs, state = ckpt.encode(hidden, layer=layer)
         torch.testing.assert_close(log_probs, plain, rtol=0, atol=0)
         assert state is not None and state.dtype == torch.float32 and state.device.type == "cpu"
-        torch.testing.assert_close(state, reference[layer][0], rtol=0, atol=1e-6)
+        # 1e-5: the conv features are matmuls here (float summation order), the stock module's convs there
+        torch.testing.assert_close(state, reference[layer][0], rtol=0, atol=1e-5)
     for bad in (3, -4, 1.0, True):
         with pytest.raises(ValueError, match="layer"):
             ckpt.encode(hidden, layer=bad)  # type: ignore[arg-type]
@@ -186,12 +187,11 @@ def test_int8_conv_runs_the_conv_feature_encoder_as_int8_matmuls(
 ) -> None:
     options = ModelOptions(quantize="int8", int8_conv=True)
     int8 = Wav2Vec2Checkpoint.from_pretrained(str(dirs["2021"]), options)
-    assert int8.int8_conv is not None
-    assert (
-        Wav2Vec2Checkpoint.from_pretrained(str(dirs["2021"]), ModelOptions(quantize="int8")).int8_conv is None
-    )
+    assert int8.matmul_conv is not None and int8.matmul_conv.int8
+    plain = Wav2Vec2Checkpoint.from_pretrained(str(dirs["2021"]), ModelOptions(quantize="int8"))
+    assert plain.matmul_conv is not None and not plain.matmul_conv.int8
     quantized = torch.ao.nn.quantized.dynamic.Linear
-    assert all(isinstance(layer[0], quantized) for layer in int8.int8_conv.layers)
+    assert all(isinstance(layer[0], quantized) for layer in int8.matmul_conv.layers)
     samples = int8.normalize(audio)
     features = int8.conv_features(samples)
     stock = ckpt.conv_features(samples)
@@ -200,6 +200,25 @@ def test_int8_conv_runs_the_conv_feature_encoder_as_int8_matmuls(
     for n in (0, 399, 400, 401, 1234):  # edges: no frame, one frame, ragged
         assert int8.conv_features(samples[:n]).shape == ckpt.conv_features(samples[:n]).shape
     assert np.abs(int8.log_probs(audio) - ckpt.log_probs(audio)).max() < 0.2
+
+
+def test_float_conv_features_run_as_matmuls_with_the_stock_result(
+    dirs: dict[str, Path], ckpt: Wav2Vec2Checkpoint, audio: np.ndarray
+) -> None:
+    assert ckpt.matmul_conv is not None and not ckpt.matmul_conv.int8
+    samples = ckpt.normalize(audio)
+    stock_module = ckpt.model.wav2vec2.feature_extractor
+    for n in (0, 399, 400, 401, 1234, len(samples)):  # edges: no frame, one frame, ragged, whole
+        batch = torch.from_numpy(np.ascontiguousarray(samples[:n]))[None]
+        ours = ckpt.conv_features(samples[:n])
+        if ours.shape[0] == 0:
+            assert ckpt.frames_for(n) == 0
+            continue
+        with torch.inference_mode():
+            stock = stock_module(batch)[0].transpose(0, 1)
+        torch.testing.assert_close(ours, stock, atol=1e-4, rtol=1e-4)
+    group = Wav2Vec2Checkpoint.from_pretrained(str(dirs["group"]))
+    assert group.matmul_conv is None  # GroupNorm over time: the stock module
 
 
 @pytest.mark.parametrize(

@@ -28,7 +28,7 @@ from ..allocator import tune_for_inference
 from ..errors import UserError
 from ..quantize import int8_linears
 from .base import DEFAULT_MODEL, conv_frames, normalize_audio
-from .conv_int8 import Int8ConvFeatures
+from .conv_features import MatmulConvFeatures
 from .encoder import EncoderResult, EncoderStep, LeanEncoder
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -71,7 +71,7 @@ class ModelOptions:
     dtype: str = "fp32"  # fp32 | bf16 | fp16 (fp16 needs cuda/mps)
     quantize: str | None = None  # None | "int8" (dynamic int8 nn.Linear, CPU only)
     threads: int | None = None  # torch intra-op threads for this model's compute (None: leave as is)
-    #: ASR with quantize="int8": the conv feature encoder's matmuls in int8 too (voiceloop.asr.conv_int8;
+    #: ASR with quantize="int8": the conv feature encoder's matmuls in int8 too (asr/conv_features.py;
     #: a streaming step ~8 % faster on 2 AVX2 cores). Off by default: it adds ~0.6 % relative error per
     #: conv layer (5.7 % at the encoder's output on a random large model), and how that moves the real
     #: checkpoint's CER is unmeasured here (benchmarks/asr_real.py measures it where the weights are).
@@ -194,11 +194,12 @@ class Wav2Vec2Checkpoint:
         self.num_layers = int(config.num_hidden_layers)
         self.vocab_size = int(config.vocab_size)
         self.encoder = LeanEncoder(model)
-        #: int8 conv feature encoder (``ModelOptions.int8_conv`` on a CPU, per-frame-norm checkpoints)
-        self.int8_conv: Int8ConvFeatures | None = None
+        #: the conv feature encoder as time-major matmuls (CPU, per-frame-norm checkpoints), int8
+        #: with ``ModelOptions.int8_conv``; None: the stock module
+        self.matmul_conv: MatmulConvFeatures | None = None
         feature_encoder = model.wav2vec2.feature_extractor
-        if int8_conv and self.device.type == "cpu" and Int8ConvFeatures.supports(feature_encoder, config):
-            self.int8_conv = Int8ConvFeatures(feature_encoder)
+        if self.device.type == "cpu" and MatmulConvFeatures.supports(feature_encoder, config):
+            self.matmul_conv = MatmulConvFeatures(feature_encoder, int8=int8_conv)
 
     @classmethod
     def from_pretrained(
@@ -267,8 +268,8 @@ class Wav2Vec2Checkpoint:
         if self.frames_for(len(samples)) == 0:
             return torch.empty(0, self.conv_dim, device=self.device, dtype=self.dtype)
         batch = torch.from_numpy(samples).to(self.device, self.dtype)[None]
-        if self.int8_conv is not None:
-            return self.int8_conv(batch)
+        if self.matmul_conv is not None:
+            return self.matmul_conv(batch)
         return self.model.wav2vec2.feature_extractor(batch)[0].transpose(0, 1)
 
     @torch.inference_mode()
