@@ -27,7 +27,10 @@ from ..quantize import int8_linears
 
 
 class MatmulConvFeatures:
-    """Shares the checkpoint's norms and activations; holds matmul copies of conv layers 1..n."""
+    """Shares the checkpoint's norms and activations; holds matmul copies of conv layers 1..n.
+
+    The copies are taken once, here: after training the conv layers, load a new checkpoint.
+    """
 
     def __init__(self, feature_encoder: nn.Module, *, int8: bool = False) -> None:
         layers = list(feature_encoder.conv_layers)
