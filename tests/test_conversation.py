@@ -224,3 +224,27 @@ def test_barge_in_min_speech_ignores_short_backchannels_and_cuts_long_speech() -
     assert interruptions[0].time - origin == pytest.approx(4.5 + 0.6, abs=0.03)
     with pytest.raises(ValueError):
         BargeInOptions(min_speech_ms=-1)
+
+
+@pytest.mark.parametrize(
+    ("chunk_delay", "gaps_per_reply"),
+    [(0.05, 0), (0.15, 3)],  # 0.1 s chunks made every 0.05 s keep ahead; every 0.15 s, 3 of 4 come late
+)
+def test_a_paced_sink_counts_gaps_inside_a_reply_as_underruns(
+    chunk_delay: float, gaps_per_reply: int
+) -> None:
+    """The simulated device hears what a speaker would: a reply's audio arriving late is a gap;
+    the silence between replies is not."""
+
+    def handler(text: str) -> str:
+        return "你好你好"  # 0.4 s of audio in 0.1 s chunks
+
+    sink = PacedSink(24_000)
+    tts = FakeTts(chunk_delay=chunk_delay)
+    metrics = Metrics()
+    pipeline, _, _, _ = build(handler, [(0.5, 1.0), (3.0, 3.5)], 6.0, tts=tts, sink=sink, metrics=metrics)
+    run(pipeline.run(), clock="virtual")
+    assert len(metrics.finished) == 2
+    assert sink.underruns == metrics.counters["underruns"] == 2 * gaps_per_reply
+    # each late chunk leaves chunk_delay - 0.1 s of silence before it
+    assert sink.underrun_samples == pytest.approx(sink.underruns * (chunk_delay - 0.1) * 24_000, abs=2)

@@ -60,13 +60,29 @@ class PacedSink(AudioSink):
 
     It plays ``sample_rate`` samples per clock second, silence when empty, and holds at most
     ``buffer_s`` seconds (plus one write) before ``write`` waits. Under a virtual clock it makes
-    output timing exact and deterministic; file sinks build on it.
+    output timing exact and deterministic; file sinks build on it. Like the speaker, it counts
+    an *underrun* (``underruns``, ``underrun_samples``) when a reply's audio arrives after what was
+    written before it has finished playing: a gap a listener hears. A reply plays from its first
+    write until :meth:`drain` or :meth:`flush`; silence between replies is no underrun.
     """
+
+    #: later than this is a gap (a live device's callback granularity hides less than a block)
+    UNDERRUN_TOLERANCE_S = 0.002
 
     def __init__(self, sample_rate: int, *, buffer_s: float = 0.2) -> None:
         self.sample_rate = sample_rate
         self.buffer_s = buffer_s
         self._end = 0.0  # clock time at which the last written sample has been played
+        self._playing = False  # a reply is in progress: running dry now is an underrun
+        self.underruns = 0
+        self.underrun_samples = 0
+        self.metrics: Metrics | None = None
+
+    def bind_metrics(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def counters(self) -> dict[str, int]:
+        return {"underruns": self.underruns, "underrun_samples": self.underrun_samples}
 
     def _lead(self) -> float:
         return max(0.0, self._end - now())
@@ -75,14 +91,23 @@ class PacedSink(AudioSink):
         lead = self._lead()
         if lead > self.buffer_s:
             await asyncio.sleep(lead - self.buffer_s)
-        start = max(self._end, now())
+        at = now()
+        gap = at - self._end
+        if self._playing and gap > self.UNDERRUN_TOLERANCE_S:
+            self.underruns += 1
+            self.underrun_samples += round(gap * self.sample_rate)
+            if self.metrics is not None:
+                self.metrics.count("underruns")
+        start = max(self._end, at)
         self._end = start + len(samples) / self.sample_rate
+        self._playing = True
         self._played(start, samples)
         return start
 
     def flush(self) -> int:
         dropped = round(self._lead() * self.sample_rate)
         self._end = min(self._end, now())
+        self._playing = False
         self._flushed(now())
         return dropped
 
@@ -93,6 +118,7 @@ class PacedSink(AudioSink):
         lead = self._lead()
         if lead > 0:
             await asyncio.sleep(lead)
+        self._playing = False
 
     def _played(self, start: float, samples: np.ndarray) -> None:
         """Hook: ``samples`` will play from clock time ``start``."""
