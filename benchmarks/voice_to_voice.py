@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import platform
@@ -207,6 +208,11 @@ def main() -> None:
     )
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda (precision auto: AUTO_PRECISION)")
     parser.add_argument("--cache", type=Path, default=HERE / ".cache")
+    parser.add_argument(
+        "--tts-start",
+        default="fast",
+        help="fast | smooth | fast,smooth: when a reply's first audio plays (LoopOptions.tts_start)",
+    )
     parser.add_argument("--out", type=Path, default=HERE / "results" / "voice_to_voice.json")
     args = parser.parse_args()
     asr_root, tts_root = random_asr(args.cache), random_tts(args.cache)
@@ -232,9 +238,10 @@ def main() -> None:
         if args.end_silence_ms:
             silences = [int(x) for x in args.end_silence_ms.split(",")]
         for silence in silences:
-            for preemptive in args.preemptive.split(","):
+            for preemptive, start in itertools.product(args.preemptive.split(","), args.tts_start.split(",")):
                 options.vad = replace(options.vad, end_silence_ms=silence)
                 options.preemptive = preemptive == "on"
+                options.tts_start = engines.tts.options.start = start  # type: ignore[assignment]
                 for path in args.paths.split(","):
                     handler = Echo(raw=args.raw_echo)
                     if path == "file":
@@ -243,7 +250,7 @@ def main() -> None:
                         echo = "auto" if "echo" in path else "off"
                         metrics = run_pulse(engines, options, audio, handler, echo)
                     row = {"precision": precision, "path": path, "end_silence_ms": silence}
-                    row["preemptive"] = options.preemptive
+                    row["preemptive"], row["tts_start"] = options.preemptive, start
                     row.update({"skipped": metrics} if isinstance(metrics, str) else summarise(metrics))
                     print(row, file=sys.stderr)
                     rows.append(row)
@@ -252,11 +259,12 @@ def main() -> None:
     from rich.table import Table
 
     table = Table(title="Voice-to-voice (end of speech → first bot sample played), seconds p50 / p95")
-    for column in ["precision", "path", "end_silence_ms", "preemptive", "turns", *STAGES]:
+    for column in ["precision", "path", "end_silence_ms", "preemptive", "tts_start", "turns", *STAGES]:
         table.add_column(column.replace("_", " "))
     for row in rows:
         cells = [row["precision"], row["path"], str(row.get("end_silence_ms", ""))]
         cells.append("on" if row.get("preemptive") else "off")
+        cells.append(str(row.get("tts_start", "fast")))
         cells.append(str(row.get("turns", row.get("skipped", ""))))
         for name in STAGES:
             value = row.get(name)

@@ -36,6 +36,9 @@ class LoopOptions:
     asr_backend: str = "torch"  # torch | onnx
     tts: str = DEFAULT_TTS
     tts_backend: str = "auto"  # the GPT's: auto (onnxruntime on CPUs when installed) | torch | onnx
+    #: fast: each reply's audio as soon as it is decoded; smooth: its start waits until the rest
+    #: can follow without gaps (ChatTtsOptions.start; worth it below ~2x real-time synthesis)
+    tts_start: str = "fast"
     voice: str | None = None  # seed:N | name | speaker string | file; None: one random voice per session
     precision: str = "auto"  # auto: int8 on CPU (the only way near real time there); CUDA: AUTO_PRECISION
     device: str = "auto"
@@ -62,6 +65,8 @@ class LoopOptions:
             raise ValueError(f"asr_backend must be torch or onnx, got {self.asr_backend!r}")
         if self.tts_backend not in ("auto", "torch", "onnx"):
             raise ValueError(f"tts_backend must be auto, torch or onnx, got {self.tts_backend!r}")
+        if self.tts_start not in ("fast", "smooth"):
+            raise ValueError(f"tts_start must be fast or smooth, got {self.tts_start!r}")
 
 
 #: precision="auto" per engine and device. CUDA (H200, benchmarks/gpu.sh): the ASR's steps take
@@ -143,7 +148,11 @@ def _load_engines(options: LoopOptions) -> Engines:
         asr_model = model_options(options.device, options.precision, options.asr_threads)
         asr = Wav2Vec2Engine.from_pretrained(options.asr, asr_model)
     tts_model = model_options(options.device, options.precision, options.tts_threads, engine="tts")
-    tts_options = ChatTtsOptions(model=tts_model, gpt_backend=options.tts_backend)
+    tts_options = ChatTtsOptions(
+        model=tts_model,
+        gpt_backend=options.tts_backend,
+        start=options.tts_start,  # type: ignore[arg-type]  # checked by LoopOptions
+    )
     tts = ChatTts.from_pretrained(options.tts, tts_options)
     if options.voice is not None:
         tts.speaker(options.voice)  # fail now, not at the first reply

@@ -32,6 +32,13 @@ def add_loop_arguments(parser: argparse.ArgumentParser) -> None:
         default="auto",
         help="the TTS GPT's runtime; auto (default): onnxruntime on CPUs (1.5x faster steps), else torch",
     )
+    parser.add_argument(
+        "--tts-start",
+        choices=("fast", "smooth"),
+        default="fast",
+        help="fast (default): a reply plays as soon as its first audio is decoded; smooth: it waits "
+        "until the rest can follow without gaps (for CPUs that synthesize below ~2x real time)",
+    )
     parser.add_argument("--voice", help="seed:N | a saved voice name | a speaker string | a file holding one")
     parser.add_argument(
         "--precision",
@@ -75,6 +82,7 @@ def loop_options(args: argparse.Namespace):
         asr_backend=args.asr_backend,
         tts=args.tts,
         tts_backend=args.tts_backend,
+        tts_start=args.tts_start,
         voice=args.voice,
         precision=args.precision,
         device=args.device,

@@ -30,6 +30,7 @@ from .gpt import REFINE_SAMPLING, ChatTtsGpt, SamplingOptions
 from .gpt_onnx import OrtLlama
 from .llama import KvCache, LeanLlama
 from .normalize import normalize, split_sentences
+from .play_through import PlayThrough
 from .speaker import SpeakerStats, VoiceStore, decode_speaker, resolve_voice, sample_speaker
 from .stream_decode import StreamDecodeOptions, StreamingDecoder, WaveDecoder
 from .vocos import Vocos
@@ -61,6 +62,10 @@ class ChatTtsOptions:
     #: the GPT's transformer: "onnx" (onnxruntime, CPU fp32/int8: 1.6x faster per step than torch
     #: int8), "torch", or "auto" = onnx on the CPU when onnxruntime is installed, torch elsewhere
     gpt_backend: Literal["auto", "torch", "onnx"] = "auto"
+    #: "fast": every piece as soon as it is decoded (first audio earliest; below ~2x real time the
+    #: first pieces leave gaps). "smooth": a reply's first audio waits until the measured speed says
+    #: the rest can follow without gaps (voiceloop/tts/chattts/play_through.py), at most 1 s.
+    start: Literal["fast", "smooth"] = "fast"
 
     def __post_init__(self) -> None:
         if self.decoder not in ("hidden", "dvae"):
@@ -69,6 +74,8 @@ class ChatTtsOptions:
             raise ValueError("max_sentence_chars must be >= 8")
         if self.gpt_backend not in ("auto", "torch", "onnx"):
             raise ValueError(f"gpt_backend must be auto, torch or onnx, got {self.gpt_backend!r}")
+        if self.start not in ("fast", "smooth"):
+            raise ValueError(f"start must be fast or smooth, got {self.start!r}")
 
     def resolved_gpt_backend(self) -> str:
         """``gpt_backend`` with "auto" decided for this machine and these model options."""
@@ -206,23 +213,34 @@ class ChatTts(TtsEngine):
                 forward=self._forward,
             )
             sentences = [r for r in refined if _speakable(r)]
+        gate = None
+        if self.options.start == "smooth":
+            gate = PlayThrough(
+                self.options.stream, step_audio_s=1 / STEPS_PER_SECOND, sample_rate=SAMPLE_RATE
+            )
         for index, sentence in enumerate(sentences):
             sampling = replace(self.options.sampling, seed=None if seed is None else seed + index)
             prompt = self.gpt.code_prompt([sentence], speaker, self.options.speed_prompt)
             decoder = StreamingDecoder(self._decode_fn(), self.options.stream)
+            first = True
             for step in self.gpt.generate(prompt, sampling, cancel=cancel, forward=self._forward):
+                if first and gate is not None:
+                    gate.sentence()  # after the prompt's prefill: the per-step cost starts here
+                first = False
                 if not bool(step.alive[0]):
                     break
                 item = step.hidden[0] if self.options.decoder == "hidden" else step.tokens[0]
-                for piece in decoder.push(item[None]):
+                pieces = decoder.push(item[None])
+                for piece in pieces if gate is None else gate.step(pieces):
                     yield _to_int16(piece)
                 if cancel is not None and cancel.cancelled:
                     return
             if cancel is not None and cancel.cancelled:
                 return
-            tail = decoder.finish()
-            if len(tail):
-                yield _to_int16(tail)
+            tail = [decoder.finish()]
+            for piece in tail if gate is None else gate.flush(tail):
+                if len(piece):
+                    yield _to_int16(piece)
 
     def synthesize(
         self,

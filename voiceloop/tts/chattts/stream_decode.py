@@ -81,6 +81,15 @@ def exact_context(mel_decoder: Any, vocos: Any) -> int:
     return (frames + 1) // 2
 
 
+def piece_size(options: StreamDecodeOptions, index: int) -> int:
+    """Steps in piece ``index`` (0 = the first) of an utterance's schedule."""
+    if index == 0:
+        return options.first_chunk
+    if not options.grow:
+        return options.chunk
+    return min(options.chunk, max(options.first_chunk, options.first_chunk << min(index, 30)))
+
+
 class StreamingDecoder:
     """Turns per-step items pushed as they are generated into float32 wave pieces.
 
@@ -136,11 +145,8 @@ class StreamingDecoder:
         return pieces
 
     def next_chunk(self) -> int:
-        """Size in steps of the piece after the ones scheduled so far."""
-        opts = self.options
-        if not opts.grow:
-            return opts.chunk
-        return min(opts.chunk, max(opts.first_chunk, opts.first_chunk << min(self._pieces, 30)))
+        """Size in steps of the piece after the ones scheduled so far (the schedule: :func:`piece_size`)."""
+        return piece_size(self.options, max(self._pieces, 1))
 
     def finish(self) -> np.ndarray:
         """Flush the rest of the utterance (no lookahead needed: the true end is known)."""

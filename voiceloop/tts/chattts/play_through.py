@@ -1,0 +1,138 @@
+"""Gapless starts (``ChatTtsOptions(start="smooth")``): hold a reply's first audio until the rest can follow.
+
+Pieces grow 4, 8, 16, 32 GPT steps so the first one comes early, and each must be generated before
+the audio in front of it has played. That needs generation at ~2x real time; two CPU cores run
+ChatTTS at ~1.2x, so a reply plays its first 85 ms and then stutters three times, ~0.4 s of gaps
+in all (``benchmarks/README.md``, "Voice to voice"). A listener may prefer a later, unbroken start.
+
+Here, when audio is ready while nothing is playing, the measured cost per step so far forecasts
+when each upcoming piece will be ready, and the audio is held just long enough that none of them
+arrives after the audio in front of it has played out. Audio ready while earlier audio still plays
+passes at once. The forecast assumes the same cost per step for the rest of the reply and the
+consumer playing audio as it is handed over; a hold never exceeds ``max_hold_s``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from .stream_decode import StreamDecodeOptions, piece_size
+
+#: upcoming pieces the forecast looks at beyond the first full-size one (deficits only shrink after
+#: that while generation is faster than real time)
+FORECAST_EXTRA_PIECES = 4
+
+
+def start_hold(
+    *,
+    held_s: float,
+    steps: int,
+    emitted_to: int,
+    boundaries: list[int],
+    lookahead: int,
+    step_cost_s: float,
+    step_audio_s: float,
+) -> float:
+    """Seconds to wait, from now, before playing ``held_s`` of audio so that no later piece is late.
+
+    ``steps`` GPT steps are done and pieces up to step ``emitted_to`` decoded; the next pieces end at
+    ``boundaries`` and each is ready once ``lookahead`` steps past its end are, every step costing
+    ``step_cost_s`` (generation and decoding).
+    """
+    hold, queued_s, previous = 0.0, held_s, emitted_to
+    for boundary in boundaries:
+        ready_in = max(0, boundary + lookahead - steps) * step_cost_s
+        hold = max(hold, ready_in - queued_s)  # played from `hold`, it is needed at hold + queued_s
+        queued_s += (boundary - previous) * step_audio_s
+        previous = boundary
+    return hold
+
+
+class PlayThrough:
+    """Between a :class:`StreamingDecoder` and the consumer: what to hand over now, per GPT step.
+
+    One per reply (its sentences share the playhead); call :meth:`sentence` before each sentence's
+    first step, :meth:`step` after every step with the pieces it produced, :meth:`flush` at the end.
+    """
+
+    def __init__(
+        self,
+        options: StreamDecodeOptions,
+        *,
+        step_audio_s: float,
+        sample_rate: int,
+        max_hold_s: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.options = options
+        self.step_audio_s = step_audio_s
+        self.sample_rate = sample_rate
+        self.max_hold_s = max_hold_s
+        self.clock = clock
+        self.holds: list[float] = []  #: every hold decided, seconds (for tests and metrics)
+        self._playhead = float("-inf")  # when the audio handed over so far has played out
+        self._held: list[np.ndarray] = []
+        self._release_at: float | None = None
+        self._started = 0.0  # when this sentence's first step was done
+        self._steps = 0
+        self._pieces = 0  # pieces the decoder has emitted in this sentence
+
+    def sentence(self) -> None:
+        """A new sentence's first GPT step (after its prompt's prefill) is done; :meth:`step` follows."""
+        self._started, self._steps, self._pieces = self.clock(), 0, 0
+
+    def step(self, pieces: list[np.ndarray]) -> list[np.ndarray]:
+        """One more GPT step done, ``pieces`` decoded by it; returns the audio to hand over now."""
+        now = self.clock()
+        self._steps += 1
+        self._pieces += len(pieces)
+        self._held.extend(p for p in pieces if len(p))
+        if not self._held:
+            return []
+        if self._release_at is None:
+            if self._playhead > now:  # earlier audio still plays: holding would only cut a gap
+                return self._hand_over(now)
+            self._release_at = now + self._hold()
+        if now >= self._release_at:
+            return self._hand_over(now)
+        return []
+
+    def flush(self, pieces: list[np.ndarray] | None = None) -> list[np.ndarray]:
+        """A sentence is complete (``pieces``: its last): hand over everything held, and those."""
+        self._held.extend(p for p in pieces or [] if len(p))
+        return self._hand_over(self.clock()) if self._held else []
+
+    def _hold(self) -> float:
+        opts = self.options
+        boundary, emitted_to, boundaries = 0, 0, []
+        for index in range(256):
+            boundary += piece_size(opts, index)
+            if index < self._pieces:
+                emitted_to = boundary
+                continue
+            boundaries.append(boundary)
+            if len(boundaries) > FORECAST_EXTRA_PIECES and piece_size(opts, index) >= opts.chunk:
+                break
+        cost = (self.clock() - self._started) / max(self._steps - 1, 1)  # timed from the first step's end
+        held_s = sum(len(p) for p in self._held) / self.sample_rate
+        hold = start_hold(
+            held_s=held_s,
+            steps=self._steps,
+            emitted_to=emitted_to,
+            boundaries=boundaries,
+            lookahead=opts.lookahead,
+            step_cost_s=cost,
+            step_audio_s=self.step_audio_s,
+        )
+        hold = min(max(hold, 0.0), self.max_hold_s)
+        self.holds.append(hold)
+        return hold
+
+    def _hand_over(self, now: float) -> list[np.ndarray]:
+        out, self._held, self._release_at = self._held, [], None
+        seconds = sum(len(p) for p in out) / self.sample_rate
+        self._playhead = max(self._playhead, now) + seconds
+        return out
