@@ -87,6 +87,18 @@ def test_run_preemptive_gives_the_same_conversation(conversation, chattts_root, 
             assert turn["final_transcript"] < turn["endpoint"]
 
 
+def test_run_smooth_start_gives_the_same_conversation(conversation, chattts_root, tmp_path):
+    code, lines = _run(conversation, chattts_root, tmp_path, "--tts-start", "smooth", "--quiet")
+    assert code == 0
+    turns = [line for line in lines if line["type"] == "turn"]
+    assert [t["reply"] for t in turns] == ["你好", "明天下雨"]
+    assert all(t["first_played"] >= t["speech_end"] for t in turns)
+    from voiceloop.app import LoopOptions
+
+    with pytest.raises(ValueError, match="tts_start"):
+        LoopOptions(tts_start="eager")
+
+
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
