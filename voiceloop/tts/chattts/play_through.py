@@ -54,8 +54,9 @@ def start_hold(
 class PlayThrough:
     """Between a :class:`StreamingDecoder` and the consumer: what to hand over now, per GPT step.
 
-    One per reply (its sentences share the playhead); call :meth:`sentence` before each sentence's
-    first step, :meth:`step` after every step with the pieces it produced, :meth:`flush` at the end.
+    One per reply (its sentences share the playhead); call :meth:`sentence` once each sentence's
+    first GPT step is done, :meth:`step` after every step with the pieces it produced, and
+    :meth:`flush` with the sentence's last piece.
     """
 
     def __init__(
@@ -72,7 +73,7 @@ class PlayThrough:
         self.sample_rate = sample_rate
         self.max_hold_s = max_hold_s
         self.clock = clock
-        self.holds: list[float] = []  #: every hold decided, seconds (for tests and metrics)
+        self.holds: list[float] = []  #: every hold decided, seconds
         self._playhead = float("-inf")  # when the audio handed over so far has played out
         self._held: list[np.ndarray] = []
         self._release_at: float | None = None
