@@ -49,6 +49,8 @@ from voiceloop.dialogue import TurnContext  # noqa: E402
 from voiceloop.io.files import FileSource  # noqa: E402
 from voiceloop.io.output import PacedSink  # noqa: E402
 from voiceloop.timeline import Metrics  # noqa: E402
+from voiceloop.tts.chattts.play_through import SMOOTH_SCHEDULE  # noqa: E402
+from voiceloop.tts.chattts.stream_decode import StreamDecodeOptions  # noqa: E402
 
 UTTERANCES = ["你好", "今天天气很好", "明天早上八点", "请问车站在哪里", "我要买水", "谢谢再见"]
 FALLBACK_REPLY = "好的，我知道了。"
@@ -242,6 +244,8 @@ def main() -> None:
                 options.vad = replace(options.vad, end_silence_ms=silence)
                 options.preemptive = preemptive == "on"
                 options.tts_start = engines.tts.options.start = start  # type: ignore[assignment]
+                # as load_engines pairs them: the gate with its slowly growing pieces
+                engines.tts.options.stream = SMOOTH_SCHEDULE if start == "smooth" else StreamDecodeOptions()
                 for path in args.paths.split(","):
                     handler = Echo(raw=args.raw_echo)
                     if path == "file":

@@ -495,3 +495,22 @@ def test_official_dims_stream_defaults_report():
     print(json.dumps({k: v for k, v in report.items() if k != "options"}))
     assert report["stream_samples"] == report["offline_samples"] == 512 * 64 - 256
     assert np.isfinite(report["max_abs_diff"]) and report["rel_rms"] < 0.5
+
+
+@pytest.mark.parametrize(
+    "bad", [{"growth": 0.9}, {"growth": True}, {"growth": "2"}, {"grow": 1}, {"chunk": 0}, {"crossfade": 300}]
+)
+def test_bad_schedules_are_refused(bad):
+    with pytest.raises(StreamDecodeError):
+        StreamDecodeOptions(**bad)
+
+
+def test_slow_growth_pieces_are_the_rounded_geometric_schedule(hidden_wave):
+    options = StreamDecodeOptions(first_chunk=3, chunk=8, lookahead=2, growth=1.5, crossfade=0)
+    stream, ends, emitted = StreamingDecoder(hidden_wave, options), [], 0
+    for step in _steps(40, seed=4):
+        for piece in stream.push(step):
+            emitted += piece.size
+            ends.append(round(emitted / 512))
+    sizes = [b - a for a, b in zip([0, *ends], ends, strict=False)]
+    assert sizes[:6] == [3, 4, 7, 8, 8, 8]  # 3, 4.5, 6.75, 10.1 -> capped at chunk

@@ -9,7 +9,7 @@ import pytest
 
 from voiceloop.tts.chattts.engine import ChatTts, ChatTtsOptions
 from voiceloop.tts.chattts.gpt import SamplingOptions
-from voiceloop.tts.chattts.play_through import PlayThrough, start_hold
+from voiceloop.tts.chattts.play_through import SMOOTH_SCHEDULE, PlayThrough, start_hold
 from voiceloop.tts.chattts.stream_decode import StreamDecodeOptions, piece_size
 
 RATE, STEP_SAMPLES = 24_000, 512
@@ -25,12 +25,14 @@ class Clock:
         return self.t
 
 
-def play(cost_s: float, steps: int, start: str, sentences: int = 1) -> tuple[float, float, int]:
+def play(
+    cost_s: float, steps: int, start: str, sentences: int = 1, options: StreamDecodeOptions = OPTIONS
+) -> tuple[float, float, int]:
     """A scripted generator (``cost_s`` per step, schedule as StreamingDecoder's) through the gate
     (or none); a player that plays whatever it is handed at once. Returns (first audio, total gap
     seconds, gaps)."""
     clock = Clock()
-    gate = PlayThrough(OPTIONS, step_audio_s=STEP_AUDIO, sample_rate=RATE, clock=clock)
+    gate = PlayThrough(options, step_audio_s=STEP_AUDIO, sample_rate=RATE, clock=clock)
     playhead, first, gaps, gap_s = None, None, 0, 0.0
 
     def hand_over(pieces: list[np.ndarray]) -> None:
@@ -45,16 +47,16 @@ def play(cost_s: float, steps: int, start: str, sentences: int = 1) -> tuple[flo
 
     for _ in range(sentences):
         clock.t += 0.05  # the prompt's prefill
-        index, emitted_to, boundary = 0, 0, piece_size(OPTIONS, 0)
+        index, emitted_to, boundary = 0, 0, piece_size(options, 0)
         for step in range(1, steps + 1):
             clock.t += cost_s
             if step == 1:
                 gate.sentence()  # as the engine calls it: once the first step is done
             pieces = []
-            while step >= boundary + OPTIONS.lookahead:
+            while step >= boundary + options.lookahead:
                 pieces.append(np.zeros((boundary - emitted_to) * STEP_SAMPLES, np.int16))
                 emitted_to, index = boundary, index + 1
-                boundary += piece_size(OPTIONS, index)
+                boundary += piece_size(options, index)
             hand_over(pieces if start == "fast" else gate.step(pieces))
         tail = [np.zeros((steps - emitted_to) * STEP_SAMPLES, np.int16)]
         hand_over(tail if start == "fast" else gate.flush(tail))
@@ -80,6 +82,16 @@ def test_smooth_starts_later_and_never_gaps_where_fast_stutters(speed: float) ->
     assert smooth_gaps == 0 and smooth_gap_s == 0
     # it waits as long as the gaps would have lasted, released at the first step after that
     assert fast_first + fast_gap_s - 1e-9 <= smooth_first <= fast_first + fast_gap_s + cost + 1e-9
+
+
+def test_the_smooth_schedule_plays_through_sooner_than_doubling_pieces() -> None:
+    cost = STEP_AUDIO / 1.25
+    doubling, _, _ = play(cost, 240, "smooth")
+    slow_growth, gap_s, gaps = play(cost, 240, "smooth", options=SMOOTH_SCHEDULE)
+    assert gaps == 0 and gap_s == 0
+    assert slow_growth < doubling - 0.1
+    assert [piece_size(SMOOTH_SCHEDULE, i) for i in range(4)] == [8, 9, 11, 12]
+    assert [piece_size(OPTIONS, i) for i in range(5)] == [4, 8, 16, 32, 32]
 
 
 def test_smooth_hands_over_at_once_when_generation_is_fast_and_across_sentences() -> None:

@@ -138,6 +138,7 @@ def load_engines(options: LoopOptions) -> Engines:
 def _load_engines(options: LoopOptions) -> Engines:
     from .asr.streaming import Wav2Vec2Engine
     from .tts.chattts.engine import ChatTts, ChatTtsOptions
+    from .tts.chattts.play_through import SMOOTH_SCHEDULE
 
     if options.asr_backend == "onnx":
         from .asr.onnx import OnnxCheckpoint
@@ -148,11 +149,9 @@ def _load_engines(options: LoopOptions) -> Engines:
         asr_model = model_options(options.device, options.precision, options.asr_threads)
         asr = Wav2Vec2Engine.from_pretrained(options.asr, asr_model)
     tts_model = model_options(options.device, options.precision, options.tts_threads, engine="tts")
-    tts_options = ChatTtsOptions(
-        model=tts_model,
-        gpt_backend=options.tts_backend,
-        start=options.tts_start,  # type: ignore[arg-type]  # checked by LoopOptions
-    )
+    tts_options = ChatTtsOptions(model=tts_model, gpt_backend=options.tts_backend)
+    if options.tts_start == "smooth":  # the gate, and pieces that grow slowly enough to need little hold
+        tts_options = replace(tts_options, start="smooth", stream=SMOOTH_SCHEDULE)
     tts = ChatTts.from_pretrained(options.tts, tts_options)
     if options.voice is not None:
         tts.speaker(options.voice)  # fail now, not at the first reply

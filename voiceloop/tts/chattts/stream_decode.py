@@ -41,10 +41,12 @@ class StreamDecodeOptions:
         first_chunk: steps in the first piece; it is decoded once ``first_chunk + lookahead`` steps
             are in, so TTFA ≈ (first_chunk + lookahead) GPT steps + one window decode.
         chunk: steps per later piece (bigger = fewer windows, less redundant context work).
-        grow: later pieces double from ``first_chunk`` up to ``chunk`` (4, 8, 16, 32, 32, …). A
-            player starts on a short first piece; the next piece must be generated before that one
-            has played, which a full-size second piece never is. Doubling keeps that true whenever
-            generation runs faster than real time, while the steady state stays cheap.
+        grow: later pieces grow from ``first_chunk`` by ``growth`` per piece up to ``chunk`` (4, 8,
+            16, 32, 32, … by default). A player starts on a short first piece; the next piece must be
+            generated before that one has played, which a full-size second piece never is.
+            Doubling keeps that true while generation runs at ≥ 2x real time and keeps the steady
+            state cheap; slower generation needs slower growth (see ``play_through.py``).
+        growth: the factor between consecutive piece sizes while they grow (≥ 1).
         lookahead: steps of right context decoded but not yet emitted (the latency/quality knob).
         left_context: steps of already-emitted context re-decoded in front of each window.
         crossfade: samples (0..256) held back at the end of each piece and blended linearly into the
@@ -57,10 +59,13 @@ class StreamDecodeOptions:
     left_context: int = 16
     crossfade: int = 256
     grow: bool = True
+    growth: float = 2.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.grow, bool):
             raise StreamDecodeError(f"grow must be a bool, got {self.grow!r}")
+        if isinstance(self.growth, bool) or not isinstance(self.growth, int | float) or not self.growth >= 1:
+            raise StreamDecodeError(f"growth must be a number >= 1, got {self.growth!r}")
         for name in ("first_chunk", "chunk", "lookahead", "left_context", "crossfade"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -87,7 +92,8 @@ def piece_size(options: StreamDecodeOptions, index: int) -> int:
         return options.first_chunk
     if not options.grow:
         return options.chunk
-    return min(options.chunk, max(options.first_chunk, options.first_chunk << min(index, 30)))
+    grown = options.first_chunk * float(options.growth) ** min(index, 64)
+    return min(options.chunk, max(options.first_chunk, round(grown)))
 
 
 class StreamingDecoder:
