@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Literal
@@ -230,8 +231,14 @@ class ChatTts(TtsEngine):
                 if not bool(step.alive[0]):
                     break
                 item = step.hidden[0] if self.options.decoder == "hidden" else step.tokens[0]
-                pieces = decoder.push(item[None])
-                for piece in pieces if gate is None else gate.step(pieces):
+                if gate is None:
+                    pieces = decoder.push(item[None])
+                else:  # the gate forecasts from the decode cost too
+                    decoded, started = decoder.decoded_steps, time.perf_counter()
+                    pieces = decoder.push(item[None])
+                    decode_s = time.perf_counter() - started if pieces else 0.0
+                    pieces = gate.step(pieces, decode_s, decoder.decoded_steps - decoded)
+                for piece in pieces:
                     yield _to_int16(piece)
                 if cancel is not None and cancel.cancelled:
                     return

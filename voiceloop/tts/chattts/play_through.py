@@ -5,11 +5,13 @@ the audio in front of it has played. That needs generation at ~2x real time; two
 ChatTTS at ~1.2x, so a reply plays its first 85 ms and then stutters three times, ~0.4 s of gaps
 in all (``benchmarks/README.md``, "Voice to voice"). A listener may prefer a later, unbroken start.
 
-Here, when audio is ready while nothing is playing, the measured cost per step so far forecasts
-when each upcoming piece will be ready, and the audio is held just long enough that none of them
-arrives after the audio in front of it has played out. Audio ready while earlier audio still plays
-passes at once. The forecast assumes the same cost per step for the rest of the reply and the
-consumer playing audio as it is handed over; a hold never exceeds ``max_hold_s``.
+Here, when audio is ready while nothing is playing, the costs measured so far — per GPT step, and
+per step a decode window covers (each window re-decodes ``left_context + lookahead`` steps around
+its piece, which makes small pieces dear) — forecast when each upcoming piece will be ready, and the
+audio is held just long enough that none of them arrives after the audio in front of it has played
+out. Audio ready while earlier audio still plays passes at once. The forecast assumes those costs
+hold for the rest of the reply and the consumer plays audio as it is handed over; a hold never
+exceeds ``max_hold_s``.
 """
 
 from __future__ import annotations
@@ -22,9 +24,9 @@ import numpy as np
 from .stream_decode import StreamDecodeOptions, piece_size
 
 #: the piece schedule ``--tts-start smooth`` pairs with the gate: growing 1.15x from 8 steps instead of
-#: doubling from 4. A cost model fitted to 2-core measurements (GPT 15 ms a step, decode 1.29 ms per
-#: decoded step; 1.2x real time) puts a gapless start 0.31 s after the first step with it and
-#: 0.63 s with the doubling one; its first piece alone takes 65 ms longer.
+#: doubling from 4. With the costs measured on 2 cores (GPT 15 ms a step, decoding 1.29 ms per window
+#: step; tests/test_tts_play_through.py) the gated start comes 0.36 s after the prompt with it and
+#: 0.72 s with doubling pieces; ungated it would still leave 25 ms of gaps.
 SMOOTH_SCHEDULE = StreamDecodeOptions(first_chunk=8, growth=1.15)
 
 #: upcoming pieces the forecast looks at beyond the first full-size one (deficits only shrink after
@@ -39,18 +41,22 @@ def start_hold(
     emitted_to: int,
     boundaries: list[int],
     lookahead: int,
-    step_cost_s: float,
+    context: int,
+    step_s: float,
+    decode_step_s: float,
     step_audio_s: float,
 ) -> float:
     """Seconds to wait, from now, before playing ``held_s`` of audio so that no later piece is late.
 
     ``steps`` GPT steps are done and pieces up to step ``emitted_to`` decoded; the next pieces end at
-    ``boundaries`` and each is ready once ``lookahead`` steps past its end are, every step costing
-    ``step_cost_s`` (generation and decoding).
+    ``boundaries`` and each is decoded once ``lookahead`` steps past its end are generated, every GPT
+    step costing ``step_s`` and its decode window (the piece plus ``context`` steps) ``decode_step_s``
+    per step.
     """
-    hold, queued_s, previous = 0.0, held_s, emitted_to
+    hold, queued_s, previous, decoding_s = 0.0, held_s, emitted_to, 0.0
     for boundary in boundaries:
-        ready_in = max(0, boundary + lookahead - steps) * step_cost_s
+        decoding_s += (boundary - previous + context) * decode_step_s
+        ready_in = max(0, boundary + lookahead - steps) * step_s + decoding_s
         hold = max(hold, ready_in - queued_s)  # played from `hold`, it is needed at hold + queued_s
         queued_s += (boundary - previous) * step_audio_s
         previous = boundary
@@ -86,16 +92,24 @@ class PlayThrough:
         self._started = 0.0  # when this sentence's first step was done
         self._steps = 0
         self._pieces = 0  # pieces the decoder has emitted in this sentence
+        self._decode_s = 0.0  # time spent decoding them
+        self._decoded_steps = 0  # steps their windows covered, context included
 
     def sentence(self) -> None:
         """A new sentence's first GPT step (after its prompt's prefill) is done; :meth:`step` follows."""
         self._started, self._steps, self._pieces = self.clock(), 0, 0
+        self._decode_s, self._decoded_steps = 0.0, 0
 
-    def step(self, pieces: list[np.ndarray]) -> list[np.ndarray]:
-        """One more GPT step done, ``pieces`` decoded by it; returns the audio to hand over now."""
+    def step(
+        self, pieces: list[np.ndarray], decode_s: float = 0.0, decoded_steps: int = 0
+    ) -> list[np.ndarray]:
+        """One more GPT step done, then ``pieces`` decoded in ``decode_s`` from windows covering
+        ``decoded_steps`` steps; returns the audio to hand over now."""
         now = self.clock()
         self._steps += 1
         self._pieces += len(pieces)
+        self._decode_s += decode_s
+        self._decoded_steps += decoded_steps
         self._held.extend(p for p in pieces if len(p))
         if not self._held:
             return []
@@ -123,7 +137,7 @@ class PlayThrough:
             boundaries.append(boundary)
             if len(boundaries) > FORECAST_EXTRA_PIECES and piece_size(opts, index) >= opts.chunk:
                 break
-        cost = (self.clock() - self._started) / max(self._steps - 1, 1)  # timed from the first step's end
+        generating_s = self.clock() - self._started - self._decode_s  # timed from the first step's end
         held_s = sum(len(p) for p in self._held) / self.sample_rate
         hold = start_hold(
             held_s=held_s,
@@ -131,7 +145,9 @@ class PlayThrough:
             emitted_to=emitted_to,
             boundaries=boundaries,
             lookahead=opts.lookahead,
-            step_cost_s=cost,
+            context=opts.left_context + opts.lookahead,
+            step_s=max(generating_s, 0.0) / max(self._steps - 1, 1),
+            decode_step_s=self._decode_s / max(self._decoded_steps, 1),
             step_audio_s=self.step_audio_s,
         )
         hold = min(max(hold, 0.0), self.max_hold_s)
