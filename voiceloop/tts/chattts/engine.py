@@ -65,7 +65,8 @@ class ChatTtsOptions:
     gpt_backend: Literal["auto", "torch", "onnx"] = "auto"
     #: "fast": every piece as soon as it is decoded (first audio earliest; below ~2x real time the
     #: first pieces leave gaps). "smooth": a reply's first audio waits until the measured speed says
-    #: the rest can follow without gaps (voiceloop/tts/chattts/play_through.py), at most 1 s.
+    #: the rest can follow without gaps (voiceloop/tts/chattts/play_through.py), at most 1 s; pair it
+    #: with ``stream=SMOOTH_SCHEDULE`` (slowly growing pieces) as ``--tts-start smooth`` does.
     start: Literal["fast", "smooth"] = "fast"
 
     def __post_init__(self) -> None:
