@@ -22,6 +22,7 @@ from .dialogue import DialogueOptions, DialogueStage, echo
 from .errors import UserError
 from .pipeline import BargeInOptions, Pipeline, Stage
 from .timeline import Metrics
+from .turn import TurnOptions
 from .vad import VadOptions, VadStage
 
 DEFAULT_TTS = "2Noise/ChatTTS"
@@ -54,6 +55,11 @@ class LoopOptions:
     #: plays once the end of speech is confirmed and is retracted if the user goes on (AsrStage).
     #: Off by default: a handler may then be called for a turn that continues.
     preemptive: bool = False
+    #: end-of-turn model (voiceloop.turn: Smart Turn v3 ONNX; hub id, directory or .onnx file). None:
+    #: the VAD's silence hangover alone decides; with a model a turn it hears complete ends after
+    #: turn.check_ms of silence instead of end_silence_ms
+    turn_model: str | None = None
+    turn: TurnOptions = field(default_factory=TurnOptions)
     vad: VadOptions = field(default_factory=VadOptions)
     barge_in: BargeInOptions = field(default_factory=BargeInOptions)
     dialogue: DialogueOptions = field(default_factory=DialogueOptions)
@@ -99,6 +105,7 @@ class Engines:
 
     asr: Any
     tts: Any
+    turn: Any = None  # a voiceloop.turn.TurnModel, or None
 
     def warm_up(self) -> None:
         """Pay first-inference costs now, not during the first turn (which would then drop audio)."""
@@ -106,6 +113,8 @@ class Engines:
 
         self.asr.lane.call(self.asr.transcribe, np.zeros(16_000, np.int16))
         self.tts.warm_up()
+        if self.turn is not None:
+            self.turn.probability(np.zeros(16_000, np.int16))
 
     @property
     def on_cpu(self) -> bool:
@@ -155,7 +164,12 @@ def _load_engines(options: LoopOptions) -> Engines:
     tts = ChatTts.from_pretrained(options.tts, tts_options)
     if options.voice is not None:
         tts.speaker(options.voice)  # fail now, not at the first reply
-    return Engines(asr, tts)
+    turn = None
+    if options.turn_model is not None:
+        from .turn import SmartTurnModel
+
+        turn = SmartTurnModel.from_pretrained(options.turn_model)
+    return Engines(asr, tts, turn)
 
 
 def load_handler(spec: str | None) -> Callable[..., Any]:
@@ -225,15 +239,18 @@ def build_pipeline(
 
     barge_in = options.barge_in
     stages: list[Stage] = [source]
+    vad = VadStage(
+        options.vad, turn_model=engines.turn, turn=options.turn if engines.turn is not None else None
+    )
     if echo is not None:
-        stages += [echo, VadStage(options.vad), echo.turn_filter()]
+        stages += [echo, vad, echo.turn_filter()]
         user_allow = barge_in.allow
         allow = echo.allow_barge_in
         if user_allow is not None:
             allow = lambda started: echo.allow_barge_in(started) and user_allow(started)  # noqa: E731
         barge_in = replace(barge_in, allow=allow)
     else:
-        stages.append(VadStage(options.vad))
+        stages.append(vad)
     stages += [
         AsrStage(engines.asr, preemptive=options.preemptive),
         DialogueStage(handler, options=options.dialogue),

@@ -62,6 +62,18 @@ def add_loop_arguments(parser: argparse.ArgumentParser) -> None:
         help="start the reply at a pause, play it once the end of speech is confirmed (lower latency; "
         "the handler may be called for a turn that continues)",
     )
+    parser.add_argument(
+        "--turn-model",
+        metavar="M",
+        help="end-of-turn model (Smart Turn v3 ONNX: pipecat-ai/smart-turn-v3, a directory or .onnx file): "
+        "a turn it hears complete ends after --turn-check-ms of silence instead of the full VAD hangover",
+    )
+    parser.add_argument(
+        "--turn-check-ms",
+        type=int,
+        default=None,
+        help="silence before the turn model is asked (default: 200)",
+    )
     parser.add_argument("--metrics-out", metavar="M.jsonl", help="per-turn latency timelines as JSON lines")
     view = parser.add_mutually_exclusive_group()
     view.add_argument("--quiet", action="store_true", help="print nothing but errors")
@@ -71,6 +83,7 @@ def add_loop_arguments(parser: argparse.ArgumentParser) -> None:
 def loop_options(args: argparse.Namespace):
     from .app import LoopOptions
     from .pipeline import BargeInOptions
+    from .turn import TurnOptions
 
     barge = BargeInOptions(enabled=not args.no_barge_in)
     if args.barge_in_ms is not None:
@@ -90,6 +103,8 @@ def loop_options(args: argparse.Namespace):
         tts_threads=args.tts_threads,
         barge_in=barge,
         preemptive=args.preemptive,
+        turn_model=args.turn_model,
+        turn=TurnOptions() if args.turn_check_ms is None else TurnOptions(check_ms=args.turn_check_ms),
     )
 
 

@@ -93,7 +93,8 @@ class SpeechEnded(Frame):
     """The VAD decided the utterance is over.
 
     ``speech_time`` is when the last voiced audio ended (capture time); ``time`` is when the
-    decision was made (after the hangover). ``reason`` is "silence", "max_length" (forced
+    decision was made (after the hangover). ``reason`` is "silence", "turn_model" (a turn
+    model heard the turn complete before the hangover ran out), "max_length" (forced
     endpoint) or "end_of_stream". ``discarded`` marks utterances below the minimum speech
     length: the ASR drops them and no reply follows.
     """

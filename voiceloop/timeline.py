@@ -70,6 +70,9 @@ class TurnTimeline:
     preemptive: bool = False
     discarded: bool = False
     error: str | None = None
+    #: the turn model's P(turn complete) at its check (None: not asked); ended_by_model: it ended the turn
+    turn_probability: float | None = None
+    ended_by_model: bool = False
 
     @property
     def played_known(self) -> bool:

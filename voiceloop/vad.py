@@ -9,14 +9,16 @@ the pipeline stage around it stays thin.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections import deque
 from dataclasses import dataclass, fields
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import webrtcvad
 
-from voiceloop.clock import now
+from voiceloop.clock import ThreadWork, now
 from voiceloop.frames import (
     FRAME_MS,
     FRAME_SAMPLES,
@@ -28,6 +30,11 @@ from voiceloop.frames import (
     SpeechStarted,
 )
 from voiceloop.pipeline import Stage
+
+if TYPE_CHECKING:
+    from voiceloop.turn import TurnModel, TurnOptions
+
+log = logging.getLogger("voiceloop")
 
 #: Sample rates the WebRTC VAD accepts.
 VAD_RATES = (8000, 16000, 32000, 48000)
@@ -205,8 +212,33 @@ class Endpointer:
         self._length = 0  # frames since the first voiced frame
         self._voiced = 0
         self._silence_run = 0
+        self._hangover = self._end_frames  # silence that ends this utterance (a turn model may change it)
         self._last_voiced: AudioFrame | None = None
-        self._tail.clear()  # the utterance's latest frames, for _trim_tail
+        if self._tail.maxlen == self._end_frames + _TAIL_FRAMES:
+            self._tail.clear()  # the utterance's latest frames, for _trim_tail
+        else:  # set_hangover grew it for the last utterance
+            self._tail = deque(maxlen=self._end_frames + _TAIL_FRAMES)
+
+    @property
+    def turn_id(self) -> int:
+        """The open utterance's turn id; 0 between utterances."""
+        return self._turn
+
+    @property
+    def silence_frames(self) -> int:
+        """Non-voiced frames since the open utterance's last voiced one (0 between utterances)."""
+        return self._silence_run if self._turn else 0
+
+    def set_hangover(self, ms: int) -> None:
+        """The open utterance ends after ``ms`` of silence instead of ``end_silence_ms``."""
+        frames = max(1, _round_up(ms) // FRAME_MS)
+        self._hangover = frames
+        if frames + _TAIL_FRAMES > (self._tail.maxlen or 0):
+            self._tail = deque(self._tail, maxlen=frames + _TAIL_FRAMES)
+
+    def end_now(self, time: float, reason: str = "turn_model") -> list[Frame]:
+        """End the open utterance at once (a turn model heard it complete); [] between utterances."""
+        return [self._end(time, reason)] if self._turn else []
 
     @property
     def voiced_until(self) -> float | None:
@@ -269,7 +301,7 @@ class Endpointer:
             self._last_voiced = frame
         else:
             self._silence_run += 1
-        if self._silence_run >= self._end_frames:
+        if self._silence_run >= self._hangover:
             return [frame, self._end(end, "silence")]
         if self._max_frames and self._length >= self._max_frames:
             return [frame, self._end(end, "max_length")]
@@ -287,7 +319,8 @@ class Endpointer:
         frame are dropped: end error median 0 ms, p95 |34| ms (benchmark scenes, >= 20 dB SNR).
         """
         items = list(self._tail)
-        speech = len(items) - self._end_frames
+        speech = len(items) - self._silence_run
+        items, speech = items[max(0, speech - _TAIL_FRAMES) :], min(speech, _TAIL_FRAMES)
         x = np.stack([f.samples for f, _ in items]).astype(np.float64)
         power = 10.0 * np.log10(np.mean(x * x, axis=1) + 1.0)
         threshold = max(float(np.percentile(power[speech:], 90)) + 2.0, float(power[:speech].max()) - 30.0)
@@ -300,7 +333,7 @@ class Endpointer:
 
     def _end(self, time: float, reason: str) -> SpeechEnded:
         last, trimmed = self._last_voiced, 0
-        if reason == "silence" and len(self._tail) > self._end_frames:
+        if reason in ("silence", "turn_model") and 0 < self._silence_run < len(self._tail):
             last, trimmed = self._trim_tail()
         assert last is not None
         ended = SpeechEnded(
@@ -368,21 +401,52 @@ class VadStage(Stage):
     Forwards only utterance audio (with its pre-roll) between SpeechStarted and SpeechEnded;
     stamps ``speech_start`` (first voiced audio), ``speech_end`` (end of the last voiced audio)
     and ``endpoint`` (when the end was declared, on the pipeline clock).
+
+    With a ``turn_model`` (:mod:`voiceloop.turn`), the utterance's audio (its last 8 s) is shown
+    to the model once ``turn.check_ms`` of silence has passed; a turn it hears as complete ends
+    at once (reason "turn_model") instead of after the whole hangover. The stage waits for the
+    verdict (frames queue meanwhile), so a run on a file is as deterministic as the model. A
+    model that fails or is late (``turn.timeout_ms``) costs nothing but the shortcut: the
+    hangover decides, and ``turn.errors`` / ``turn.timeouts`` count it.
     """
 
     name = "vad"
 
-    def __init__(self, options: VadOptions | None = None, detector: VoiceDetector | None = None) -> None:
+    def __init__(
+        self,
+        options: VadOptions | None = None,
+        detector: VoiceDetector | None = None,
+        *,
+        turn_model: TurnModel | None = None,
+        turn: TurnOptions | None = None,
+    ) -> None:
         super().__init__()
         self.endpointer = Endpointer(options, detector)
+        self.turn_model = turn_model
+        if turn_model is not None and turn is None:
+            from voiceloop.turn import TurnOptions
+
+            turn = TurnOptions()
+        self.turn = turn
+        self._check_frames = _round_up(turn.check_ms) // FRAME_MS if turn is not None else 0
+        if turn is not None and turn_model is not None and self._check_frames >= self.endpointer._end_frames:
+            from voiceloop.turn import TurnModelError
+
+            raise TurnModelError("TurnOptions.check_ms must be shorter than VadOptions.end_silence_ms")
+        #: the open utterance's audio (pre-roll included), at most the model's 8 s window
+        self._utterance: deque[np.ndarray] = deque(maxlen=8000 // FRAME_MS)
+        self._verdict: asyncio.Future[float] | None = None  # a model call, possibly still running
 
     def user_voiced_until(self) -> float | None:
         return self.endpointer.voiced_until
 
     async def process(self, frame: Frame) -> None:
         if isinstance(frame, AudioFrame):
-            for out in self.endpointer.process(frame):
+            endpointer = self.endpointer
+            for out in endpointer.process(frame):
                 await self._send(out)
+            if self._check_frames and endpointer.silence_frames == self._check_frames:
+                await self._ask_turn_model(frame.capture_time + FRAME_MS / 1000)
         else:
             await self.forward(frame)
 
@@ -390,12 +454,55 @@ class VadStage(Stage):
         for out in self.endpointer.finish(now()):
             await self._send(out)
 
+    async def _ask_turn_model(self, end: float) -> None:
+        """Show the utterance so far to the turn model; end it now if the model hears it complete."""
+        model, options, endpointer = self.turn_model, self.turn, self.endpointer
+        assert model is not None and options is not None
+        metrics, turn_id = self.metrics, endpointer.turn_id
+        if self._verdict is not None and not self._verdict.done():
+            metrics.count("turn.busy")  # the last call outlived its timeout and still runs
+            return
+        audio = np.concatenate(self._utterance) if self._utterance else np.zeros(0, np.int16)
+        work = ThreadWork()  # a skip-idle clock waits for it in real time
+
+        def call() -> float:
+            try:
+                return model.probability(audio)
+            finally:
+                work.done()
+
+        self._verdict = verdict = asyncio.ensure_future(asyncio.to_thread(call))
+        verdict.add_done_callback(_retrieve)
+        try:
+            probability = float(await asyncio.wait_for(asyncio.shield(verdict), options.timeout_ms / 1000))
+        except TimeoutError:
+            work.done()  # abandoned: the clock no longer waits for it
+            metrics.count("turn.timeouts")
+            return
+        except Exception as exc:  # a broken model costs the shortcut, never the session
+            metrics.count("turn.errors")
+            log.warning("turn model failed (the silence hangover decides): %s: %s", type(exc).__name__, exc)
+            return
+        metrics.turn(turn_id).turn_probability = probability
+        if probability >= options.threshold:
+            metrics.count("turn.complete")
+            metrics.turn(turn_id).ended_by_model = True
+            for out in endpointer.end_now(end):
+                await self._send(out)
+            return
+        metrics.count("turn.incomplete")
+        if options.incomplete_silence_ms is not None:
+            endpointer.set_hangover(options.incomplete_silence_ms)
+
     async def _send(self, frame: Frame) -> None:
         if frame.__class__ is AudioFrame:
+            if self._check_frames:
+                self._utterance.append(frame.samples)  # type: ignore[attr-defined]
             await self.emit(frame)
             return
         metrics = self.metrics
         if isinstance(frame, SpeechStarted):
+            self._utterance.clear()
             metrics.stamp(frame.turn_id, "speech_start", frame.speech_time)
         elif isinstance(frame, SpeechEnded):
             metrics.stamp(frame.turn_id, "speech_end", frame.speech_time)
@@ -405,3 +512,9 @@ class VadStage(Stage):
         await self.emit(frame)
         if isinstance(frame, SpeechEnded) and frame.discarded:
             self.pipeline.finish_turn(frame.turn_id)  # type: ignore[union-attr]
+
+
+def _retrieve(future: asyncio.Future) -> None:
+    """A model call abandoned at its timeout may fail later: not an unhandled error."""
+    if not future.cancelled():
+        future.exception()

@@ -87,7 +87,7 @@ class AsrStage(Stage):
                     self._speculative.add_done_callback(lambda f: self._preempt(f, turn_id, offset))
         elif isinstance(frame, SpeechEnded):
             turn_id, offset, self.turn_id, self.offset = frame.turn_id, self.offset or 0.0, None, None
-            exact = frame.reason == "silence" and not frame.discarded
+            exact = frame.reason in ("silence", "turn_model") and not frame.discarded
             if self._preempted is not None:
                 if exact:  # the early final stands: play its reply
                     self._preempted, self._speculative = None, None
