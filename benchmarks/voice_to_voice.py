@@ -11,6 +11,11 @@ is played to a virtual speaker; needs pulseaudio, see tests/pulse.py).
 
     python benchmarks/voice_to_voice.py [--turns 6] [--precisions fp32,int8] [--paths file,pulse]
 
+``--turn off,complete`` adds rows with an end-of-turn model (voiceloop.turn): a full-size random
+Smart Turn v3 graph (int8, the released CPU build's layout and compute) whose output bias makes it
+hear every turn as complete — the latency of the path where the model ends a turn at its check.
+How often the real model calls a turn complete is its own accuracy, not measured here.
+
 ``--paths`` may add ``pulse+echo``: the pulse path with ``voiceloop chat``'s default echo handling
 (AEC3 + gate) between the mic and the VAD. Prints a table and writes
 ``benchmarks/results/voice_to_voice.json``.
@@ -215,8 +220,23 @@ def main() -> None:
         default="fast",
         help="fast | smooth | fast,smooth: when a reply's first audio plays (LoopOptions.tts_start)",
     )
+    parser.add_argument(
+        "--turn",
+        default="off",
+        help="off | complete | off,complete: no end-of-turn model, or a random full-size Smart Turn that "
+        "calls every turn complete (latency of the model's shortcut); a row each",
+    )
     parser.add_argument("--out", type=Path, default=HERE / "results" / "voice_to_voice.json")
     args = parser.parse_args()
+    turn_models = {"off": None}
+    if "complete" in args.turn.split(","):
+        from voiceloop.turn import SmartTurnModel
+        from voiceloop.turn.random_model import write_random_smart_turn
+
+        turn_file = args.cache / "smart-turn-complete" / "smart-turn-v3.2-cpu.onnx"
+        if not turn_file.is_file():
+            write_random_smart_turn(turn_file.parent, bias=8.0)
+        turn_models["complete"] = SmartTurnModel(turn_file)
     asr_root, tts_root = random_asr(args.cache), random_tts(args.cache)
     audio = conversation(args.turns, args.gap_s)
     rows = []
@@ -240,7 +260,12 @@ def main() -> None:
         if args.end_silence_ms:
             silences = [int(x) for x in args.end_silence_ms.split(",")]
         for silence in silences:
-            for preemptive, start in itertools.product(args.preemptive.split(","), args.tts_start.split(",")):
+            choices = (args.preemptive.split(","), args.tts_start.split(","), args.turn.split(","))
+            combos = itertools.product(*choices)
+            for preemptive, start, turn in combos:
+                engines.turn = turn_models[turn]
+                if engines.turn is not None:
+                    engines.turn.probability(np.zeros(16_000, np.int16))  # warm, as load_engines does
                 options.vad = replace(options.vad, end_silence_ms=silence)
                 options.preemptive = preemptive == "on"
                 options.tts_start = engines.tts.options.start = start  # type: ignore[assignment]
@@ -254,7 +279,7 @@ def main() -> None:
                         echo = "auto" if "echo" in path else "off"
                         metrics = run_pulse(engines, options, audio, handler, echo)
                     row = {"precision": precision, "path": path, "end_silence_ms": silence}
-                    row["preemptive"], row["tts_start"] = options.preemptive, start
+                    row["preemptive"], row["tts_start"], row["turn_model"] = options.preemptive, start, turn
                     row.update({"skipped": metrics} if isinstance(metrics, str) else summarise(metrics))
                     print(row, file=sys.stderr)
                     rows.append(row)
@@ -263,12 +288,14 @@ def main() -> None:
     from rich.table import Table
 
     table = Table(title="Voice-to-voice (end of speech → first bot sample played), seconds p50 / p95")
-    for column in ["precision", "path", "end_silence_ms", "preemptive", "tts_start", "turns", *STAGES]:
+    columns = ["precision", "path", "end_silence_ms", "preemptive", "tts_start", "turn", "turns", *STAGES]
+    for column in columns:
         table.add_column(column.replace("_", " "))
     for row in rows:
         cells = [row["precision"], row["path"], str(row.get("end_silence_ms", ""))]
         cells.append("on" if row.get("preemptive") else "off")
         cells.append(str(row.get("tts_start", "fast")))
+        cells.append(str(row.get("turn_model", "off")))
         cells.append(str(row.get("turns", row.get("skipped", ""))))
         for name in STAGES:
             value = row.get(name)

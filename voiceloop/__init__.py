@@ -25,6 +25,7 @@ from .frames import (
 )
 from .pipeline import BargeInOptions, Pipeline, Stage, StageError
 from .timeline import Metrics, TurnTimeline
+from .turn import SmartTurnModel, TurnOptions
 from .vad import VadOptions, VadStage
 
 __all__ = [
@@ -43,6 +44,7 @@ __all__ = [
     "Pipeline",
     "ReplyEnd",
     "ReplyText",
+    "SmartTurnModel",
     "SpeechEnded",
     "SpeechStarted",
     "Stage",
@@ -50,6 +52,7 @@ __all__ = [
     "TurnContext",
     "TurnError",
     "TurnMetrics",
+    "TurnOptions",
     "TurnTimeline",
     "VadOptions",
     "VadStage",

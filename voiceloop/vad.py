@@ -9,16 +9,14 @@ the pipeline stage around it stays thin.
 
 from __future__ import annotations
 
-import asyncio
-import logging
 from collections import deque
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import numpy as np
 import webrtcvad
 
-from voiceloop.clock import ThreadWork, now
+from voiceloop.clock import now
 from voiceloop.frames import (
     FRAME_MS,
     FRAME_SAMPLES,
@@ -30,11 +28,8 @@ from voiceloop.frames import (
     SpeechStarted,
 )
 from voiceloop.pipeline import Stage
-
-if TYPE_CHECKING:
-    from voiceloop.turn import TurnModel, TurnOptions
-
-log = logging.getLogger("voiceloop")
+from voiceloop.turn import TurnModel, TurnOptions
+from voiceloop.turn.check import TurnCheck
 
 #: Sample rates the WebRTC VAD accepts.
 VAD_RATES = (8000, 16000, 32000, 48000)
@@ -422,20 +417,10 @@ class VadStage(Stage):
     ) -> None:
         super().__init__()
         self.endpointer = Endpointer(options, detector)
-        self.turn_model = turn_model
-        if turn_model is not None and turn is None:
-            from voiceloop.turn import TurnOptions
-
-            turn = TurnOptions()
-        self.turn = turn
-        self._check_frames = _round_up(turn.check_ms) // FRAME_MS if turn is not None else 0
-        if turn is not None and turn_model is not None and self._check_frames >= self.endpointer._end_frames:
-            from voiceloop.turn import TurnModelError
-
-            raise TurnModelError("TurnOptions.check_ms must be shorter than VadOptions.end_silence_ms")
-        #: the open utterance's audio (pre-roll included), at most the model's 8 s window
-        self._utterance: deque[np.ndarray] = deque(maxlen=8000 // FRAME_MS)
-        self._verdict: asyncio.Future[float] | None = None  # a model call, possibly still running
+        self.turn = turn if turn is not None or turn_model is None else TurnOptions()
+        self._check: TurnCheck | None = None
+        if turn_model is not None:
+            self._check = TurnCheck(turn_model, self.turn, self.endpointer.options.end_silence_ms)  # type: ignore[arg-type]
 
     def user_voiced_until(self) -> float | None:
         return self.endpointer.voiced_until
@@ -445,8 +430,9 @@ class VadStage(Stage):
             endpointer = self.endpointer
             for out in endpointer.process(frame):
                 await self._send(out)
-            if self._check_frames and endpointer.silence_frames == self._check_frames:
-                await self._ask_turn_model(frame.capture_time + FRAME_MS / 1000)
+            check = self._check
+            if check is not None and endpointer.silence_frames == check.frames:
+                await self._ask_turn_model(check, frame.capture_time + FRAME_MS / 1000)
         else:
             await self.forward(frame)
 
@@ -454,39 +440,17 @@ class VadStage(Stage):
         for out in self.endpointer.finish(now()):
             await self._send(out)
 
-    async def _ask_turn_model(self, end: float) -> None:
+    async def _ask_turn_model(self, check: TurnCheck, end: float) -> None:
         """Show the utterance so far to the turn model; end it now if the model hears it complete."""
-        model, options, endpointer = self.turn_model, self.turn, self.endpointer
-        assert model is not None and options is not None
-        metrics, turn_id = self.metrics, endpointer.turn_id
-        if self._verdict is not None and not self._verdict.done():
-            metrics.count("turn.busy")  # the last call outlived its timeout and still runs
+        endpointer, metrics, options = self.endpointer, self.metrics, check.options
+        turn = metrics.turn(endpointer.turn_id)
+        probability = await check.ask(metrics)
+        if probability is None:
             return
-        audio = np.concatenate(self._utterance) if self._utterance else np.zeros(0, np.int16)
-        work = ThreadWork()  # a skip-idle clock waits for it in real time
-
-        def call() -> float:
-            try:
-                return model.probability(audio)
-            finally:
-                work.done()
-
-        self._verdict = verdict = asyncio.ensure_future(asyncio.to_thread(call))
-        verdict.add_done_callback(_retrieve)
-        try:
-            probability = float(await asyncio.wait_for(asyncio.shield(verdict), options.timeout_ms / 1000))
-        except TimeoutError:
-            work.done()  # abandoned: the clock no longer waits for it
-            metrics.count("turn.timeouts")
-            return
-        except Exception as exc:  # a broken model costs the shortcut, never the session
-            metrics.count("turn.errors")
-            log.warning("turn model failed (the silence hangover decides): %s: %s", type(exc).__name__, exc)
-            return
-        metrics.turn(turn_id).turn_probability = probability
+        turn.turn_probability = probability
         if probability >= options.threshold:
             metrics.count("turn.complete")
-            metrics.turn(turn_id).ended_by_model = True
+            turn.ended_by_model = True
             for out in endpointer.end_now(end):
                 await self._send(out)
             return
@@ -496,13 +460,14 @@ class VadStage(Stage):
 
     async def _send(self, frame: Frame) -> None:
         if frame.__class__ is AudioFrame:
-            if self._check_frames:
-                self._utterance.append(frame.samples)  # type: ignore[attr-defined]
+            if self._check is not None:
+                self._check.add(frame.samples)  # type: ignore[attr-defined]
             await self.emit(frame)
             return
         metrics = self.metrics
         if isinstance(frame, SpeechStarted):
-            self._utterance.clear()
+            if self._check is not None:
+                self._check.start()
             metrics.stamp(frame.turn_id, "speech_start", frame.speech_time)
         elif isinstance(frame, SpeechEnded):
             metrics.stamp(frame.turn_id, "speech_end", frame.speech_time)
@@ -512,9 +477,3 @@ class VadStage(Stage):
         await self.emit(frame)
         if isinstance(frame, SpeechEnded) and frame.discarded:
             self.pipeline.finish_turn(frame.turn_id)  # type: ignore[union-attr]
-
-
-def _retrieve(future: asyncio.Future) -> None:
-    """A model call abandoned at its timeout may fail later: not an unhandled error."""
-    if not future.cancelled():
-        future.exception()

@@ -1,0 +1,72 @@
+"""One utterance's audio and one turn-model call at a time: what ``VadStage`` needs to ask the model."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+
+import numpy as np
+
+from ..clock import ThreadWork
+from ..frames import FRAME_MS
+from ..timeline import Metrics
+from .smart_turn import WINDOW_SECONDS, TurnModel, TurnModelError, TurnOptions
+
+log = logging.getLogger("voiceloop")
+
+
+class TurnCheck:
+    """Keeps the open utterance's last 8 s and asks the model off the event loop, with a deadline.
+
+    ``ask`` returns P(complete), or None when there is no verdict in time: the model failed
+    (``turn.errors``), ran past ``timeout_ms`` (``turn.timeouts``; it may go on in its thread), or
+    an earlier call still runs (``turn.busy``). None means: let the silence hangover decide.
+    """
+
+    def __init__(self, model: TurnModel, options: TurnOptions, end_silence_ms: int) -> None:
+        #: silence frames after which to ask (check_ms rounded up to whole frames)
+        self.frames = -(-options.check_ms // FRAME_MS)
+        if self.frames * FRAME_MS >= end_silence_ms:
+            raise TurnModelError("TurnOptions.check_ms must be shorter than VadOptions.end_silence_ms")
+        self.model, self.options = model, options
+        self._audio: deque[np.ndarray] = deque(maxlen=WINDOW_SECONDS * 1000 // FRAME_MS)
+        self._pending: asyncio.Future[float] | None = None
+
+    def start(self) -> None:
+        """A new utterance begins."""
+        self._audio.clear()
+
+    def add(self, samples: np.ndarray) -> None:
+        self._audio.append(samples)
+
+    async def ask(self, metrics: Metrics) -> float | None:
+        if self._pending is not None and not self._pending.done():
+            metrics.count("turn.busy")  # the last call outlived its timeout and still runs
+            return None
+        audio = np.concatenate(self._audio) if self._audio else np.zeros(0, np.int16)
+        model, work = self.model, ThreadWork()  # a skip-idle clock waits for the work in real time
+
+        def call() -> float:
+            try:
+                return float(model.probability(audio))
+            finally:
+                work.done()
+
+        self._pending = pending = asyncio.ensure_future(asyncio.to_thread(call))
+        pending.add_done_callback(_retrieve)
+        try:
+            return await asyncio.wait_for(asyncio.shield(pending), self.options.timeout_ms / 1000)
+        except TimeoutError:
+            work.done()  # abandoned: the clock no longer waits for it
+            metrics.count("turn.timeouts")
+        except Exception as exc:  # a broken model costs the shortcut, never the session
+            metrics.count("turn.errors")
+            log.warning("turn model failed (the silence hangover decides): %s: %s", type(exc).__name__, exc)
+        return None
+
+
+def _retrieve(future: asyncio.Future) -> None:
+    """A call abandoned at its deadline may fail later: not an unhandled error."""
+    if not future.cancelled():
+        future.exception()
