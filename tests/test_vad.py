@@ -285,3 +285,40 @@ def test_clicks_and_short_bursts_do_not_start_an_utterance() -> None:
     loose = detect_segments(signal, VadOptions(start_window_ms=40, start_voiced_ms=40))
     assert loose and all(s.discarded for s in loose)  # below min_speech_ms: reported, discarded
     assert all(isinstance(s, Segment) for s in loose)
+
+
+@pytest.mark.parametrize("quiet_db", [30, 0])
+def test_a_quiet_voiced_tail_does_not_delay_the_pause_hint_but_still_counts_for_the_hangover(
+    quiet_db,
+) -> None:
+    # 20 silent, 30 loud voiced, 5 voiced at -60 dB (WebRTC's own tail), then silence
+    level = np.concatenate([np.zeros(20 * FRAME_SAMPLES), np.full(30 * FRAME_SAMPLES, 8000.0)])
+    level = np.concatenate([level, np.full(5 * FRAME_SAMPLES, 8.0), np.zeros(45 * FRAME_SAMPLES)])
+    noise = np.random.default_rng(0).choice([-1.0, 1.0], level.size)
+    frames = to_frames((level * noise).astype(np.int16))
+    ep = Endpointer(VadOptions(quiet_tail_db=quiet_db), detector=Script("." * 20 + "#" * 35))
+    quiet_seen: list[int] = []
+    out: list[Frame] = []
+    for f in frames:
+        out += ep.process(f)
+        quiet_seen.append(ep.quiet_frames)
+    (paused,) = [f for f in out if isinstance(f, SpeechPaused)]
+    (ended,) = [f for f in out if isinstance(f, SpeechEnded)]
+    loud_end = T0 + 50 * 0.02
+    if quiet_db:  # quiet from the first tail frame: the hint 100 ms after the loud speech
+        assert paused.speech_time == pytest.approx(loud_end) and paused.time == pytest.approx(loud_end + 0.1)
+        assert quiet_seen.index(10) == 59  # a 200 ms turn check at frame 59 (ends loud_end + 0.2)
+    else:  # the detector's tail first
+        assert paused.speech_time == pytest.approx(loud_end + 0.1) and paused.time == pytest.approx(
+            loud_end + 0.2
+        )
+        assert quiet_seen.index(10) == 64
+    # the hangover still counts from the detector's last voiced frame; the tail trim finds the real end
+    assert ended.time == pytest.approx(loud_end + 0.1 + 0.36)
+    assert ended.speech_time == pytest.approx(loud_end)
+
+
+def test_quiet_tail_db_is_checked() -> None:
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="quiet_tail_db"):
+            VadOptions(quiet_tail_db=bad)

@@ -68,8 +68,15 @@ class VoiceDetector(Protocol):
     def is_speech(self, samples: np.ndarray, sample_rate: int = INPUT_RATE) -> bool: ...
 
 
-#: At most this many trailing "voiced" frames (200 ms) can be trimmed as detector hangover.
+#: At most this many trailing "voiced" frames (200 ms) can be trimmed as detector hangover; as
+#: many of the latest loud frames set the level a quiet tail is measured against.
 _TAIL_FRAMES = 10
+
+
+def _power_db(samples: np.ndarray) -> float:
+    """Mean power of an int16 frame in dB (0 dB: digital silence)."""
+    x = samples.astype(np.float32)
+    return 10.0 * float(np.log10(float(np.dot(x, x)) / max(len(x), 1) + 1.0))
 
 
 def _round_up(ms: int) -> int:
@@ -134,6 +141,10 @@ class VadOptions:
     #: model starts empty and calls the first 80..100 ms (aggr 3; 120 at aggr 0-1) of any
     #: audible noise speech, which would fire a phantom barge-in at every stream start.
     warmup_ms: int = 100
+    #: Voiced frames this many dB below the utterance's recent loud frames count as quiet for the
+    #: pause hint and a turn model's check (not for the hangover, whose length the split figures
+    #: above fix): WebRTC's own 40..120 ms tail then no longer delays them. 0: off.
+    quiet_tail_db: int = 30
 
     def __post_init__(self) -> None:
         if type(self.aggressiveness) is not int or self.aggressiveness not in (0, 1, 2, 3):
@@ -148,6 +159,9 @@ class VadOptions:
                 raise ValueError(f"{name} must be > 0")
         if self.start_voiced_ms > self.start_window_ms:
             raise ValueError("start_voiced_ms cannot exceed start_window_ms")
+        q = self.quiet_tail_db
+        if type(q) is not int or q < 0:
+            raise ValueError(f"quiet_tail_db must be a non-negative int (dB), got {q!r}")
         if self.pause_hint_ms >= self.end_silence_ms:
             raise ValueError("pause_hint_ms must be shorter than end_silence_ms (or 0 to disable)")
         if self.max_utterance_ms is not None:
@@ -185,6 +199,8 @@ class Endpointer:
         self._window_voiced = 0
         self._next_turn = 1
         self._warmup = o.warmup_ms // FRAME_MS
+        self._quiet_db = float(o.quiet_tail_db)
+        self._loud: deque[float] = deque(maxlen=_TAIL_FRAMES)  # the utterance's latest loud frames' power
         self._reset_state()
 
     @property
@@ -207,6 +223,9 @@ class Endpointer:
         self._length = 0  # frames since the first voiced frame
         self._voiced = 0
         self._silence_run = 0
+        self._quiet_run = 0  # frames since the last loud voiced one (>= _silence_run)
+        self._last_loud: AudioFrame | None = None
+        self._loud.clear()
         self._hangover = self._end_frames  # silence that ends this utterance (a turn model may change it)
         self._last_voiced: AudioFrame | None = None
         if self._tail.maxlen == self._end_frames + _TAIL_FRAMES:
@@ -223,6 +242,11 @@ class Endpointer:
     def silence_frames(self) -> int:
         """Non-voiced frames since the open utterance's last voiced one (0 between utterances)."""
         return self._silence_run if self._turn else 0
+
+    @property
+    def quiet_frames(self) -> int:
+        """Frames since the open utterance's last loud voiced one: silence plus the detector's quiet tail."""
+        return self._quiet_run if self._turn else 0
 
     def set_hangover(self, ms: int) -> None:
         """The open utterance ends after ``ms`` of silence instead of ``end_silence_ms``."""
@@ -271,7 +295,9 @@ class Endpointer:
         self._length = len(items) - first
         self._voiced = self._window_voiced
         self._silence_run = 0
-        self._last_voiced = frame
+        self._last_voiced = self._last_loud = frame
+        if self._quiet_db:
+            self._loud.extend(_power_db(f.samples) for f, v in items[first:] if v)
         self._tail.extend(items[first:])
         self._history.clear()
         self._window_voiced = 0
@@ -294,14 +320,22 @@ class Endpointer:
             self._voiced += 1
             self._silence_run = 0
             self._last_voiced = frame
+            power = _power_db(frame.samples) if self._quiet_db else 0.0
+            if self._quiet_db and self._loud and power < max(self._loud) - self._quiet_db:
+                self._quiet_run += 1
+            else:
+                self._loud.append(power)
+                self._quiet_run = 0
+                self._last_loud = frame
         else:
             self._silence_run += 1
+            self._quiet_run += 1
         if self._silence_run >= self._hangover:
             return [frame, self._end(end, "silence")]
         if self._max_frames and self._length >= self._max_frames:
             return [frame, self._end(end, "max_length")]
-        if self._pause_frames and self._silence_run == self._pause_frames and self._last_voiced is not None:
-            voiced_end = self._last_voiced.capture_time + FRAME_MS / 1000
+        if self._pause_frames and self._quiet_run == self._pause_frames and self._last_loud is not None:
+            voiced_end = self._last_loud.capture_time + FRAME_MS / 1000
             return [frame, SpeechPaused(turn_id=self._turn, speech_time=voiced_end, time=end)]
         return [frame]
 
@@ -431,7 +465,7 @@ class VadStage(Stage):
             for out in endpointer.process(frame):
                 await self._send(out)
             check = self._check
-            if check is not None and endpointer.silence_frames == check.frames:
+            if check is not None and endpointer.quiet_frames == check.frames:
                 await self._ask_turn_model(check, frame.capture_time + FRAME_MS / 1000)
         else:
             await self.forward(frame)
