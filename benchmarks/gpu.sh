@@ -32,7 +32,7 @@ part 150 tests python3 -m pytest tests/test_gpu.py -q -rs -p no:cacheprovider -o
 part 150 tts python3 benchmarks/tts.py --variants fp16,cuda-fp32 --skip-reference --steps 240 --repeats 3 \
     --threads 4 --out "$out/tts-cuda.json"
 part 240 voice_to_voice python3 benchmarks/voice_to_voice.py --precisions auto --paths file --turns 6 \
-    --gap-s 3 --end-silence-ms 360,200 --preemptive off,on --out "$out/voice_to_voice-cuda.json"
+    --gap-s 3 --preemptive off,on --turn off,complete --out "$out/voice_to_voice-cuda.json"
 part 110 asr python3 benchmarks/asr_streaming.py --precisions cuda-fp32,cuda-fp16 \
     --configs 0.64/1/0.24,0.32/1/0.24,0.16/1/0.16 --utterances 2 --reps 1 --skip-tiny --threads 4 \
     --recommended cuda-fp16 --out "$out/asr_streaming-cuda.json"

@@ -180,6 +180,12 @@ def run_pulse(
 def summarise(metrics: Metrics) -> dict[str, Any]:
     turns = [t for t in metrics.finished if not t.discarded and t.first_played is not None]
     out: dict[str, Any] = {"turns": len(turns), "counters": dict(metrics.counters)}
+    model_s = [t.turn_model_s for t in turns if t.turn_model_s is not None]
+    if model_s:  # the end-of-turn model's call, inside "endpointing"
+        out["turn_model_s"] = {
+            "p50": round(statistics.median(model_s), 3),
+            "p95": round(float(np.percentile(model_s, 95)), 3),
+        }
     for name in STAGES:
         values = [t.durations()[name] for t in turns if t.durations()[name] is not None]
         if values:

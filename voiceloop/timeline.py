@@ -70,8 +70,10 @@ class TurnTimeline:
     preemptive: bool = False
     discarded: bool = False
     error: str | None = None
-    #: the turn model's P(turn complete) at its check (None: not asked); ended_by_model: it ended the turn
+    #: the turn model's P(turn complete) at its check (None: not asked), how long the call took (s),
+    #: and whether it ended the turn
     turn_probability: float | None = None
+    turn_model_s: float | None = None
     ended_by_model: bool = False
 
     @property

@@ -477,11 +477,11 @@ class VadStage(Stage):
     async def _ask_turn_model(self, check: TurnCheck, end: float) -> None:
         """Show the utterance so far to the turn model; end it now if the model hears it complete."""
         endpointer, metrics, options = self.endpointer, self.metrics, check.options
-        turn = metrics.turn(endpointer.turn_id)
+        turn, asked = metrics.turn(endpointer.turn_id), now()
         probability = await check.ask(metrics)
         if probability is None:
             return
-        turn.turn_probability = probability
+        turn.turn_probability, turn.turn_model_s = probability, now() - asked
         if probability >= options.threshold:
             metrics.count("turn.complete")
             turn.ended_by_model = True
