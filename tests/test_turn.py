@@ -242,3 +242,51 @@ def test_the_cli_flags_reach_the_loop_options() -> None:
     options = loop_options(parser.parse_args(["--turn-model", "DIR", "--turn-check-ms", "160"]))
     assert options.turn_model == "DIR" and options.turn.check_ms == 160
     assert loop_options(parser.parse_args([])).turn_model is None
+
+
+def conversation_audio() -> np.ndarray:
+    from speech import espeak
+
+    gap = np.zeros(16_000, np.int16)
+    parts = [gap, espeak("今天天气很好，我们一起去公园散步吧。"), gap, espeak("好的。"), gap]
+    return np.concatenate(parts)
+
+
+@pytest.mark.parametrize("probability", [0.9, 0.1])
+def test_offline_segments_with_a_turn_model_match_the_live_stage(probability) -> None:
+    from voiceloop.vad import detect_segments
+
+    audio = conversation_audio()
+    offline = detect_segments(audio, turn_model=FakeTurnModel([probability] * 20))
+    sink = Collect()
+    vad = VadStage(turn_model=FakeTurnModel([probability] * 20))
+    pipeline = Pipeline([FileSource(audio, sample_rate=16_000), vad, sink], metrics=Metrics())
+    run(pipeline.run(), clock="virtual")
+    live = [f for f in sink.frames if isinstance(f, SpeechEnded)]
+    assert len(offline) == len(live) >= 2
+    assert [s.reason for s in offline] == [e.reason for e in live]
+    assert [s.end for s in offline] == pytest.approx([e.stream_end for e in live])
+    expected = "turn_model" if probability > 0.5 else "silence"
+    assert {s.reason for s in offline} == {expected}
+    assert all(s.turn_probability == probability for s in offline)
+    plain = detect_segments(audio)
+    assert [s.end for s in plain] == pytest.approx([s.end for s in offline], abs=0.04)  # same speech ends
+
+
+def test_voiceloop_vad_asks_a_turn_model_from_the_command_line(tmp_path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    import soundfile
+
+    write_random_smart_turn(tmp_path / "model", bias=8.0, **TINY)
+    soundfile.write(str(tmp_path / "talk.wav"), conversation_audio(), 16_000)
+    command = [sys.executable, "-m", "voiceloop", "vad", str(tmp_path / "talk.wav"), "--json"]
+    out = subprocess.run([*command, "--turn-model", str(tmp_path / "model")], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    segments = json.loads(out.stdout)["segments"]
+    assert len(segments) >= 2 and all(s["reason"] == "turn_model" for s in segments)
+    assert all(s["turn_probability"] > 0.99 for s in segments)
+    out = subprocess.run([*command, "--turn-model", str(tmp_path / "none")], capture_output=True, text=True)
+    assert out.returncode == 2 and "Traceback" not in out.stderr and "--turn-model DIR" in out.stderr

@@ -31,10 +31,16 @@ def _vad_options(args: argparse.Namespace) -> VadOptions:
 def cmd_vad(args: argparse.Namespace) -> int:
     """Print the speech segments of audio files (also a check of the VAD settings)."""
     options = _vad_options(args)
+    turn_model = turn = None
+    if args.turn_model is not None:
+        from .turn import SmartTurnModel, TurnOptions
+
+        turn = TurnOptions() if args.turn_check_ms is None else TurnOptions(check_ms=args.turn_check_ms)
+        turn_model = SmartTurnModel.from_pretrained(args.turn_model)
     results = []
     for path in args.files:
         samples = read_canonical(path)
-        segments = detect_segments(samples, options)
+        segments = detect_segments(samples, options, turn_model=turn_model, turn=turn)
         results.append(
             {
                 "file": str(path),
@@ -53,7 +59,10 @@ def cmd_vad(args: argparse.Namespace) -> int:
     console = Console()
     for result in results:
         table = Table(title=f"{result['file']} ({result['duration']:.2f} s)")
-        for column in ("#", "start s", "end s", "length s", "note"):
+        columns = ["#", "start s", "end s", "length s", "note"]
+        if turn_model is not None:
+            columns.insert(4, "P(complete)")
+        for column in columns:
             table.add_column(column, justify="right" if column != "note" else "left")
         for i, seg in enumerate(result["segments"], 1):
             note = (
@@ -61,9 +70,12 @@ def cmd_vad(args: argparse.Namespace) -> int:
                 if seg["discarded"]
                 else ("" if seg["reason"] == "silence" else seg["reason"])
             )
-            table.add_row(
-                str(i), f"{seg['start']:.2f}", f"{seg['end']:.2f}", f"{seg['end'] - seg['start']:.2f}", note
-            )
+            start, end = seg["start"], seg["end"]
+            cells = [str(i), f"{start:.2f}", f"{end:.2f}", f"{end - start:.2f}", note]
+            if turn_model is not None:
+                p = seg["turn_probability"]
+                cells.insert(4, "" if p is None else f"{p:.2f}")
+            table.add_row(*cells)
         console.print(table)
     return 0
 
@@ -97,6 +109,13 @@ def build_parser() -> argparse.ArgumentParser:
             default=None,
             help=f"default {getattr(defaults, name)}",
         )
+    vad.add_argument(
+        "--turn-model",
+        metavar="M",
+        help="also ask an end-of-turn model (Smart Turn v3: hub id, directory or .onnx), as the live loop "
+        "does: segments it ends get note turn_model, each its last P(complete)",
+    )
+    vad.add_argument("--turn-check-ms", type=int, default=None, help="quiet before the model is asked (200)")
     vad.set_defaults(func=cmd_vad)
 
     from .asr.cli import add_parsers as add_asr_parsers

@@ -5,13 +5,17 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..clock import ThreadWork
-from ..frames import FRAME_MS
+from ..frames import FRAME_MS, Frame
 from ..timeline import Metrics
 from .smart_turn import WINDOW_SECONDS, TurnModel, TurnModelError, TurnOptions
+
+if TYPE_CHECKING:
+    from ..vad import Endpointer
 
 log = logging.getLogger("voiceloop")
 
@@ -40,11 +44,24 @@ class TurnCheck:
     def add(self, samples: np.ndarray) -> None:
         self._audio.append(samples)
 
+    def audio(self) -> np.ndarray:
+        """The open utterance so far (its last 8 s), pre-roll included."""
+        return np.concatenate(self._audio) if self._audio else np.zeros(0, np.int16)
+
+    def apply(self, endpointer: Endpointer, probability: float, end: float) -> list[Frame]:
+        """Act on a verdict: a complete turn ends now (the frames to send); an unfinished one may
+        get the longer hangover."""
+        if probability >= self.options.threshold:
+            return endpointer.end_now(end)
+        if self.options.incomplete_silence_ms is not None:
+            endpointer.set_hangover(self.options.incomplete_silence_ms)
+        return []
+
     async def ask(self, metrics: Metrics) -> float | None:
         if self._pending is not None and not self._pending.done():
             metrics.count("turn.busy")  # the last call outlived its timeout and still runs
             return None
-        audio = np.concatenate(self._audio) if self._audio else np.zeros(0, np.int16)
+        audio = self.audio()
         model, work = self.model, ThreadWork()  # a skip-idle clock waits for the work in real time
 
         def call() -> float:
