@@ -239,11 +239,6 @@ class Endpointer:
         return self._turn
 
     @property
-    def silence_frames(self) -> int:
-        """Non-voiced frames since the open utterance's last voiced one (0 between utterances)."""
-        return self._silence_run if self._turn else 0
-
-    @property
     def quiet_frames(self) -> int:
         """Frames since the open utterance's last loud voiced one: silence plus the detector's quiet tail."""
         return self._quiet_run if self._turn else 0

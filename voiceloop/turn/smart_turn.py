@@ -50,7 +50,8 @@ class TurnOptions:
     #: Probability at or above which the turn counts as complete (the model's own cut is 0.5).
     threshold: float = 0.5
     #: Silence that ends a turn the model heard as unfinished; None: ``end_silence_ms``. Longer
-    #: values let users pause mid-sentence (pipecat waits up to 3 s).
+    #: values let users pause mid-sentence (pipecat waits up to 3 s); past ~0.5 s the ASR gives up
+    #: its early final (``asr.stage.HOLD_FRAMES``) and finishes with a plain final pass.
     incomplete_silence_ms: int | None = None
     #: A verdict later than this is not waited for (counted in ``turn.timeouts``); the hangover decides.
     timeout_ms: int = 500
