@@ -99,6 +99,23 @@ def test_run_smooth_start_gives_the_same_conversation(conversation, chattts_root
         LoopOptions(tts_start="eager")
 
 
+def test_run_with_a_turn_model_ends_turns_at_its_check(conversation, chattts_root, tmp_path):
+    """A turn model that hears every turn complete: the same conversation, each turn ended by the model
+    (its timing is tested exactly on the virtual clock in test_turn.py)."""
+    from voiceloop.turn.random_model import write_random_smart_turn
+
+    write_random_smart_turn(tmp_path / "turn", bias=8.0, layers=1, width=32, heads=2, ffn=64)
+    extra = ("--turn-model", str(tmp_path / "turn"), "--turn-check-ms", "160", "--quiet")
+    code, lines = _run(conversation, chattts_root, tmp_path, *extra)
+    assert code == 0
+    turns = [line for line in lines if line["type"] == "turn"]
+    assert [t["transcript"] for t in turns] == ["你好", "明天下雨"]
+    assert [t["reply"] for t in turns] == ["你好", "明天下雨"]
+    assert all(t["ended_by_model"] and t["turn_probability"] > 0.99 for t in turns)
+    assert all(t["first_played"] >= t["endpoint"] >= t["speech_end"] for t in turns)
+    assert lines[-1]["counters"]["turn.complete"] == 2
+
+
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
