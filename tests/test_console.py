@@ -125,6 +125,15 @@ def test_turn_shows_final_reply_and_latency_breakdown():
     assert "█" in text  # the stacked bar
 
 
+def test_a_turn_the_turn_model_ended_labels_its_endpointing_turn():
+    view = ConsoleView(terminal())
+    frames = full_turn(1)
+    frames[-1] = TurnMetrics(timeline(1, transcript="what time is it", reply="fine", ended_by_model=True))
+    feed(view, frames)
+    text = shown(view)
+    assert "turn 300" in text and "vad 300" not in text
+
+
 def test_reply_text_appears_piece_by_piece_while_spoken():
     view = ConsoleView(terminal())
     feed(view, [*user_turn(1, "tell me"), ReplyText(1, "Once upon a time,")])

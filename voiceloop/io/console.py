@@ -81,6 +81,7 @@ class TurnView:
     error: str | None = None
     durations: dict[str, float | None] | None = None
     played_known: bool = True
+    ended_by_model: bool = False  # the end-of-turn model, not the hangover, ended the user's turn
 
     @property
     def reply(self) -> str:
@@ -172,6 +173,7 @@ class Conversation:
             view.interrupted, view.heard = True, timeline.played_text
         view.durations = timeline.durations()
         view.played_known = timeline.played_known
+        view.ended_by_model = timeline.ended_by_model
 
     def status(self) -> str:
         if self.ended:
@@ -183,8 +185,14 @@ class Conversation:
         return "thinking" if self.waiting else "listening"
 
 
-def latency_text(durations: dict[str, float | None], played_known: bool = True, bar_width: int = 14) -> Text:
-    """One line: voice-to-voice, a stacked bar of its parts and each part in ms."""
+def latency_text(
+    durations: dict[str, float | None],
+    played_known: bool = True,
+    bar_width: int = 14,
+    ended_by_model: bool = False,
+) -> Text:
+    """One line: voice-to-voice, a stacked bar of its parts and each part in ms (the endpointing
+    part reads "turn" where the end-of-turn model ended the turn, "vad" where the hangover did)."""
     line = Text(no_wrap=True, overflow="ellipsis")
     line.append("  ⏱ ", style="dim")
     total = durations.get("voice_to_voice")
@@ -195,6 +203,8 @@ def latency_text(durations: dict[str, float | None], played_known: bool = True, 
         if not played_known:
             line.append(" (to output)", style="dim")
     parts = [(label, style, durations.get(name)) for name, label, style in LATENCY_PARTS]
+    if ended_by_model:
+        parts[0] = ("turn", parts[0][1], parts[0][2])
     present = [(label, style, max(0.0, value)) for label, style, value in parts if value is not None]
     whole = sum(value for _, _, value in present)
     if whole > 0:
@@ -274,7 +284,7 @@ class ConsoleView(View):
         if turn.error:
             lines.append(Text(f"    ✗ turn error: {turn.error}", style="red"))
         if turn.durations is not None and (turn.user or reply):
-            lines.append(latency_text(turn.durations, turn.played_known))
+            lines.append(latency_text(turn.durations, turn.played_known, ended_by_model=turn.ended_by_model))
         return lines
 
     def _partial_lines(self) -> list[Text]:
