@@ -290,3 +290,36 @@ def test_voiceloop_vad_asks_a_turn_model_from_the_command_line(tmp_path) -> None
     assert all(s["turn_probability"] > 0.99 for s in segments)
     out = subprocess.run([*command, "--turn-model", str(tmp_path / "none")], capture_output=True, text=True)
     assert out.returncode == 2 and "Traceback" not in out.stderr and "--turn-model DIR" in out.stderr
+
+
+@pytest.mark.parametrize("final_delay", [0.02, 0.2])
+def test_a_preemptive_reply_plays_at_the_models_endpoint(final_delay) -> None:
+    """The early final (pause hint at 100 ms) feeds the reply; the model ends the turn at 200 ms and
+    the held reply plays then — or, when the early final is slower than that, as soon as it is ready."""
+    from fakes import FakeAsr, FakeTts
+
+    from voiceloop.asr import AsrStage
+    from voiceloop.dialogue import DialogueStage
+    from voiceloop.io import OutputStage, PacedSink
+    from voiceloop.tts import TtsStage
+
+    stages = [
+        FileSource(frames_of(3.0), sample_rate=16_000),
+        VadStage(VAD, detector=ScriptedVoice([(0.5, 1.5)]), turn_model=FakeTurnModel([0.9])),
+        AsrStage(FakeAsr(["你好"], final_delay=final_delay, preview=True), preemptive=True),
+        DialogueStage(lambda text: text),
+        TtsStage(FakeTts(first_delay=0.03)),
+        OutputStage(PacedSink(24_000)),
+    ]
+    metrics = Metrics()
+    run(Pipeline(stages, metrics=metrics).run(), clock="virtual")
+    metrics.close()
+    (turn,) = metrics.finished
+    assert turn.ended_by_model and turn.transcript == "你好" and turn.reply == "你好"
+    assert turn.endpoint - turn.speech_end == pytest.approx(0.2)
+    ready = turn.speech_end + 0.1 + final_delay + 0.03  # hint + early final + TTS first audio
+    assert turn.preemptive == (final_delay + 0.1 < 0.2)
+    if turn.preemptive:  # generated during the quiet, held until the model's endpoint
+        assert turn.first_played == pytest.approx(turn.endpoint)
+    else:  # the endpoint came first: the final is awaited, then the reply generated
+        assert turn.first_played == pytest.approx(ready)
