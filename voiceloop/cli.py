@@ -46,7 +46,8 @@ def cmd_vad(args: argparse.Namespace) -> int:
                 "file": str(path),
                 "duration": round(len(samples) / INPUT_RATE, 3),
                 "segments": [
-                    {**asdict(s), "start": round(s.start, 3), "end": round(s.end, 3)} for s in segments
+                    {k: round(v, 3) if isinstance(v, float) else v for k, v in asdict(s).items()}
+                    for s in segments
                 ],
             }
         )

@@ -17,7 +17,8 @@ from .options import VadOptions
 class Segment:
     """One utterance in stream-time seconds: first voiced frame start .. last voiced frame end.
 
-    ``turn_probability``: a turn model's P(complete) at the utterance's last check (None: not asked).
+    ``turn_probability``: a turn model's P(complete) at the utterance's last check (None: not asked);
+    ``decided``: when the end was declared (the live loop would start answering then).
     """
 
     start: float
@@ -25,6 +26,7 @@ class Segment:
     discarded: bool = False
     reason: str = "silence"
     turn_probability: float | None = None
+    decided: float | None = None
 
 
 def detect_segments(
@@ -78,6 +80,7 @@ def segments_from_events(events: list[Frame], verdicts: dict[int, float] | None 
         if isinstance(ev, SpeechStarted):
             start = ev.stream_start
         elif isinstance(ev, SpeechEnded) and start is not None:
-            segments.append(Segment(start, ev.stream_end, ev.discarded, ev.reason, verdicts.get(ev.turn_id)))
+            probability = verdicts.get(ev.turn_id)
+            segments.append(Segment(start, ev.stream_end, ev.discarded, ev.reason, probability, ev.time))
             start = None
     return segments
