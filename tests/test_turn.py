@@ -242,6 +242,8 @@ def test_the_cli_flags_reach_the_loop_options() -> None:
     options = loop_options(parser.parse_args(["--turn-model", "DIR", "--turn-check-ms", "160"]))
     assert options.turn_model == "DIR" and options.turn.check_ms == 160
     assert loop_options(parser.parse_args([])).turn_model is None
+    with pytest.raises(TurnModelError, match="before the VAD's end of speech"):  # before loading anything
+        loop_options(parser.parse_args(["--turn-model", "DIR", "--turn-check-ms", "400"]))
 
 
 def conversation_audio() -> np.ndarray:

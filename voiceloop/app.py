@@ -73,6 +73,13 @@ class LoopOptions:
             raise ValueError(f"tts_backend must be auto, torch or onnx, got {self.tts_backend!r}")
         if self.tts_start not in ("fast", "smooth"):
             raise ValueError(f"tts_start must be fast or smooth, got {self.tts_start!r}")
+        if self.turn_model is not None and -(-self.turn.check_ms // 20) * 20 >= self.vad.end_silence_ms:
+            from .turn import TurnModelError
+
+            raise TurnModelError(  # before any model loads, not after
+                f"the turn check ({self.turn.check_ms} ms) must come before the VAD's end of speech "
+                f"({self.vad.end_silence_ms} ms)"
+            )
 
 
 #: precision="auto" per engine and device. CUDA (H200, benchmarks/gpu.sh): the ASR's steps take
@@ -149,6 +156,12 @@ def _load_engines(options: LoopOptions) -> Engines:
     from .tts.chattts.engine import ChatTts, ChatTtsOptions
     from .tts.chattts.play_through import SMOOTH_SCHEDULE
 
+    turn = None
+    if options.turn_model is not None:  # first: small, and a wrong path should not wait for the big models
+        from .turn import SmartTurnModel
+
+        turn = SmartTurnModel.from_pretrained(options.turn_model)
+
     if options.asr_backend == "onnx":
         from .asr.onnx import OnnxCheckpoint
 
@@ -164,11 +177,6 @@ def _load_engines(options: LoopOptions) -> Engines:
     tts = ChatTts.from_pretrained(options.tts, tts_options)
     if options.voice is not None:
         tts.speaker(options.voice)  # fail now, not at the first reply
-    turn = None
-    if options.turn_model is not None:
-        from .turn import SmartTurnModel
-
-        turn = SmartTurnModel.from_pretrained(options.turn_model)
     return Engines(asr, tts, turn)
 
 
