@@ -232,6 +232,12 @@ def main() -> None:
         help="off | complete | off,complete: no end-of-turn model, or a random full-size Smart Turn that "
         "calls every turn complete (latency of the model's shortcut); a row each",
     )
+    parser.add_argument(
+        "--asr", type=Path, default=None, help="an ASR checkpoint instead of the full-size random one"
+    )
+    parser.add_argument(
+        "--tts", type=Path, default=None, help="ChatTTS assets instead of the full-size random ones"
+    )
     parser.add_argument("--out", type=Path, default=HERE / "results" / "voice_to_voice.json")
     args = parser.parse_args()
     turn_models = {"off": None}
@@ -243,7 +249,8 @@ def main() -> None:
         if not turn_file.is_file():
             write_random_smart_turn(turn_file.parent, bias=8.0)
         turn_models["complete"] = SmartTurnModel(turn_file)
-    asr_root, tts_root = random_asr(args.cache), random_tts(args.cache)
+    asr_root = args.asr if args.asr is not None else random_asr(args.cache)
+    tts_root = args.tts if args.tts is not None else random_tts(args.cache)
     audio = conversation(args.turns, args.gap_s)
     rows = []
     for precision in args.precisions.split(","):
@@ -317,6 +324,10 @@ def main() -> None:
         },
         "turns": args.turns,
         "gap_s": args.gap_s,
+        "models": {
+            "asr": str(args.asr or "random XLSR-53 large"),
+            "tts": str(args.tts or "random ChatTTS, 20 layers"),
+        },
         "reply_max_s": args.reply_max_s,
         "echo": "raw transcript" if args.raw_echo else "transcript cut to the spoken utterance's length",
         "goal": {"p50_cpu_s": 0.9, "p50_gpu_s": 0.3},
