@@ -242,6 +242,7 @@ def test_the_cli_flags_reach_the_loop_options() -> None:
     options = loop_options(parser.parse_args(["--turn-model", "DIR", "--turn-check-ms", "160"]))
     assert options.turn_model == "DIR" and options.turn.check_ms == 160
     assert loop_options(parser.parse_args([])).turn_model is None
+    assert loop_options(parser.parse_args(["--turn-model"])).turn_model == "pipecat-ai/smart-turn-v3"
     with pytest.raises(TurnModelError, match="before the VAD's end of speech"):  # before loading anything
         loop_options(parser.parse_args(["--turn-model", "DIR", "--turn-check-ms", "400"]))
 

@@ -65,8 +65,11 @@ def add_loop_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--turn-model",
         metavar="M",
-        help="end-of-turn model (Smart Turn v3 ONNX: pipecat-ai/smart-turn-v3, a directory or .onnx file): "
-        "a turn it hears complete ends after --turn-check-ms of silence instead of the full VAD hangover",
+        nargs="?",
+        const="pipecat-ai/smart-turn-v3",
+        help="end-of-turn model (Smart Turn v3 ONNX: a hub id, directory or .onnx file; alone: "
+        "pipecat-ai/smart-turn-v3): a turn it hears complete ends after --turn-check-ms of quiet, "
+        "not after the hangover",
     )
     parser.add_argument(
         "--turn-check-ms",

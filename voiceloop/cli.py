@@ -113,6 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     vad.add_argument(
         "--turn-model",
         metavar="M",
+        nargs="?",
+        const="pipecat-ai/smart-turn-v3",
         help="also ask an end-of-turn model (Smart Turn v3: hub id, directory or .onnx), as the live loop "
         "does: segments it ends get note turn_model, each its last P(complete)",
     )
