@@ -29,7 +29,7 @@ class TurnCheck:
     """
 
     def __init__(self, model: TurnModel, options: TurnOptions, end_silence_ms: int) -> None:
-        #: silence frames after which to ask (check_ms rounded up to whole frames)
+        #: quiet frames (Endpointer.quiet_frames) after which to ask: check_ms rounded up to whole frames
         self.frames = -(-options.check_ms // FRAME_MS)
         if self.frames * FRAME_MS >= end_silence_ms:
             raise TurnModelError("TurnOptions.check_ms must be shorter than VadOptions.end_silence_ms")
