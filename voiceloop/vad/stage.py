@@ -20,11 +20,12 @@ class VadStage(Stage):
     and ``endpoint`` (when the end was declared, on the pipeline clock).
 
     With a ``turn_model`` (:mod:`voiceloop.turn`), the utterance's audio (its last 8 s) is shown
-    to the model once ``turn.check_ms`` of quiet has passed (``Endpointer.quiet_frames``); a turn it hears as complete ends
-    at once (reason "turn_model") instead of after the whole hangover. The stage waits for the
-    verdict (frames queue meanwhile), so a run on a file is as deterministic as the model. A
-    model that fails or is late (``turn.timeout_ms``) costs nothing but the shortcut: the
-    hangover decides, and ``turn.errors`` / ``turn.timeouts`` count it.
+    to the model once ``turn.check_ms`` of quiet has passed (``Endpointer.quiet_frames``); a turn
+    it hears as complete ends at once (reason "turn_model") instead of after the whole hangover.
+    The stage waits for the verdict (frames queue meanwhile), so a run on a file is as
+    deterministic as the model. A model that fails or is late (``turn.timeout_ms``) costs
+    nothing but the shortcut: the hangover decides, and ``turn.errors`` / ``turn.timeouts``
+    count it.
     """
 
     name = "vad"
