@@ -10,7 +10,6 @@ the checkpoint.
 from __future__ import annotations
 
 import math
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from transformers import Wav2Vec2ForCTC, Wav2Vec2Processor
 
 from ..allocator import tune_for_inference
 from ..errors import UserError
+from ..hub import hub_offline, looks_like_path
 from ..quantize import int8_linears
 from .base import DEFAULT_MODEL, conv_frames, normalize_audio
 from .conv_features import MatmulConvFeatures
@@ -44,23 +44,12 @@ class ModelNotAvailable(UserError, RuntimeError):
 def _guidance(name: str, reason: str, exc: BaseException | None = None) -> str:
     if exc is not None:  # keep the first line: transformers' messages run long
         reason += ": " + (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-    hub_id = DEFAULT_MODEL if _looks_like_path(name) else name
+    hub_id = DEFAULT_MODEL if looks_like_path(name) else name
     return (
         f"model {name!r} is not available: {reason}. To use a local directory instead, download it "
         f"elsewhere with `hf download {hub_id} --local-dir DIR` (older huggingface_hub: "
         f"`huggingface-cli download ...`), copy DIR here and pass --model DIR"
     )
-
-
-def _looks_like_path(name: str) -> bool:
-    """Hub ids are ``name`` or ``owner/name``; anything else is meant as a filesystem path."""
-    return Path(name).is_absolute() or name.startswith((".", "~")) or name.count("/") > 1 or "\\" in name
-
-
-def _hub_offline() -> bool:
-    """Read the offline switches now: huggingface_hub only reads them at import time."""
-    flags = (os.environ.get(k, "").strip().upper() for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
-    return any(flag in {"1", "ON", "YES", "TRUE"} for flag in flags)
 
 
 @dataclass
@@ -219,7 +208,7 @@ class Wav2Vec2Checkpoint:
         except _LOAD_ERRORS as exc:
             if is_local:
                 raise ModelNotAvailable(_guidance(name_or_path, "cannot load the directory", exc)) from exc
-            if _hub_offline():
+            if hub_offline():
                 reason = "not in the Hugging Face cache and offline mode is on (HF_HUB_OFFLINE)"
                 raise ModelNotAvailable(_guidance(name_or_path, reason)) from exc
             _probe_hub(name_or_path)
@@ -332,7 +321,7 @@ def _resolve_source(name: str) -> tuple[str, bool]:
         if missing:  # without vocab.json the tokenizer fails with a bare TypeError
             raise ModelNotAvailable(_guidance(name, f"directory {str(path)!r} lacks {', '.join(missing)}"))
         return str(path), True
-    if path.exists() or _looks_like_path(name):
+    if path.exists() or looks_like_path(name):
         raise ModelNotAvailable(_guidance(name, f"no such local directory {str(path)!r}"))
     return name, False
 

@@ -11,7 +11,6 @@ The hub repo holds several versions; ``smart-turn-v3.2-cpu.onnx`` (int8, 8.7 MB)
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -19,6 +18,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from ..errors import UserError
+from ..hub import hub_offline, looks_like_path
 
 DEFAULT_MODEL = "pipecat-ai/smart-turn-v3"
 DEFAULT_FILE = "smart-turn-v3.2-cpu.onnx"
@@ -100,12 +100,7 @@ def resolve_file(source: str = DEFAULT_MODEL, filename: str | None = None) -> Pa
         raise TurnModelNotAvailable(
             _guidance(source, f"{str(path)!r} holds no {filename or 'smart-turn-v3*.onnx'}")
         )
-    if (
-        path.is_absolute()
-        or source.startswith((".", "~"))
-        or source.count("/") != 1
-        or source.endswith(".onnx")
-    ):
+    if looks_like_path(source) or source.endswith(".onnx"):
         raise TurnModelNotAvailable(_guidance(source, f"no such file or directory {str(path)!r}"))
     from huggingface_hub import hf_hub_download
 
@@ -113,12 +108,9 @@ def resolve_file(source: str = DEFAULT_MODEL, filename: str | None = None) -> Pa
     try:
         return Path(hf_hub_download(source, name, local_files_only=True))
     except Exception as cached_exc:
-        if any(
-            os.environ.get(k, "").strip().upper() in {"1", "ON", "YES", "TRUE"} for k in ("HF_HUB_OFFLINE",)
-        ):
-            raise TurnModelNotAvailable(
-                _guidance(source, "not cached and HF_HUB_OFFLINE is on")
-            ) from cached_exc
+        if hub_offline():
+            reason = "not in the Hugging Face cache and offline mode is on (HF_HUB_OFFLINE)"
+            raise TurnModelNotAvailable(_guidance(source, reason)) from cached_exc
     try:
         from huggingface_hub import HfApi
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import torch
 from torch import nn
 
 from ...errors import UserError
+from ...hub import hub_offline, looks_like_path
 
 GPT_DIR = "asset/gpt"
 EMBED = "asset/Embed.safetensors"
@@ -93,7 +93,7 @@ def _guidance(name: str, reason: str) -> str:
 def resolve_root(name: str = DEFAULT_REPO) -> Path:
     """A local directory holding ``asset/``, or a hub id fetched (progress bars) into the HF cache."""
     path = Path(name).expanduser()
-    if path.is_dir() or _looks_like_path(name):
+    if path.is_dir() or looks_like_path(name):
         if not path.is_dir():
             raise AssetsNotAvailable(_guidance(name, f"no such directory {str(path)!r}"))
         missing = [f for f in REQUIRED if not (path / f).is_file()]
@@ -105,7 +105,7 @@ def resolve_root(name: str = DEFAULT_REPO) -> Path:
     try:
         return Path(snapshot_download(name, allow_patterns=HUB_PATTERNS, local_files_only=True))
     except Exception as cached_exc:
-        if _hub_offline():
+        if hub_offline():
             reason = "not in the Hugging Face cache and offline mode is on (HF_HUB_OFFLINE)"
             raise AssetsNotAvailable(_guidance(name, reason)) from cached_exc
     try:
@@ -116,15 +116,6 @@ def resolve_root(name: str = DEFAULT_REPO) -> Path:
     except Exception as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise AssetsNotAvailable(_guidance(name, f"the download failed: {first}")) from exc
-
-
-def _looks_like_path(name: str) -> bool:
-    return Path(name).is_absolute() or name.startswith((".", "~")) or name.count("/") > 1 or "\\" in name
-
-
-def _hub_offline() -> bool:
-    flags = (os.environ.get(k, "").strip().upper() for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
-    return any(flag in {"1", "ON", "YES", "TRUE"} for flag in flags)
 
 
 def official_hashes() -> dict[str, str]:
