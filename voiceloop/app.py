@@ -73,13 +73,8 @@ class LoopOptions:
             raise ValueError(f"tts_backend must be auto, torch or onnx, got {self.tts_backend!r}")
         if self.tts_start not in ("fast", "smooth"):
             raise ValueError(f"tts_start must be fast or smooth, got {self.tts_start!r}")
-        if self.turn_model is not None and -(-self.turn.check_ms // 20) * 20 >= self.vad.end_silence_ms:
-            from .turn import TurnModelError
-
-            raise TurnModelError(  # before any model loads, not after
-                f"the turn check ({self.turn.check_ms} ms) must come before the VAD's end of speech "
-                f"({self.vad.end_silence_ms} ms)"
-            )
+        if self.turn_model is not None:
+            self.turn.check_frames(self.vad.end_silence_ms)  # refused before any model loads, not after
 
 
 #: precision="auto" per engine and device. CUDA (H200, benchmarks/gpu.sh): the ASR's steps take

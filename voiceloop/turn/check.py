@@ -10,9 +10,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..clock import ThreadWork
-from ..frames import FRAME_MS, Frame
+from ..frames import FRAME_MS, AudioFrame, Frame, SpeechStarted
 from ..timeline import Metrics
-from .smart_turn import WINDOW_SECONDS, TurnModel, TurnModelError, TurnOptions
+from .smart_turn import WINDOW_SECONDS, TurnModel, TurnOptions
 
 if TYPE_CHECKING:
     from ..vad import Endpointer
@@ -28,21 +28,19 @@ class TurnCheck:
     an earlier call still runs (``turn.busy``). None means: let the silence hangover decide.
     """
 
-    def __init__(self, model: TurnModel, options: TurnOptions, end_silence_ms: int) -> None:
+    def __init__(self, model: TurnModel, options: TurnOptions | None, end_silence_ms: int) -> None:
+        self.model, self.options = model, options if options is not None else TurnOptions()
         #: quiet frames (Endpointer.quiet_frames) after which to ask: check_ms rounded up to whole frames
-        self.frames = -(-options.check_ms // FRAME_MS)
-        if self.frames * FRAME_MS >= end_silence_ms:
-            raise TurnModelError("TurnOptions.check_ms must be shorter than VadOptions.end_silence_ms")
-        self.model, self.options = model, options
+        self.frames = self.options.check_frames(end_silence_ms)
         self._audio: deque[np.ndarray] = deque(maxlen=WINDOW_SECONDS * 1000 // FRAME_MS)
         self._pending: asyncio.Future[float] | None = None
 
-    def start(self) -> None:
-        """A new utterance begins."""
-        self._audio.clear()
-
-    def add(self, samples: np.ndarray) -> None:
-        self._audio.append(samples)
+    def feed(self, frame: Frame) -> None:
+        """Follow what the Endpointer forwards: a new utterance clears, its audio is kept."""
+        if frame.__class__ is AudioFrame:
+            self._audio.append(frame.samples)  # type: ignore[attr-defined]
+        elif isinstance(frame, SpeechStarted):
+            self._audio.clear()
 
     def audio(self) -> np.ndarray:
         """The open utterance so far (its last 8 s), pre-roll included."""

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from ..errors import UserError
+from ..frames import FRAME_MS
 from ..hub import hub_offline, looks_like_path
 
 DEFAULT_MODEL = "pipecat-ai/smart-turn-v3"
@@ -40,12 +41,12 @@ class TurnOptions:
     """When the VAD asks the turn model, and what it does with the answer.
 
     The model only ever shortens the wait: a turn it hears as complete ends after ``check_ms``
-    of silence; otherwise the VAD's own hangover (``VadOptions.end_silence_ms``, or
+    of quiet; otherwise the VAD's own hangover (``VadOptions.end_silence_ms``, or
     ``incomplete_silence_ms`` when set) decides as without a model.
     """
 
-    #: Silence after the detector's last voiced frame before the model is asked (WebRTC adds its
-    #: own 40..120 ms tail before that). pipecat pairs Smart Turn with a 200 ms VAD stop.
+    #: Quiet after the utterance's last loud frame before the model is asked (``Endpointer.quiet_frames``:
+    #: silence plus WebRTC's quiet tail). pipecat pairs Smart Turn with a 200 ms VAD stop.
     check_ms: int = 200
     #: Probability at or above which the turn counts as complete (the model's own cut is 0.5).
     threshold: float = 0.5
@@ -68,6 +69,16 @@ class TurnOptions:
             raise TurnModelError(
                 f"TurnOptions.incomplete_silence_ms must be an int > check_ms or None, got {m!r}"
             )
+
+    def check_frames(self, end_silence_ms: int) -> int:
+        """Quiet frames (20 ms) before the check; it must come before the VAD's own end of speech."""
+        frames = -(-self.check_ms // FRAME_MS)
+        if frames * FRAME_MS >= end_silence_ms:
+            raise TurnModelError(
+                f"TurnOptions.check_ms ({self.check_ms} ms) must be shorter than VadOptions.end_silence_ms "
+                f"({end_silence_ms} ms): the turn check must come before the VAD's end of speech"
+            )
+        return frames
 
 
 class TurnModel(Protocol):

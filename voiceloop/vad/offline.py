@@ -45,9 +45,8 @@ def detect_segments(
     padded = np.zeros(n * FRAME_SAMPLES, dtype=np.int16)
     padded[: len(samples)] = samples
     endpointer = Endpointer(options)
-    check = None
-    if turn_model is not None:
-        check = TurnCheck(turn_model, turn or TurnOptions(), endpointer.options.end_silence_ms)
+    end_silence_ms = endpointer.options.end_silence_ms
+    check = TurnCheck(turn_model, turn, end_silence_ms) if turn_model is not None else None
     events: list[Frame] = []
     verdicts: dict[int, float] = {}
     for seq in range(n):
@@ -58,10 +57,7 @@ def detect_segments(
         if check is None:
             continue
         for item in out:
-            if isinstance(item, SpeechStarted):
-                check.start()
-            elif item.__class__ is AudioFrame:
-                check.add(item.samples)  # type: ignore[attr-defined]
+            check.feed(item)
         if endpointer.quiet_frames == check.frames:
             turn_id, probability = endpointer.turn_id, float(check.model.probability(check.audio()))
             verdicts[turn_id] = probability

@@ -40,10 +40,8 @@ class VadStage(Stage):
     ) -> None:
         super().__init__()
         self.endpointer = Endpointer(options, detector)
-        self.turn = turn if turn is not None or turn_model is None else TurnOptions()
-        self._check: TurnCheck | None = None
-        if turn_model is not None:
-            self._check = TurnCheck(turn_model, self.turn, self.endpointer.options.end_silence_ms)  # type: ignore[arg-type]
+        end_silence_ms = self.endpointer.options.end_silence_ms
+        self._check = TurnCheck(turn_model, turn, end_silence_ms) if turn_model is not None else None
 
     def user_voiced_until(self) -> float | None:
         return self.endpointer.voiced_until
@@ -78,15 +76,13 @@ class VadStage(Stage):
             await self._send(out)
 
     async def _send(self, frame: Frame) -> None:
+        if self._check is not None:
+            self._check.feed(frame)
         if frame.__class__ is AudioFrame:
-            if self._check is not None:
-                self._check.add(frame.samples)  # type: ignore[attr-defined]
             await self.emit(frame)
             return
         metrics = self.metrics
         if isinstance(frame, SpeechStarted):
-            if self._check is not None:
-                self._check.start()
             metrics.stamp(frame.turn_id, "speech_start", frame.speech_time)
         elif isinstance(frame, SpeechEnded):
             metrics.stamp(frame.turn_id, "speech_end", frame.speech_time)
