@@ -24,7 +24,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks"), str(ROOT / "tests")]
 
 import vad_defaults as scenes  # noqa: E402
 
-from voiceloop.frames import FRAME_SAMPLES, AudioFrame, SpeechEnded, SpeechPaused, SpeechStarted  # noqa: E402
+from voiceloop.frames import AudioFrame, SpeechEnded, SpeechPaused, SpeechStarted  # noqa: E402
 from voiceloop.turn import TurnOptions  # noqa: E402
 from voiceloop.vad import Endpointer, VadOptions  # noqa: E402
 
@@ -63,10 +63,7 @@ def main() -> None:
             continue
         scene = scenes.build_scene(clips, noise, snr, seed=index)
         x = scene["signal"]
-        frames = [
-            AudioFrame(x[i * FRAME_SAMPLES : (i + 1) * FRAME_SAMPLES], scenes.RATE, i * scenes.FRAME_S, i)
-            for i in range(len(x) // FRAME_SAMPLES)
-        ]
+        frames = scenes.scene_frames(x)
         decisions = scenes.decisions(x, 3)
         for q in SETTINGS:
             found = utterances(VadOptions(quiet_tail_db=q, max_utterance_ms=None), decisions, frames)

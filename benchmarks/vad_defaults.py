@@ -140,6 +140,14 @@ def decisions(signal: np.ndarray, aggressiveness: int) -> list[bool]:
     return [vad.is_speech(signal[i * FRAME_SAMPLES : (i + 1) * FRAME_SAMPLES]) for i in range(n)]
 
 
+def scene_frames(x: np.ndarray) -> list[AudioFrame]:
+    """A scene's signal as the 20 ms frames the Endpointer takes (stream time = capture time)."""
+    n = len(x) // FRAME_SAMPLES
+    return [
+        AudioFrame(x[i * FRAME_SAMPLES : (i + 1) * FRAME_SAMPLES], RATE, i * FRAME_S, i) for i in range(n)
+    ]
+
+
 def run_endpointer(opts: VadOptions, dec: list[bool], frames: list[AudioFrame]) -> list[dict]:
     ep = Endpointer(opts, Replay(dec))
     segs: list[dict] = []
@@ -270,11 +278,9 @@ def measure(clips: list[dict], t0: float) -> tuple[dict, dict, dict]:
         name = "clean" if noise is None else f"{noise}@{snr}dB"
         scene = build_scene(clips, noise, snr, seed=ci)
         internal_gap[name] = {}
-        x = scene["signal"]  # real samples: the Endpointer measures the energy of the speech tail
-        frames = [
-            AudioFrame(x[i * FRAME_SAMPLES : (i + 1) * FRAME_SAMPLES], RATE, i * FRAME_S, i)
-            for i in range(len(x) // FRAME_SAMPLES)
-        ]
+        frames = scene_frames(
+            scene["signal"]
+        )  # real samples: the Endpointer measures the speech tail's energy
         for a in AGGRESSIVENESS:
             dec = decisions(scene["signal"], a)
             arr = np.array(dec)
