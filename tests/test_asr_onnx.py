@@ -15,15 +15,8 @@ from asr_fixtures import make_tiny_checkpoint
 
 from voiceloop.asr.ctc import greedy_decode
 from voiceloop.asr.model import Wav2Vec2Checkpoint
-from voiceloop.asr.onnx import (
-    CONV_FILE,
-    ENCODER_FILE,
-    ENCODER_INT8_FILE,
-    PROBE_SECONDS,
-    REPORT_FILE,
-    OnnxCheckpoint,
-    export_onnx,
-)
+from voiceloop.asr.onnx import CONV_FILE, ENCODER_FILE, ENCODER_INT8_FILE, OnnxCheckpoint
+from voiceloop.asr.onnx_export import PROBE_SECONDS, REPORT_FILE, export_onnx
 from voiceloop.asr.streaming import StreamingOptions, Wav2Vec2Engine
 from voiceloop.frames import FRAME_SAMPLES
 

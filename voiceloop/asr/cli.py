@@ -155,7 +155,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     asr = sub.add_parser("asr", help="ASR model tools: export-onnx, finetune")
     asr_sub = asr.add_subparsers(dest="asr_command", metavar="ASR_COMMAND", required=True)
     from .finetune import add_parser as add_finetune_parser
-    from .onnx import add_parser as add_onnx_parser  # imports onnxruntime lazily, when used
+    from .onnx_export import add_parser as add_onnx_parser  # imports onnxruntime lazily, when used
 
     add_onnx_parser(asr_sub)
     add_finetune_parser(asr_sub)
