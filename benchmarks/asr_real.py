@@ -40,7 +40,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from voiceloop.asr.finetune import char_error_rate  # noqa: E402
+from voiceloop.asr.corpus import char_error_rate  # noqa: E402
 from voiceloop.asr.model import ModelOptions, Wav2Vec2Checkpoint  # noqa: E402
 from voiceloop.asr.streaming import StreamingOptions, Wav2Vec2Engine  # noqa: E402
 from voiceloop.audio import float_to_int16  # noqa: E402

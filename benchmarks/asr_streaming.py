@@ -48,8 +48,8 @@ from transformers import Wav2Vec2Config, Wav2Vec2CTCTokenizer, Wav2Vec2ForCTC
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
+from voiceloop.asr.corpus import char_error_rate  # noqa: E402
 from voiceloop.asr.ctc import StreamingGreedyDecoder  # noqa: E402
-from voiceloop.asr.finetune import char_error_rate  # noqa: E402
 from voiceloop.asr.model import ModelOptions, Vocabulary, Wav2Vec2Checkpoint  # noqa: E402
 from voiceloop.asr.streaming import StreamingOptions, StreamState, Wav2Vec2Engine  # noqa: E402
 from voiceloop.audio import int16_to_float  # noqa: E402

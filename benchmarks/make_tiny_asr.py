@@ -44,7 +44,8 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from speech import RATE, espeak, mix_scene  # noqa: E402
 
-from voiceloop.asr.finetune import FinetuneOptions, char_error_rate, finetune  # noqa: E402
+from voiceloop.asr.corpus import char_error_rate  # noqa: E402
+from voiceloop.asr.finetune import FinetuneOptions, finetune  # noqa: E402
 
 VOICE = "cmn-latn-pinyin"
 FIXTURE = ROOT / "tests" / "fixtures" / "tiny-zh-asr"

@@ -17,7 +17,7 @@ import pytest
 import torch
 from speech import RATE, espeak, mix_scene, require_espeak
 
-from voiceloop.asr.finetune import char_error_rate
+from voiceloop.asr.corpus import char_error_rate
 
 FIXTURE = Path(__file__).parent / "fixtures" / "tiny-zh-asr"
 #: Measured when the fixture was made: 5.6 % on these 40 utterances (10 wrong of 180 characters; 3.8 % over

@@ -61,7 +61,7 @@ def test_final_computed_during_the_hangover_matches_the_final_after_it(monkeypat
     """
     from pathlib import Path
 
-    from voiceloop.asr.finetune import char_error_rate
+    from voiceloop.asr.corpus import char_error_rate
     from voiceloop.asr.streaming import Wav2Vec2Session
     from voiceloop.vad import VadOptions
 

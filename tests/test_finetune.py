@@ -19,13 +19,8 @@ import torch
 from asr_fixtures import make_tiny_checkpoint, tiny_vocab
 from speech import RATE, espeak, require_espeak
 
-from voiceloop.asr.finetune import (
-    FinetuneOptions,
-    add_parser,
-    char_error_rate,
-    finetune,
-    read_manifest,
-)
+from voiceloop.asr.corpus import char_error_rate, read_manifest
+from voiceloop.asr.finetune import FinetuneOptions, add_parser, finetune
 
 TEXTS = ["你好", "天气很好", "一二三", "再见"]  # 再, 见 are not in the starting vocabulary
 START_CHARS = "你好天气很一二三四五"
