@@ -8,7 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile
+from huggingface_hub.utils import are_progress_bars_disabled
 from speech import espeak, require_espeak
+from transformers.utils.logging import is_progress_bar_enabled
 
 from voiceloop.app import load_handler
 from voiceloop.cli import main
@@ -65,12 +67,14 @@ def test_run_transcribes_answers_and_records_the_bot_time_aligned(
     assert {"final", "reply_text", "turn"} <= {e["type"] for e in events}
 
 
-def test_run_with_a_handler_from_a_file(conversation, chattts_root, tmp_path):
+def test_run_with_a_handler_from_a_file(conversation, chattts_root, tmp_path, capfd):
     handler = tmp_path / "bot.py"
     handler.write_text("def reply(text):\n    return '好' if text == '你好' else '不好'\n", encoding="utf-8")
     code, lines = _run(conversation, chattts_root, tmp_path, "--handler", f"{handler}:reply", "--quiet")
     assert code == 0
     assert [t["reply"] for t in lines if t["type"] == "turn"] == ["好", "不好"]
+    assert capfd.readouterr() == ("", ""), "--quiet prints nothing, weight-loading bars included"
+    assert is_progress_bar_enabled() and not are_progress_bars_disabled(), "and puts the bars back"
 
 
 def test_run_preemptive_gives_the_same_conversation(conversation, chattts_root, tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import sys
@@ -113,8 +114,10 @@ def loop_options(args: argparse.Namespace):
 
 def _engines(args: argparse.Namespace, options):
     from .app import load_engines
+    from .hub import no_progress_bars
 
-    engines = load_engines(options)
+    with no_progress_bars() if args.quiet else contextlib.nullcontext():  # --quiet: errors only
+        engines = load_engines(options)
     if args.tts_max_seconds is not None:
         if args.tts_max_seconds <= 0:
             raise UserError("--tts-max-seconds must be positive")

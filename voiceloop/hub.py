@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -15,3 +17,28 @@ def hub_offline() -> bool:
     """Read the offline switches now: huggingface_hub only reads them at import time."""
     flags = (os.environ.get(k, "").strip().upper() for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
     return any(flag in {"1", "ON", "YES", "TRUE"} for flag in flags)
+
+
+@contextmanager
+def no_progress_bars() -> Iterator[None]:
+    """Silence hub download and weight-loading bars for a block (``--quiet``, checkpoint writes).
+
+    Both switches are process-wide; each is restored only if this block turned it off, so a user's
+    own ``disable_progress_bars()`` (or ``HF_HUB_DISABLE_PROGRESS_BARS``) stays in force.
+    """
+    import huggingface_hub.utils as hub_utils
+    from transformers.utils import logging as hf_logging
+
+    hub_was_on = not hub_utils.are_progress_bars_disabled()
+    transformers_was_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # also turns huggingface_hub's off
+    hub_utils.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if transformers_was_on:
+            hf_logging.enable_progress_bar()
+        if hub_was_on:
+            hub_utils.enable_progress_bars()
+        elif not hub_utils.are_progress_bars_disabled():
+            hub_utils.disable_progress_bars()  # transformers' enable turned it back on

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..hub import no_progress_bars
 from .corpus import (
     DELIMITER,
     PREPROCESSOR_CONFIG,
@@ -199,18 +200,11 @@ def evaluate(
 def save_model(model: nn.Module, vocab: TargetVocab, preprocessor: dict[str, Any], out: Path) -> None:
     """The official hub layout: config.json, model.safetensors, vocab.json (ASCII-escaped like the hub's),
     special_tokens_map.json, preprocessor_config.json — loadable by Wav2Vec2Processor/ForCTC."""
-    from transformers.utils import logging as hf_logging
-
     out.mkdir(parents=True, exist_ok=True)
     model.config.vocab_size = len(vocab.tokens)
     model.config.pad_token_id = vocab.blank
-    bars_on = hf_logging.is_progress_bar_enabled()  # a "Writing shards" bar per checkpoint is noise
-    hf_logging.disable_progress_bar()
-    try:
+    with no_progress_bars():  # a "Writing shards" bar per checkpoint is noise
         model.save_pretrained(str(out))
-    finally:
-        if bars_on:
-            hf_logging.enable_progress_bar()
     for name, data in (
         ("vocab.json", vocab.tokens),
         ("special_tokens_map.json", vocab.specials),
