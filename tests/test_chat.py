@@ -7,13 +7,15 @@ ASR + random-weight ChatTTS, echo handler) answers on the virtual speaker, which
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from pulse import pulse_fixture  # noqa: F401  (the fixture)
+from pulse import Pulse, PulseServer, pulse_fixture  # noqa: F401  (the fixture)
 from speech import espeak, require_espeak
 
 from voiceloop.cli import main
@@ -125,3 +127,28 @@ def test_the_bots_own_voice_looped_back_does_not_interrupt_it(pulse, chattts_roo
         return
     assert not first["interrupted"], f"the bot's own voice must not cut it off; {why}"
     assert all(t["discarded"] or not t["transcript"] for t in others), f"nor start a turn of its own; {why}"
+
+
+def test_a_sound_server_lost_mid_chat_is_one_line_and_a_clean_exit(chattts_root, tmp_path):
+    """The whole CLI in its own process, on its own sound server, which dies while the bot listens."""
+    server = PulseServer()
+    server.start()
+    argv = ["chat", "--input-device", "vmic", "--output-device", "vspeaker", "--asr", TINY_ASR]
+    argv += ["--tts", str(chattts_root), "--quiet", "--duration", "60"]
+    env = {**server._env(), "PYTHONPATH": str(Path(__file__).parents[1])}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "voiceloop", *argv], env=env, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        Pulse(server).wait_for_reader()  # models loaded, the mic is open
+        server.kill()
+        _, stderr = process.communicate(timeout=30)
+    finally:
+        process.kill()
+        server.stop()
+    assert process.returncode == 2, stderr[-3000:]
+    # PortAudio's ALSA code prints its own C diagnostics ("Expression '...' failed in ...") straight
+    # to the stderr file descriptor; everything from voiceloop is the one error line
+    ours = [line for line in stderr.splitlines() if not line.startswith(("Expression '", "ALSA lib "))]
+    assert len(ours) == 1 and ours[0].startswith("voiceloop chat: error: "), stderr[-3000:]
+    assert "lost" in ours[0] and "Traceback" not in stderr, stderr[-3000:]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import numpy as np
 import pytest
@@ -69,7 +70,7 @@ def test_no_task_outlives_a_cancelled_pipeline() -> None:
     assert run(main(), clock="virtual") == set()
 
 
-def test_a_failing_stage_is_named_and_stops_the_pipeline_cleanly() -> None:
+def test_a_failing_stage_is_named_and_stops_the_pipeline_cleanly(caplog: pytest.LogCaptureFixture) -> None:
     class Boom(Stage):
         name = "boom"
 
@@ -88,7 +89,10 @@ def test_a_failing_stage_is_named_and_stops_the_pipeline_cleanly() -> None:
         assert pipeline.metrics.counters["stage_errors.boom"] == 1
         assert len(asyncio.all_tasks()) == 1
 
-    run(main(), clock="virtual")
+    with caplog.at_level(logging.DEBUG, logger="voiceloop"):
+        run(main(), clock="virtual")
+    # reported once, by the StageError (a CLI prints it as one line), not also as an error log
+    assert [r.levelno for r in caplog.records if "stage boom failed" in r.getMessage()] == [logging.DEBUG]
 
 
 def test_live_source_never_blocks_and_counts_dropped_frames() -> None:

@@ -389,10 +389,14 @@ class Pipeline:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            log.error("stage %s failed: %s: %s", stage.name, type(exc).__name__, exc)
             self.metrics.count(f"stage_errors.{stage.name}")
-            if self._done is not None and not self._done.done():
-                self._done.set_exception(StageError(stage.name, exc))
+            reported = self._done is not None and not self._done.done()
+            # run() raises the first failure (the CLI prints it once); only later ones need the log
+            (log.debug if reported else log.error)(
+                "stage %s failed: %s: %s", stage.name, type(exc).__name__, exc, exc_info=not reported
+            )
+            if reported:
+                self._done.set_exception(StageError(stage.name, exc))  # type: ignore[union-attr]
             return
         if stage is self.stages[-1] and self._done is not None and not self._done.done():
             self._done.set_result(None)
