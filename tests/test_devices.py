@@ -388,3 +388,36 @@ def test_device_lost_mid_run_ends_the_pipeline_with_a_device_error() -> None:
     assert "mic: DeviceError microphone 'vmic' lost" in out, out + result.stderr[-2000:]
     assert "speaker: DeviceError speaker 'vspeaker' lost" in out, out + result.stderr[-2000:]
     assert "Traceback" not in result.stderr
+
+
+ALSA_MISS = """
+    import ctypes, ctypes.util, logging, sys
+    logging.basicConfig(stream=sys.stdout, level=logging.DEBUG, format="%(name)s: %(message)s")
+    if sys.argv[1] == "voiceloop":
+        from voiceloop.io.devices_list import import_sounddevice
+        import_sounddevice()  # PortAudio starts (and probes ALSA) with alsa-lib's errors routed
+    alsa = ctypes.CDLL(ctypes.util.find_library("asound") or "libasound.so.2")
+    pcm = ctypes.c_void_p()
+    print("open:", alsa.snd_pcm_open(ctypes.byref(pcm), b"no_such_pcm", 0, 0))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="alsa-lib is Linux only")
+@pytest.mark.parametrize("who", ["voiceloop", "control"])
+def test_alsa_lib_errors_go_to_the_debug_log_not_stderr(who: str) -> None:
+    """alsa-lib prints a line per PCM it cannot open (PortAudio's startup probe on desktops makes a
+    screenful); once voiceloop has imported sounddevice they are debug log records instead."""
+    pythonpath = os.pathsep.join([str(ROOT / "tests"), str(ROOT)])
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(ALSA_MISS), who],
+        env={**os.environ, "PYTHONPATH": pythonpath},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0 and "open: -" in result.stdout, result.stdout + result.stderr
+    if who == "control":
+        assert "ALSA lib" in result.stderr and "Unknown PCM no_such_pcm" in result.stderr
+        return
+    assert "ALSA lib" not in result.stderr, result.stderr
+    assert "voiceloop.alsa: alsa-lib pcm.c" in result.stdout and "Unknown PCM" in result.stdout

@@ -8,11 +8,13 @@ card, an unknown device name) becomes a :class:`DeviceError` saying what is miss
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, Literal
 
 from ..errors import UserError
+from .alsa_log import route_alsa_errors
 
 Kind = Literal["input", "output"]
 
@@ -47,6 +49,8 @@ class DeviceInfo:
 
 def import_sounddevice() -> ModuleType:
     """``import sounddevice``, turning a missing package or PortAudio library into a DeviceError."""
+    if "sounddevice" not in sys.modules:  # PortAudio probes ALSA when sounddevice is first imported
+        route_alsa_errors()
     try:
         import sounddevice
     except ImportError as exc:
