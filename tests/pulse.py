@@ -28,7 +28,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -331,16 +331,25 @@ class Pulse:
         return float(np.median(delays))
 
     @contextlib.contextmanager
-    def loopback(self, latency_msec: int = 20) -> Iterator[None]:
-        """Everything played on the speaker also reaches the microphone (acoustic echo)."""
-        module = self.server.pactl(
+    def loopback(self, latency_msec: int = 20) -> Iterator[Callable[[int], None]]:
+        """Everything played on the speaker also reaches the microphone (acoustic echo). Yields
+        ``move(latency_msec)``: the echo path changes delay (the loopback is loaded anew)."""
+        modules = [self._load_loopback(latency_msec)]
+
+        def move(latency: int) -> None:
+            self.server.pactl("unload-module", modules.pop())
+            modules.append(self._load_loopback(latency))
+
+        try:
+            yield move
+        finally:
+            self.server.pactl("unload-module", modules.pop())
+
+    def _load_loopback(self, latency_msec: int) -> str:
+        return self.server.pactl(
             "load-module", "module-loopback", "source=vspeaker.monitor", "sink=vmic_feed",
             f"latency_msec={latency_msec}",
         )  # fmt: skip
-        try:
-            yield
-        finally:
-            self.server.pactl("unload-module", module)
 
 
 _shared: dict[str, Any] = {}

@@ -13,14 +13,17 @@ import numpy as np
 import pytest
 from test_echo import (
     BOT_RATE,
+    RATE,
     T0,
     Mic,
     Speaking,
     bot16,
     bot24,
     needs_aec,
+    place,
     power,
     reference_for,
+    run_pipeline,
     seg,
     speech_span,
     user16,
@@ -31,7 +34,7 @@ from voiceloop.aec import AecOptions, EchoGate, EchoProcessor, EchoReference, Ec
 from voiceloop.aec import stage as stage_module
 from voiceloop.aec.delay import DelayOptions, EchoDelayEstimator
 from voiceloop.aec.gate import EchoPowerModel
-from voiceloop.aec.room import EchoPath, run_frames
+from voiceloop.aec.room import EchoPath, run_frames, scale_to_dbfs
 from voiceloop.frames import AudioFrame, EndOfStream
 from voiceloop.pipeline import Pipeline
 
@@ -276,3 +279,56 @@ def test_no_frame_is_held_while_mic_frames_queue_behind_it():
     assert metrics.counters.get("echo.reference_behind", 0) >= 1
     # only the last frames (nothing queued behind them) may wait: not one wait per frame
     assert metrics.counters.get("echo.reference_waits", 0) <= stage_module.REFERENCE_BACKLOG_FRAMES
+
+
+# -- an echo path that moves mid-reply ---------------------------------------------------------
+
+
+def jumped(bot24: np.ndarray, before_ms: float, after_ms: float, at_s: float, near=None) -> np.ndarray:
+    """The mic when the echo delay jumps from ``before_ms`` to ``after_ms`` at ``at_s`` (a sound
+    server rebuffering after an underrun, a device switch)."""
+    before = EchoPath(delay_ms=before_ms, gain_db=-6).mic(bot24, BOT_RATE, near)
+    after = EchoPath(delay_ms=after_ms, gain_db=-6).mic(bot24, BOT_RATE, near)
+    k = round(at_s * RATE)
+    return np.concatenate([before[:k], after[k:]])
+
+
+def test_echo_share_finds_the_echo_and_how_much_of_the_mic_it_is(bot16, bot24, user16):
+    a, b = speech_span(bot16)
+    onset = a + 1.0
+    near = place(scale_to_dbfs(user16, -14), onset, len(bot16))
+    upto = round((onset + 0.5) * RATE)  # the history is the last 3 s: ask while the window is in it
+    for user, share in ((None, (0.6, 1.0)), (near, (0.0, 0.3))):
+        mic = EchoPath(delay_ms=80, gain_db=-6).mic(bot24, BOT_RATE, user)
+        estimator, _ = track(reference_for(bot24), mic[:upto])
+        found = estimator.echo_share(T0 + onset, T0 + onset + 0.24)
+        assert found is not None and share[0] <= found[1] <= share[1], found
+        if user is None:  # the echo alone: the copy lies where the echo is
+            assert found[0] == pytest.approx(0.08, abs=0.002)
+    estimator, _ = track(reference_for(bot24), mic)
+    assert estimator.echo_share(T0 + b + 0.65, T0 + b + 0.85) is None  # no playback within the lags
+    assert estimator.echo_share(T0 + onset, T0 + onset + 0.24) is None  # older than the history
+
+
+@needs_aec
+@pytest.mark.parametrize(("after_ms", "at_s"), [(130, 1.5), (330, 2.5)])
+def test_an_echo_path_that_jumps_mid_reply_does_not_cut_the_bot_off(bot24, monkeypatch, after_ms, at_s):
+    """After a jump AEC3 re-converges for seconds and the gate's fit is at the old lag: both take
+    the bot's voice for the user. The raw mic then is mostly one delayed copy of the reference
+    away from the tracked delay, and that barge-in is refused; without the check (the control)
+    the bot cuts itself off."""
+    mic = jumped(bot24, 30, after_ms, at_s)
+    out, metrics = run_pipeline(mic, reference_for(bot24), "aec+gate")
+    assert not out.interruptions and metrics.counters["echo.refused_barge_ins"] >= 1
+    monkeypatch.setattr(stage_module, "ECHO_SHARE", 2.0)  # a share never reached: no check
+    out, _ = run_pipeline(mic, reference_for(bot24), "aec+gate")
+    assert out.interruptions, "the control: the moved echo passes canceller and gate"
+
+
+@needs_aec
+def test_a_user_over_the_bot_still_cuts_it_off_behind_the_canceller(bot16, bot24, user16):
+    """The moved-echo check must not refuse real barge-ins: a user over a steady echo path."""
+    onset = speech_span(bot16)[0] + 1.5
+    near = place(scale_to_dbfs(user16, -14), onset, len(bot16))
+    out, metrics = run_pipeline(jumped(bot24, 30, 30, 0.0, near), reference_for(bot24), "aec+gate")
+    assert len(out.interruptions) == 1 and "echo.refused_barge_ins" not in metrics.counters

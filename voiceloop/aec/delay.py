@@ -23,6 +23,8 @@ import numpy as np
 
 from .reference import EchoReference
 
+RAW_HISTORY_S = 3.0
+
 
 @dataclass
 class DelayOptions:
@@ -95,6 +97,10 @@ class EchoDelayEstimator:
         self.delay_s: float | None = None
         self.estimates = 0  # confident estimates so far
         self.moves = 0  # times the delay was set or moved
+        self.moved_at: float | None = None  # capture time (window end) of the latest set or move
+        #: raw mic frames (capture time, samples) of the last RAW_HISTORY_S, for echo_share: the
+        #: capture side may run ahead of the stage that asks (a VAD deciding on older frames)
+        self._raw: deque[tuple[float, np.ndarray]] = deque()
         self.confidence = 0.0  # of the latest estimate
 
     def observe(self, samples: np.ndarray, capture_time: float) -> None:
@@ -102,6 +108,10 @@ class EchoDelayEstimator:
         n = len(samples)
         if self._end_time is None or abs(capture_time - self._end_time) > 0.01:
             self._filled = 0  # a gap in the capture (or the first frame): start the window afresh
+            self._raw.clear()
+        self._raw.append((capture_time, np.array(samples, dtype=np.float64)))
+        while self._raw and self._raw[0][0] < capture_time - RAW_HISTORY_S:
+            self._raw.popleft()
         self._end_time = capture_time + n / self.rate
         keep = min(n, self._window)
         if self._mic_end + keep > len(self._mic):
@@ -146,6 +156,35 @@ class EchoDelayEstimator:
         if self.delay_s is None or abs(value - self.delay_s) > tolerance:
             self.delay_s = value
             self.moves += 1
+            self.moved_at = self._end_time
+
+    def echo_share(self, start: float, end: float) -> tuple[float, float] | None:
+        """(lag_s, share): the delayed copy of the reference that best explains the raw mic over
+        ``[start, end)`` (whole frames of the last RAW_HISTORY_S), and the fraction of the
+        mic's energy it explains (plain normalised cross-correlation squared, over the lag range).
+
+        None when there is too little mic audio or no playback in reach. Unlike the PHAT peak,
+        the share says whether the echo *dominates* the mic: a user talking over the bot keeps
+        it low, and the bot's own voice alone keeps it high, whatever the canceller makes of it.
+        """
+        parts = [(t, x) for t, x in self._raw if t >= start - 1e-6 and t + len(x) / self.rate <= end + 1e-6]
+        if not parts or sum(len(x) for _, x in parts) < round(0.1 * self.rate):
+            return None
+        rate, first = self.rate, parts[0][0]
+        mic = np.concatenate([x for _, x in parts])
+        n = len(mic)
+        lags = self._hi - self._lo + 1
+        ref = self.reference.read(first - self._hi / rate, n + lags - 1).astype(np.float64)
+        mic_energy = float(mic @ mic)
+        if min(mic_energy / n, float(ref @ ref) / len(ref)) < self._floor:
+            return None
+        size = 1 << (len(ref) + n - 1).bit_length()
+        cross = np.fft.irfft(np.conj(np.fft.rfft(mic, size)) * np.fft.rfft(ref, size), size)[:lags]
+        running = np.concatenate([[0.0], np.cumsum(ref * ref)])
+        ref_energy = running[n : n + lags] - running[:lags]
+        share = cross * cross / (mic_energy * ref_energy + 1e-9)
+        best = int(np.argmax(share))
+        return (self._hi - best) / rate, float(share[best])
 
     def reset(self) -> None:
         """Forget the measured delay (a new device or session)."""
@@ -153,3 +192,4 @@ class EchoDelayEstimator:
         self._end_time = None
         self._recent.clear()
         self.delay_s = None
+        self.moved_at = None

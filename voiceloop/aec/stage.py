@@ -34,6 +34,13 @@ REFERENCE_LIVE_S = 0.25
 REFERENCE_POLL_S = 0.004
 #: a reference not advanced for this long has no writer (a device writes every block, ~20 ms)
 REFERENCE_STALL_S = 0.06
+#: a barge-in whose raw mic is at least this much (energy share) one delayed copy of the bot's
+#: audio is the bot's echo when that copy lies more than MOVED_S from the tracked delay (measured
+#: on synthetic rooms: 0.81-0.86 for the echo alone after a jump; a user over it: 0.05-0.30)
+ECHO_SHARE = 0.5
+MOVED_S = 0.03
+#: ... or at any lag for this long after the tracked delay was set or moved (AEC3 re-converges)
+REALIGN_S = 2.0
 #: no holding while this many mic frames queue behind the held one: the mic path is behind real
 #: time already, and holding more would back it up into dropped mic frames (seen under load)
 REFERENCE_BACKLOG_FRAMES = 2
@@ -94,6 +101,8 @@ class EchoProcessor:
         self.mode = resolved
         self.gate = EchoGate(reference, gate, self.delay) if "gate" in resolved else None
         self.frames = 0
+        #: barge-ins refused because the echo had moved away from the tracked delay
+        self.moved_refusals = 0
 
     def process(self, frame: AudioFrame) -> AudioFrame:
         """Clean one 16 kHz mono int16 mic frame (whole 10 ms blocks)."""
@@ -113,8 +122,35 @@ class EchoProcessor:
         return max((r.reads_until(frame.capture_time, duration) for r in readers), default=-math.inf)
 
     def allow(self, started: SpeechStarted) -> bool:
-        """Barge-in predicate (always True without a gate)."""
-        return self.gate is None or self.gate.allow(started)
+        """Barge-in predicate (always True without a gate): the gate's verdict, and no barge-in
+        that is the bot's own voice arriving where the canceller and the gate do not look."""
+        gate = self.gate
+        if gate is None:
+            return True
+        if not gate.allow(started):
+            return False
+        if self._echo_moved(started):
+            gate.refused.append(started.turn_id)
+            self.moved_refusals += 1
+            return False
+        return True
+
+    def _echo_moved(self, started: SpeechStarted) -> bool:
+        """Whether the trigger's raw mic is mostly one delayed copy of the reference while the
+        echo path is moving: the copy lies away from the tracked delay, or the tracked delay was
+        set or moved moments ago. Either way the canceller (re-converging for seconds after a
+        jump) and the gate (fitted at the old lag) take the echo for the user. Causes: a sound
+        server rebuffering after an underrun, a device switch. Measured on synthetic rooms:
+        without this, every jump of 100 ms or more mid-reply cut the bot off."""
+        delay = self.delay
+        if delay is None or delay.delay_s is None:
+            return False
+        found = delay.echo_share(started.speech_time, started.time)
+        if found is None or found[1] < ECHO_SHARE:
+            return False
+        lag = found[0]
+        recent = delay.moved_at is not None and abs(started.time - delay.moved_at) < REALIGN_S
+        return recent or abs(lag - delay.delay_s) > MOVED_S
 
 
 class EchoStage(Stage):
