@@ -21,6 +21,10 @@ barge-in (each decision is counted on the same audio in every mode).
 * missed barge-in: a reply with a user barge-in but no allowed SpeechStarted overlapping the
   user's speech; delay = decision time - user onset for the detected ones.
 
+Echo path jumps: in ``--jump-rooms`` more rooms the echo delay jumps by 100-300 ms in the middle
+of the third reply (a sound server rebuffering after an underrun, a device switch), measured for
+the AEC modes with and without the moved-echo check (``... no-move-check``), side by side.
+
 Run: ``python benchmarks/echo.py [--rooms 40] [--seed 0]`` (about a minute per 20 rooms on 2
 cores); writes ``benchmarks/results/echo.json`` and prints the table.
 """
@@ -33,7 +37,7 @@ import os
 import platform
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -64,7 +68,8 @@ USER_LINES = [
     ("en", "Wait, stop, that is not what I asked.", 160, 75),
     ("en", "No, make it eight o'clock instead.", 180, 25),
 ]
-MODES = ["off", "gate no-mute", "gate", "aec", "aec+gate"]
+MODES = ["off", "gate no-mute", "gate", "aec", "aec+gate", "aec+gate no-move-check"]
+JUMP_MODES = ["gate", "gate no-move-check", "aec+gate", "aec+gate no-move-check"]
 REPLIES_PER_ROOM = 6
 GAP_S = 1.0
 T0 = 1000.0  # pipeline clock at the start of a session
@@ -97,8 +102,14 @@ class Session:
 
 
 def make_session(
-    rng: np.random.Generator, seed: int, bots: list[np.ndarray], users: list[np.ndarray]
+    rng: np.random.Generator,
+    seed: int,
+    bots: list[np.ndarray],
+    users: list[np.ndarray],
+    jump: tuple[float, float] | None = None,
 ) -> Session:
+    """One room's session; ``jump`` = (ms, fraction): the echo delay grows by ``ms`` that far into
+    the third reply."""
     path = EchoPath(
         delay_ms=float(rng.uniform(40, 120)),
         gain_db=float(rng.uniform(-12, 3)),
@@ -132,7 +143,13 @@ def make_session(
     for onset, user in near:
         near_sig[onset : onset + len(user)] += user
     far = np.round(soxr.resample(far_16k.astype(np.float32), RATE, BOT_RATE)).astype(np.int16)
-    mic = path.mic(far, BOT_RATE, np.clip(near_sig, -32768, 32767).astype(np.int16))
+    near16 = np.clip(near_sig, -32768, 32767).astype(np.int16)
+    mic = path.mic(far, BOT_RATE, near16)
+    if jump is not None:
+        moved = replace(path, delay_ms=path.delay_ms + jump[0]).mic(far, BOT_RATE, near16)
+        third = replies[2]
+        at = round((third.start + jump[1] * (third.end - third.start) - T0) * RATE)
+        mic = np.concatenate([mic[:at], moved[at:]])
     return Session(path, far, mic, replies)
 
 
@@ -154,7 +171,16 @@ class Playback:
             self.pos += chunk
 
 
+class NoMoveCheck(EchoProcessor):
+    """The processor as it was before the moved-echo check (the side-by-side baseline)."""
+
+    def _echo_moved(self, started: SpeechStarted) -> bool:
+        return False
+
+
 def make_processor(mode: str, reference: EchoReference) -> EchoProcessor:
+    if mode.endswith(" no-move-check"):
+        return NoMoveCheck(reference, mode.removesuffix(" no-move-check"))
     if mode == "gate no-mute":  # the gate as a barge-in predicate only
         return EchoProcessor(reference, "gate", gate=GateOptions(suppress="off"))
     if mode.endswith(" fixed"):  # trusting the reported play times (no delay tracking)
@@ -257,6 +283,7 @@ def main() -> None:
     parser.add_argument("--rooms", type=int, default=40)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--sweep-rooms", type=int, default=8, help="rooms for the play-time error sweep")
+    parser.add_argument("--jump-rooms", type=int, default=12, help="rooms whose echo delay jumps")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "echo.json")
     args = parser.parse_args()
     modes = MODES if aec_available() else [m for m in MODES if "aec" not in m]
@@ -283,8 +310,17 @@ def main() -> None:
         for error_ms in PLAY_TIME_ERRORS_MS:
             runs = [evaluate(session, mode, error_ms / 1000) for session in sweep_rooms]
             sweep[mode][str(error_ms)] = summarize(runs)
+    jump_rng = np.random.default_rng(args.seed + 7777)  # the rooms above stay as they were
+    jump_modes = [m for m in JUMP_MODES if m.split()[0] in modes]
+    jumps: dict[str, list[dict]] = {m: [] for m in jump_modes}
+    for i in range(args.jump_rooms):
+        jump = (float(jump_rng.uniform(100, 300)), float(jump_rng.uniform(0.3, 0.7)))
+        session = make_session(jump_rng, 500_000 + args.seed * 1000 + i, bots, users, jump=jump)
+        for mode in jump_modes:
+            jumps[mode].append(evaluate(session, mode))
+    jump_summary = {m: summarize(runs) for m, runs in jumps.items()}
     header = (
-        f"{'mode':12s} {'false barge-ins':>22s} {'missed barge-ins':>18s} {'delay med/p95':>15s} "
+        f"{'mode':24s} {'false barge-ins':>22s} {'missed barge-ins':>18s} {'delay med/p95':>15s} "
         f"{'ERLE med/min':>13s} {'ms/frame':>9s}"
     )
     print(f"{args.rooms} rooms x {REPLIES_PER_ROOM} replies ({time.time() - t0:.0f} s)\n{header}")
@@ -296,7 +332,7 @@ def main() -> None:
             delay = f"{s['delay_ms_median']:.0f}/{s['delay_ms_p95']:.0f}"
         if s["erle_db_median"] is not None:
             erle = f"{s['erle_db_median']:.0f}/{s['erle_db_min']:.0f} dB"
-        print(f"{mode:12s} {false:>22s} {missed:>18s} {delay:>15s} {erle:>13s} {s['cpu_ms_per_frame']:9.3f}")
+        print(f"{mode:24s} {false:>22s} {missed:>18s} {delay:>15s} {erle:>13s} {s['cpu_ms_per_frame']:9.3f}")
     print(f"\nplay-time error sweep ({len(sweep_rooms)} rooms; +: reported later than played)")
     print(f"{'error ms':>9s} " + " ".join(f"{m + ' false/missed':>22s}" for m in sweep))
     for error_ms in PLAY_TIME_ERRORS_MS:
@@ -305,6 +341,12 @@ def main() -> None:
             s = sweep[m][str(error_ms)]
             cells.append(f"{s['false_barge_ins']}/{s['quiet_replies']}, {s['missed']}/{s['user_barge_ins']}")
         print(f"{error_ms:>9d} " + " ".join(f"{c:>22s}" for c in cells))
+    print(f"\necho delay jumps by 100-300 ms in the third reply ({args.jump_rooms} rooms)")
+    print(f"{'mode':24s} {'false barge-ins':>22s} {'missed barge-ins':>18s}")
+    for mode, s in jump_summary.items():
+        false = f"{s['false_barge_ins']} in {s['replies_with_false_barge_in']}/{s['quiet_replies']} replies"
+        missed = f"{s['missed']}/{s['user_barge_ins']} ({100 * s['missed_rate']:.0f}%)"
+        print(f"{mode:24s} {false:>22s} {missed:>18s}")
     result = {
         "description": __doc__.split("\n\n")[0],
         "rooms": args.rooms,
@@ -314,6 +356,7 @@ def main() -> None:
         "gate_defaults": asdict(GateOptions()),
         "summary": summary,
         "play_time_error_sweep": sweep,
+        "echo_path_jumps": {"rooms": args.jump_rooms, "summary": jump_summary},
         "room_paths": rooms,
         "per_room": per_mode,
     }

@@ -269,6 +269,19 @@ class EchoGate:
         self.refused.append(started.turn_id)
         return False
 
+    def explain(self, started: SpeechStarted) -> str:
+        """What :meth:`allow` saw, for logs: user-loud time, frames, the loudest mic-over-echo."""
+        window = [f for f in self._frames if started.speech_time - 1e-6 <= f.time < started.time]
+        playing = [f for f in window if f.playing]
+        if not playing:
+            return f"nothing playing ({len(window)} frames)"
+        user_ms = 1000 * sum(f.duration for f in window if f.user)
+        over = max(f.mic_db - f.echo_db for f in playing)
+        return (
+            f"{user_ms:.0f} ms louder than the echo in {len(window)} frames (max {over:+.1f} dB over "
+            f"the estimate, scatter {self.scatter_db:.1f} dB, coupling {self.coupling_db})"
+        )
+
     def reads_until(self, capture_time: float, duration: float) -> float:
         """The latest reference time judging a mic frame at ``capture_time`` reads."""
         return capture_time + duration + self.options.lead_ms / 1000 - self._shift_blocks * BLOCK_S

@@ -127,13 +127,24 @@ class EchoProcessor:
         gate = self.gate
         if gate is None:
             return True
-        if not gate.allow(started):
-            return False
-        if self._echo_moved(started):
+        allowed = gate.allow(started)
+        if allowed and self._echo_moved(started):
             gate.refused.append(started.turn_id)
             self.moved_refusals += 1
-            return False
-        return True
+            allowed = False
+        if log.isEnabledFor(logging.DEBUG):  # why the bot was (not) cut off: the evidence, in one line
+            delay = self.delay
+            found = delay.echo_share(started.speech_time, started.time) if delay is not None else None
+            log.debug(
+                "barge-in %s (turn %d, %.0f ms of speech): gate %s, raw echo share %s, tracked delay %s",
+                "allowed" if allowed else "refused",
+                started.turn_id,
+                1000 * (started.time - started.speech_time),
+                gate.explain(started),
+                "-" if found is None else f"{found[1]:.2f} at {1000 * found[0]:.0f} ms",
+                "-" if delay is None or delay.delay_s is None else f"{1000 * delay.delay_s:.0f} ms",
+            )
+        return allowed
 
     def _echo_moved(self, started: SpeechStarted) -> bool:
         """Whether the trigger's raw mic is mostly one delayed copy of the reference while the
@@ -158,7 +169,8 @@ class EchoStage(Stage):
 
     The output side feeds ``reference`` (see :class:`EchoReference`); wire
     ``BargeInOptions(allow=stage.allow_barge_in)`` for the gate to decide barge-ins. Counters:
-    ``echo.suppressed_frames`` (muted by the gate), ``echo.refused_barge_ins``,
+    ``echo.suppressed_frames`` (muted by the gate), ``echo.refused_barge_ins`` (of which
+    ``echo.moved_refusals``: the echo path had just moved),
     ``echo.delay_moves`` (the measured echo delay was set or moved); gauge ``echo.delay_ms``.
     """
 
@@ -248,9 +260,12 @@ class EchoStage(Stage):
 
     def allow_barge_in(self, started: SpeechStarted) -> bool:
         """``BargeInOptions(allow=...)``: refuse barge-ins the echo explains."""
+        moved = self.processor.moved_refusals
         allowed = self.processor.allow(started)
         if not allowed and self.pipeline is not None:
             self.metrics.count("echo.refused_barge_ins")
+            if self.processor.moved_refusals != moved:
+                self.metrics.count("echo.moved_refusals")
         return allowed
 
     def turn_filter(self) -> EchoTurnFilter:
