@@ -277,9 +277,10 @@ class EchoGate:
             return f"nothing playing ({len(window)} frames)"
         user_ms = 1000 * sum(f.duration for f in window if f.user)
         over = max(f.mic_db - f.echo_db for f in playing)
+        coupling = "prior" if self.coupling_db is None else f"{self.coupling_db:.1f} dB"
         return (
             f"{user_ms:.0f} ms louder than the echo in {len(window)} frames (max {over:+.1f} dB over "
-            f"the estimate, scatter {self.scatter_db:.1f} dB, coupling {self.coupling_db})"
+            f"the estimate, scatter {self.scatter_db:.1f} dB, coupling {coupling})"
         )
 
     def reads_until(self, capture_time: float, duration: float) -> float:
