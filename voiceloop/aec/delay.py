@@ -97,7 +97,8 @@ class EchoDelayEstimator:
         self.delay_s: float | None = None
         self.estimates = 0  # confident estimates so far
         self.moves = 0  # times the delay was set or moved
-        self.moved_at: float | None = None  # capture time (window end) of the latest set or move
+        #: (window end capture time, lag) of the latest confident estimates, settled or not
+        self.found: deque[tuple[float, float]] = deque(maxlen=64)
         #: raw mic frames (capture time, samples) of the last RAW_HISTORY_S, for echo_share: the
         #: capture side may run ahead of the stage that asks (a VAD deciding on older frames)
         self._raw: deque[tuple[float, np.ndarray]] = deque()
@@ -147,6 +148,7 @@ class EchoDelayEstimator:
             return
         self.estimates += 1
         self._recent.append((self._hi - peak) / rate)
+        self.found.append((self._end_time, (self._hi - peak) / rate))
         tolerance = self.options.tolerance_ms / 1000
         need = self.options.settle if self.delay_s is None else self.options.settle_move
         recent = list(self._recent)[-need:]
@@ -156,7 +158,6 @@ class EchoDelayEstimator:
         if self.delay_s is None or abs(value - self.delay_s) > tolerance:
             self.delay_s = value
             self.moves += 1
-            self.moved_at = self._end_time
 
     def echo_share(self, start: float, end: float) -> tuple[float, float] | None:
         """(lag_s, share): the delayed copy of the reference that best explains the raw mic over
@@ -175,8 +176,9 @@ class EchoDelayEstimator:
         n = len(mic)
         lags = self._hi - self._lo + 1
         ref = self.reference.read(first - self._hi / rate, n + lags - 1).astype(np.float64)
-        mic_energy = float(mic @ mic)
-        if min(mic_energy / n, float(ref @ ref) / len(ref)) < self._floor:
+        # einsum, not `@`: a BLAS dot wakes BLAS's thread pool, which then spins on the other core
+        mic_energy = float(np.einsum("i,i", mic, mic))
+        if min(mic_energy / n, float(np.einsum("i,i", ref, ref)) / len(ref)) < self._floor:
             return None
         size = 1 << (len(ref) + n - 1).bit_length()
         cross = np.fft.irfft(np.conj(np.fft.rfft(mic, size)) * np.fft.rfft(ref, size), size)[:lags]
@@ -191,5 +193,5 @@ class EchoDelayEstimator:
         self._filled = self._mic_end = 0
         self._end_time = None
         self._recent.clear()
+        self.found.clear()
         self.delay_s = None
-        self.moved_at = None

@@ -39,8 +39,10 @@ REFERENCE_STALL_S = 0.06
 #: on synthetic rooms: 0.81-0.86 for the echo alone after a jump; a user over it: 0.05-0.30)
 ECHO_SHARE = 0.5
 MOVED_S = 0.03
-#: ... or at any lag for this long after the tracked delay was set or moved (AEC3 re-converges)
+#: ... or from where at least MOVED_ESTIMATES confident delay estimates of the last REALIGN_S put
+#: the echo (the estimator settles a move only after ~1 s; AEC3 re-converges for longer)
 REALIGN_S = 2.0
+MOVED_ESTIMATES = 3
 #: no holding while this many mic frames queue behind the held one: the mic path is behind real
 #: time already, and holding more would back it up into dropped mic frames (seen under load)
 REFERENCE_BACKLOG_FRAMES = 2
@@ -147,21 +149,25 @@ class EchoProcessor:
         return allowed
 
     def _echo_moved(self, started: SpeechStarted) -> bool:
-        """Whether the trigger's raw mic is mostly one delayed copy of the reference while the
-        echo path is moving: the copy lies away from the tracked delay, or the tracked delay was
-        set or moved moments ago. Either way the canceller (re-converging for seconds after a
-        jump) and the gate (fitted at the old lag) take the echo for the user. Causes: a sound
-        server rebuffering after an underrun, a device switch. Measured on synthetic rooms:
-        without this, every jump of 100 ms or more mid-reply cut the bot off."""
+        """Whether the trigger's raw mic is mostly one delayed copy of the reference at a lag the
+        echo was not at moments ago: away from the tracked delay, or away from where several
+        confident delay estimates of the last ``REALIGN_S`` put it. After such a move the
+        canceller re-converges for seconds and the gate's fit is at the old lag, and both take the
+        echo for the user. Causes: a sound server rebuffering after an underrun, a device switch.
+        Measured on synthetic rooms (``benchmarks/echo.py``): without this, most jumps of 100 ms or
+        more mid-reply cut the bot off."""
         delay = self.delay
-        if delay is None or delay.delay_s is None:
+        if delay is None:
             return False
         found = delay.echo_share(started.speech_time, started.time)
         if found is None or found[1] < ECHO_SHARE:
             return False
         lag = found[0]
-        recent = delay.moved_at is not None and abs(started.time - delay.moved_at) < REALIGN_S
-        return recent or abs(lag - delay.delay_s) > MOVED_S
+        if delay.delay_s is not None and abs(lag - delay.delay_s) > MOVED_S:
+            return True
+        since = started.time - REALIGN_S
+        elsewhere = sum(1 for t, at in delay.found if t >= since and abs(at - lag) > MOVED_S)
+        return elsewhere >= MOVED_ESTIMATES
 
 
 class EchoStage(Stage):
