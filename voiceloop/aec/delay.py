@@ -23,6 +23,7 @@ import numpy as np
 
 from .reference import EchoReference
 
+#: raw mic kept for :meth:`EchoDelayEstimator.echo_share` (a barge-in's trigger lies well within)
 RAW_HISTORY_S = 3.0
 
 
@@ -194,4 +195,5 @@ class EchoDelayEstimator:
         self._end_time = None
         self._recent.clear()
         self.found.clear()
+        self._raw.clear()
         self.delay_s = None
