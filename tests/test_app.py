@@ -138,3 +138,15 @@ def test_bad_handler_specs_are_user_errors(spec, message):
 def test_run_missing_input_is_one_line(tmp_path, capsys):
     assert main(["run", "--input", str(tmp_path / "none.wav"), "--output", str(tmp_path / "o.wav")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_a_missing_model_offline_names_the_flag_for_a_directory(conversation, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    argv = ["run", "--input", str(conversation), "--output", str(tmp_path / "bot.wav")]
+    assert main([*argv, "--asr", "nobody/no-such-asr"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("voiceloop run: error: model 'nobody/no-such-asr' is not available")
+    assert "--asr DIR" in err
+    assert main([*argv, "--asr", TINY_ASR, "--tts", "nobody/no-such-tts"]) == 2
+    err = capsys.readouterr().err
+    assert "'nobody/no-such-tts'" in err and "--tts DIR" in err and "Traceback" not in err

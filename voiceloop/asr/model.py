@@ -48,7 +48,8 @@ def _guidance(name: str, reason: str, exc: BaseException | None = None) -> str:
     return (
         f"model {name!r} is not available: {reason}. To use a local directory instead, download it "
         f"elsewhere with `hf download {hub_id} --local-dir DIR` (older huggingface_hub: "
-        f"`huggingface-cli download ...`), copy DIR here and pass --model DIR"
+        f"`huggingface-cli download ...`), copy DIR here and pass it as the model (--asr DIR for run, "
+        f"chat and serve; --model DIR for transcribe)"
     )
 
 
