@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 def looks_like_path(name: str) -> bool:
@@ -17,6 +20,29 @@ def hub_offline() -> bool:
     """Read the offline switches now: huggingface_hub only reads them at import time."""
     flags = (os.environ.get(k, "").strip().upper() for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
     return any(flag in {"1", "ON", "YES", "TRUE"} for flag in flags)
+
+
+def from_hub(name: str, fetch: Callable[[bool], T], fail: Callable[[str], Exception]) -> T:
+    """``fetch(local_only)`` a hub id: from the cache when it is there (no network round trip);
+    with offline mode on, ``fail(reason)``; else one short reachability check, then the download.
+
+    The check exists because huggingface_hub retries an unreachable hub for minutes; one
+    ``model_info`` with a timeout fails in seconds. ``fail`` builds the loader's own error.
+    """
+    try:
+        return fetch(True)
+    except Exception as cached_exc:
+        if hub_offline():
+            reason = "not in the Hugging Face cache and offline mode is on (HF_HUB_OFFLINE)"
+            raise fail(reason) from cached_exc
+    try:
+        from huggingface_hub import HfApi
+
+        HfApi().model_info(name, timeout=10)
+        return fetch(False)
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise fail(f"the download failed: {first}") from exc
 
 
 @contextmanager

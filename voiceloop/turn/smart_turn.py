@@ -19,7 +19,7 @@ import numpy as np
 
 from ..errors import UserError
 from ..frames import FRAME_MS
-from ..hub import hub_offline, looks_like_path
+from ..hub import from_hub, looks_like_path
 
 DEFAULT_MODEL = "pipecat-ai/smart-turn-v3"
 DEFAULT_FILE = "smart-turn-v3.2-cpu.onnx"
@@ -116,20 +116,11 @@ def resolve_file(source: str = DEFAULT_MODEL, filename: str | None = None) -> Pa
     from huggingface_hub import hf_hub_download
 
     name = filename or DEFAULT_FILE
-    try:
-        return Path(hf_hub_download(source, name, local_files_only=True))
-    except Exception as cached_exc:
-        if hub_offline():
-            reason = "not in the Hugging Face cache and offline mode is on (HF_HUB_OFFLINE)"
-            raise TurnModelNotAvailable(_guidance(source, reason)) from cached_exc
-    try:
-        from huggingface_hub import HfApi
-
-        HfApi().model_info(source, timeout=10)  # fails fast instead of minutes of retries
-        return Path(hf_hub_download(source, name))
-    except Exception as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise TurnModelNotAvailable(_guidance(source, f"the download failed: {first}")) from exc
+    return from_hub(
+        source,
+        lambda local_only: Path(hf_hub_download(source, name, local_files_only=local_only)),
+        lambda reason: TurnModelNotAvailable(_guidance(source, reason)),
+    )
 
 
 class SmartTurnModel:

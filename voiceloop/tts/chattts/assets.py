@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from ...errors import UserError
-from ...hub import hub_offline, looks_like_path
+from ...hub import from_hub, looks_like_path
 
 GPT_DIR = "asset/gpt"
 EMBED = "asset/Embed.safetensors"
@@ -102,20 +102,13 @@ def resolve_root(name: str = DEFAULT_REPO) -> Path:
         return path
     from huggingface_hub import snapshot_download
 
-    try:
-        return Path(snapshot_download(name, allow_patterns=HUB_PATTERNS, local_files_only=True))
-    except Exception as cached_exc:
-        if hub_offline():
-            reason = "not in the Hugging Face cache and offline mode is on (HF_HUB_OFFLINE)"
-            raise AssetsNotAvailable(_guidance(name, reason)) from cached_exc
-    try:
-        from huggingface_hub import HfApi
-
-        HfApi().model_info(name, timeout=10)  # fails fast instead of minutes of retries
-        return Path(snapshot_download(name, allow_patterns=HUB_PATTERNS))
-    except Exception as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise AssetsNotAvailable(_guidance(name, f"the download failed: {first}")) from exc
+    return from_hub(
+        name,
+        lambda local_only: Path(
+            snapshot_download(name, allow_patterns=HUB_PATTERNS, local_files_only=local_only)
+        ),
+        lambda reason: AssetsNotAvailable(_guidance(name, reason)),
+    )
 
 
 def official_hashes() -> dict[str, str]:
