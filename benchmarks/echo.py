@@ -174,7 +174,7 @@ class Playback:
 class NoMoveCheck(EchoProcessor):
     """The processor as it was before the moved-echo check (the side-by-side baseline)."""
 
-    def _echo_moved(self, started: SpeechStarted) -> bool:
+    def _echo_moved(self, started: SpeechStarted, found: tuple[float, float] | None) -> bool:
         return False
 
 

@@ -130,13 +130,16 @@ class EchoProcessor:
         if gate is None:
             return True
         allowed = gate.allow(started)
-        if allowed and self._echo_moved(started):
+        debug = log.isEnabledFor(logging.DEBUG)
+        delay = self.delay
+        found = None  # (lag, share) of the trigger's raw mic: computed once, for the check and the log
+        if delay is not None and (allowed or debug):
+            found = delay.echo_share(started.speech_time, started.time)
+        if allowed and self._echo_moved(started, found):
             gate.refused.append(started.turn_id)
             self.moved_refusals += 1
             allowed = False
-        if log.isEnabledFor(logging.DEBUG):  # why the bot was (not) cut off: the evidence, in one line
-            delay = self.delay
-            found = delay.echo_share(started.speech_time, started.time) if delay is not None else None
+        if debug:  # why the bot was (not) cut off: the evidence, in one line
             log.debug(
                 "barge-in %s (turn %d, %.0f ms of speech): gate %s, raw echo share %s, tracked delay %s",
                 "allowed" if allowed else "refused",
@@ -148,19 +151,17 @@ class EchoProcessor:
             )
         return allowed
 
-    def _echo_moved(self, started: SpeechStarted) -> bool:
-        """Whether the trigger's raw mic is mostly one delayed copy of the reference at a lag the
-        echo was not at moments ago: away from the tracked delay, or away from where several
-        confident delay estimates of the last ``REALIGN_S`` put it. After such a move the
-        canceller re-converges for seconds and the gate's fit is at the old lag, and both take the
-        echo for the user. Causes: a sound server rebuffering after an underrun, a device switch.
-        Measured on synthetic rooms (``benchmarks/echo.py``): without this, most jumps of 100 ms or
-        more mid-reply cut the bot off."""
+    def _echo_moved(self, started: SpeechStarted, found: tuple[float, float] | None) -> bool:
+        """Whether the trigger's raw mic (``found``: :meth:`EchoDelayEstimator.echo_share`) is
+        mostly one delayed copy of the reference at a lag the echo was not at moments ago: away
+        from the tracked delay, or away from where several confident delay estimates of the last
+        ``REALIGN_S`` put it. After such a move the canceller re-converges for seconds and the
+        gate's fit is at the old lag, and both take the echo for the user. Causes: a sound server
+        rebuffering after an underrun, a device switch. Measured on synthetic rooms
+        (``benchmarks/echo.py``): without this, most jumps of 100 ms or more mid-reply cut the bot
+        off."""
         delay = self.delay
-        if delay is None:
-            return False
-        found = delay.echo_share(started.speech_time, started.time)
-        if found is None or found[1] < ECHO_SHARE:
+        if delay is None or found is None or found[1] < ECHO_SHARE:
             return False
         lag = found[0]
         if delay.delay_s is not None and abs(lag - delay.delay_s) > MOVED_S:
