@@ -233,7 +233,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     Runs until Ctrl-C or SIGTERM, then prints (``--json``) or writes the summary over all sessions.
     """
     import asyncio
-    import contextlib
     import signal
 
     from .app import load_handler
