@@ -239,6 +239,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .io.webrtc_server import ServerOptions, VoiceServer
     from .io.webrtc_session import ServeLog
 
+    if args.stats_s is not None and not args.stats_s > 0:
+        raise UserError("--stats-s must be positive")
     options = loop_options(args)
     server_options = ServerOptions(
         host=args.host,
@@ -263,9 +265,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         with contextlib.suppress(NotImplementedError, RuntimeError):  # not on Windows / a thread
             loop.add_signal_handler(signal.SIGTERM, stop.set)
+        stats = loop.create_task(_serve_stats(server, args)) if args.stats_s else None
         try:
             await stop.wait()
         finally:
+            if stats is not None:
+                stats.cancel()
             await server.stop()
 
     try:
@@ -277,6 +282,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
         log.close()
         engines.close()
     return 0
+
+
+async def _serve_stats(server, args: argparse.Namespace) -> None:
+    """Every ``--stats-s``: live sessions and the event loop's asyncio tasks, the leak watch of a
+    long-running server (benchmarks/soak.py reads it). ``--json``: a ``stats`` line on stdout."""
+    import asyncio
+
+    from .clock import now
+
+    while True:
+        await asyncio.sleep(args.stats_s)
+        sessions, tasks = server.sessions, len(asyncio.all_tasks())
+        if args.json:
+            record = {"type": "stats", "sessions": sessions, "tasks": tasks, "time": round(now(), 4)}
+            print(json.dumps(record), flush=True)
+        elif not args.quiet:
+            line = f"voiceloop serve: {sessions} session(s), {tasks} asyncio task(s)"
+            print(line, file=sys.stderr, flush=True)
 
 
 def cmd_devices(args: argparse.Namespace) -> int:
@@ -322,6 +345,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--token", help="require 'Authorization: Bearer TOKEN' on /offer")
     serve.add_argument("--max-sessions", type=int, default=4, help="concurrent peers (503 beyond)")
     serve.add_argument("--ice-server", action="append", help="STUN/TURN URL (repeatable; default: none)")
+    serve.add_argument(
+        "--stats-s",
+        type=float,
+        default=None,
+        metavar="S",
+        help="every S seconds, a line with the live sessions and asyncio tasks (leak watch)",
+    )
     add_loop_arguments(serve)
     serve.set_defaults(func=cmd_serve)
 
