@@ -23,6 +23,7 @@ from test_echo import (
     place,
     power,
     reference_for,
+    run_at_t0,
     run_pipeline,
     seg,
     speech_span,
@@ -220,7 +221,7 @@ def test_mic_frames_wait_for_their_reference(bot16, bot24, monkeypatch):
         reference = EchoReference()
         echo = EchoStage(reference, "aec", aec=AecOptions(), track_delay=False)
         out = Speaking()
-        metrics = asyncio.run(Pipeline([LateSpeaker(mic, bot24, reference, 0.01), echo, out]).run())
+        metrics = run_at_t0(Pipeline([LateSpeaker(mic, bot24, reference, 0.01), echo, out]))
         cleaned = np.concatenate([f.samples for f in out.frames if hasattr(f, "samples")])
         results[wait] = (erle_db(mic, cleaned, a + 1.0, b), metrics.counters.get("echo.reference_late", 0))
     no_wait, waited = results[0.0], results[stage_module.REFERENCE_WAIT_S]
@@ -234,7 +235,7 @@ def test_a_writer_that_stops_is_not_waited_for(bot24):
     reference = reference_for(bot24[: BOT_RATE // 2])  # 0.5 s written at once, then no more
     mic = np.zeros(2 * 16_000, np.int16)
     echo = EchoStage(reference, "gate", track_delay=False)
-    metrics = asyncio.run(Pipeline([Mic(mic), echo, Speaking()]).run())
+    metrics = run_at_t0(Pipeline([Mic(mic), echo, Speaking()]))
     assert metrics.counters.get("echo.reference_waits", 0) <= 1
     assert metrics.counters.get("echo.reference_late", 0) == 0
 
@@ -244,7 +245,7 @@ class BurstyMic(Mic):
     writes the far end in real time from T0: every frame's far end is live but not yet written."""
 
     def __init__(self, samples, reference):
-        super().__init__(samples)
+        super().__init__(samples, paced=False)
         self.reference = reference
 
     async def produce(self) -> None:
@@ -273,7 +274,7 @@ def test_no_frame_is_held_while_mic_frames_queue_behind_it():
     mic = np.zeros(16_000, np.int16)  # 50 frames, all emitted without pause
     echo = EchoStage(reference, "gate", track_delay=False)
     out = Speaking()
-    metrics = asyncio.run(Pipeline([BurstyMic(mic, reference), echo, out]).run())
+    metrics = run_at_t0(Pipeline([BurstyMic(mic, reference), echo, out]))
     got = [f for f in out.frames if isinstance(f, AudioFrame)]
     assert len(got) == 50
     assert metrics.counters.get("echo.reference_behind", 0) >= 1

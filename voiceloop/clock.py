@@ -129,11 +129,13 @@ class SkipIdleLoop(asyncio.SelectorEventLoop):
             self._offset += seconds
 
 
-def run(main: Any, *, clock: str = "real") -> Any:
-    """Run a coroutine on a real, ``fast`` or ``virtual`` clock (see module docstring)."""
+def run(main: Any, *, clock: str = "real", start: float = 1000.0) -> Any:
+    """Run a coroutine on a real, ``fast`` or ``virtual`` clock (see module docstring); a virtual
+    clock reads ``start`` when the coroutine starts (tests whose frames carry fixed capture times
+    start it there, so the pipeline's clock and the frames' times agree)."""
     if clock == "real":
         return asyncio.run(main)
-    with asyncio.Runner(loop_factory=lambda: SkipIdleLoop(clock)) as runner:
+    with asyncio.Runner(loop_factory=lambda: SkipIdleLoop(clock, start)) as runner:
         return runner.run(main)
 
 

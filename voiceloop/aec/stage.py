@@ -198,7 +198,8 @@ class EchoStage(Stage):
             reference, mode, aec=aec, gate=gate, track_delay=track_delay, delay=delay
         )
         self.reference = reference
-        self._stalled_at = -math.inf  # final_until when its writer was last seen to stop
+        self._have = -math.inf  # the reference's final_until when last looked at ...
+        self._have_since = -math.inf  # ... and since when it has stood there (pipeline time)
 
     @property
     def mode(self) -> str:
@@ -231,32 +232,38 @@ class EchoStage(Stage):
         ahead, which the speaker writes only about its output latency ahead of playing. Waits
         only while a writer keeps the reference near the frame's time (a device playing or idling)
         and keeps advancing it, at most ``REFERENCE_WAIT_S``: a frame that times out counts as
-        ``echo.reference_late``; a writer that stops (an output stage after a reply) is not waited
-        for again until it writes more. Frames held at all count as ``echo.reference_waits``.
+        ``echo.reference_late``; a writer that has not advanced the reference for
+        ``REFERENCE_STALL_S`` (an output stage after a reply) is not waited for until it writes
+        more. Frames held at all count as ``echo.reference_waits``.
         Nothing is held while ``REFERENCE_BACKLOG_FRAMES`` mic frames queue behind this one
         (``echo.reference_behind``): the far end's completeness is not worth falling behind for.
         """
         need = self.processor.reads_until(frame)
-        reference = self.reference
-        have = reference.final_until
-        if have >= need or have < need - REFERENCE_LIVE_S or have == self._stalled_at:
-            return
+        started = t = now()
+        have = self._written(t)
+        if have >= need or have < need - REFERENCE_LIVE_S or t - self._have_since >= REFERENCE_STALL_S:
+            return  # written, not live, or its writer stopped (until it writes more)
         if self._backlogged():
             return
         self.metrics.count("echo.reference_waits")
-        started = t = now()
-        last, last_change = have, started
         while t - started < REFERENCE_WAIT_S:
             await asyncio.sleep(REFERENCE_POLL_S)
-            have, t = reference.final_until, now()
+            t = now()
+            have = self._written(t)
             if have >= need or self._backlogged():
                 return
-            if have != last:
-                last, last_change = have, t
-            elif t - last_change >= REFERENCE_STALL_S:  # nobody is writing: the reply ended
-                self._stalled_at = have
+            if t - self._have_since >= REFERENCE_STALL_S:  # nobody is writing: the reply ended
                 return
         self.metrics.count("echo.reference_late")
+
+    def _written(self, t: float) -> float:
+        """The reference's final_until now, noting when it last advanced (a stopped writer is
+        told apart across frames, not per hold: holds cut short by a backlog each saw less than
+        REFERENCE_STALL_S of it, and every frame after a reply waited again)."""
+        have = self.reference.final_until
+        if have != self._have:
+            self._have, self._have_since = have, t
+        return have
 
     def _backlogged(self) -> bool:
         """Whether mic frames queue behind the one being held (counted: the hold is skipped)."""
