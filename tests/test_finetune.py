@@ -21,6 +21,7 @@ from speech import RATE, espeak, require_espeak
 
 from voiceloop.asr.corpus import char_error_rate, read_manifest
 from voiceloop.asr.finetune import FinetuneOptions, add_parser, finetune
+from voiceloop.errors import UserError
 
 TEXTS = ["你好", "天气很好", "一二三", "再见"]  # 再, 见 are not in the starting vocabulary
 START_CHARS = "你好天气很一二三四五"
@@ -111,6 +112,33 @@ def test_finetune_extends_vocab_freezes_logs_and_resumes(corpus: Path, tmp_path:
     processor = Wav2Vec2Processor.from_pretrained(str(out))
     assert processor.tokenizer.pad_token_id == 0 and processor.feature_extractor.do_normalize
     assert processor.tokenizer.convert_tokens_to_ids("见") == vocab["见"]
+
+
+class _RunsCode:
+    """Unpickled, it creates ``marker``: what a tampered training_state.pt could do with a full unpickle."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[Path]]:
+        return Path.touch, (self.marker,)
+
+
+def test_resume_loads_the_training_state_weights_only(corpus: Path, tmp_path: Path) -> None:
+    start = make_tiny_checkpoint(tmp_path / "start", layout="2021", vocab=tiny_vocab(START_CHARS))
+    out, manifest = tmp_path / "out", corpus / "train.jsonl"
+    finetune(start, manifest, None, out, _options(epochs=1))
+    saved = out / "checkpoint-epoch1" / "training_state.pt"
+    assert torch.load(saved, weights_only=True)["epoch"] == 1  # plain tensors and Python only
+    live, marker = tmp_path / "live.pt", tmp_path / "code-ran"
+    torch.save({"epoch": _RunsCode(marker)}, live)
+    torch.load(live, weights_only=False)
+    assert marker.exists()  # the fixture is live: a full unpickle runs it
+    marker.unlink()
+    saved.write_bytes(live.read_bytes())
+    with pytest.raises(UserError, match="not a plain training state"):
+        finetune(start, manifest, None, out, _options(epochs=2))
+    assert not marker.exists()
 
 
 def test_random_init_from_config_and_cli(corpus: Path, tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import pickle
 import random
 import re
 import shutil
@@ -23,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..errors import UserError
 from ..hub import no_progress_bars
 from .corpus import (
     DELIMITER,
@@ -271,11 +273,12 @@ def finetune(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, warmup, total))
     start_epoch, step = 0, 0
     if resume_from is not None:
-        state = torch.load(resume_from[1] / "training_state.pt", weights_only=False)
+        state = _load_training_state(resume_from[1] / "training_state.pt")
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         random.setstate(state["python_rng"])
-        np.random.set_state(state["numpy_rng"])
+        name, key, *rest = state["numpy_rng"]
+        np.random.set_state((name, key.numpy().astype(np.uint32), *rest))
         torch.set_rng_state(state["torch_rng"])
         start_epoch, step = state["epoch"], state["step"]
         console.print(f"resuming from {resume_from[1].name} (epoch {start_epoch}, step {step})")
@@ -343,14 +346,24 @@ def finetune(
     }
 
 
+def _load_training_state(path: Path) -> dict[str, Any]:
+    """A checkpoint's optimizer/scheduler/RNG state; ``weights_only``: a file must not run code."""
+    try:
+        return torch.load(path, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        msg = "not a plain training state (older or tampered with); --no-resume starts over"
+        raise UserError(f"{path}: {msg}") from exc
+
+
 def _save_checkpoint(out: Path, epoch: int, saved: tuple[Any, ...], state: dict[str, Any], keep: int) -> None:
     """Write into a temp folder, then rename: an interrupted save never looks like a valid checkpoint."""
     final, tmp = out / f"checkpoint-epoch{epoch}", out / f".tmp-checkpoint-epoch{epoch}"
     shutil.rmtree(tmp, ignore_errors=True)
     save_model(*saved, tmp)
-    rng = {
+    name, key, *rest = np.random.get_state()
+    rng = {  # tensors and plain Python only: the resume loads with weights_only=True
         "python_rng": random.getstate(),
-        "numpy_rng": np.random.get_state(),
+        "numpy_rng": (name, torch.from_numpy(key.astype(np.int64)), *rest),
         "torch_rng": torch.get_rng_state(),
     }
     torch.save({**state, **rng}, tmp / "training_state.pt")
