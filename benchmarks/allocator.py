@@ -24,6 +24,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+from machine import finish, machine_info, print_table
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "allocator.json"
@@ -109,12 +110,15 @@ def main() -> int:
     if args.child:
         print(json.dumps(child(args.child, args.utterances, args.seconds)))
         return 0
+    machine = machine_info()
     record: dict[str, object] = {
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "machine": machine,
         "args": {k: v for k, v in vars(args).items() if k not in ("out", "child")},
     }
     for workload in args.workloads.split(","):
         record[workload] = compare(workload, args)
+    finish(machine)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
     print(f"wrote {args.out}")
@@ -139,10 +143,14 @@ def compare(workload: str, args: argparse.Namespace) -> dict[str, object]:
         for name, rs in runs.items()
     }
     base, tuned = summary["glibc defaults"], summary["tuned"]
-    print(f"\n{workload}:\n| heap | RTF median | page faults / utterance | kernel CPU s / utterance |")
-    print("|---|---:|---:|---:|")
-    for name, s in summary.items():
-        print(f"| {name} | {s['rtf']:.3f} | {s['page_faults']:.0f} | {s['sys_s']:.2f} |")
+    print_table(
+        workload,
+        ["heap", "RTF median", "page faults / utterance", "kernel CPU s / utterance"],
+        [
+            [name, f"{s['rtf']:.3f}", f"{s['page_faults']:.0f}", f"{s['sys_s']:.2f}"]
+            for name, s in summary.items()
+        ],
+    )
     print(f"tuned / defaults RTF: {tuned['rtf'] / base['rtf']:.2f}\n")
     return {"summary": summary, "ratio_rtf": tuned["rtf"] / base["rtf"], "runs": runs}
 

@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks"), str(ROOT / "tests")]
 
 import vad_defaults as scenes  # noqa: E402
+from machine import finish, machine_info, print_table  # noqa: E402
 
 from voiceloop.frames import AudioFrame, SpeechEnded, SpeechPaused, SpeechStarted  # noqa: E402
 from voiceloop.turn import TurnOptions  # noqa: E402
@@ -53,6 +54,7 @@ def utterances(options: VadOptions, decisions: list[bool], frames: list[AudioFra
 
 
 def main() -> None:
+    machine = machine_info()
     clips = scenes.build_clips()
     stats = {
         q: {"hint_ms": [], "check_ms": [], "inner_hints": 0, "inner_checks": 0, "utterances": 0}
@@ -82,8 +84,6 @@ def main() -> None:
                         s["inner_" + name] += len(times) - 1
         print(f"  {'clean' if noise is None else f'{noise}@{snr}dB'} done", file=sys.stderr)
     rows = []
-    print(f"{'quiet_tail_db':>13} {'utts':>5} {'hint med/p95 ms':>16} {'inner hints':>11}", end="")
-    print(f" {'check med/p95 ms':>17} {'inner checks':>12}")
     for q, s in stats.items():
         row = {
             "quiet_tail_db": q,
@@ -100,13 +100,24 @@ def main() -> None:
             "inner_checks": s["inner_checks"],
         }
         rows.append(row)
-        h, c = row["hint_delay_ms"], row["check_delay_ms"]
-        print(
-            f"{q:>13} {s['utterances']:>5} {h['p50']:>7.0f} / {h['p95']:<6.0f} {s['inner_hints']:>11} "
-            f"{c['p50']:>8.0f} / {c['p95']:<6.0f} {s['inner_checks']:>12}"
-        )
+    print_table(
+        "pause hint and turn check after the true speech end",
+        ["quiet_tail_db", "utts", "hint med / p95 ms", "inner hints", "check med / p95 ms", "inner checks"],
+        [
+            [
+                r["quiet_tail_db"],
+                r["utterances"],
+                f"{r['hint_delay_ms']['p50']:.0f} / {r['hint_delay_ms']['p95']:.0f}",
+                r["inner_hints"],
+                f"{r['check_delay_ms']['p50']:.0f} / {r['check_delay_ms']['p95']:.0f}",
+                r["inner_checks"],
+            ]
+            for r in rows
+        ],
+    )
     out = ROOT / "benchmarks" / "results" / "quiet_tail.json"
     result = {
+        "machine": finish(machine),
         "scenes": "vad_defaults.py, clean and >= 20 dB SNR; sentences and one-word replies found as one "
         "utterance; delays from the true speech end",
         "pause_hint_ms": VadOptions().pause_hint_ms,

@@ -27,6 +27,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
+from machine import finish, machine_info, print_table  # noqa: E402
 from speech import RATE, espeak, make_noise, mix_scene, trim_bounds  # noqa: E402
 
 from voiceloop.frames import FRAME_SAMPLES, AudioFrame, SpeechEnded, SpeechStarted  # noqa: E402
@@ -327,25 +328,47 @@ def clause_pauses(clips: list[dict]) -> list[int]:
     return pauses
 
 
-def row(c: tuple, s: dict, mark: str = "") -> str:
-    return (
-        f"{c[0]:>4} {c[1]:>6} {c[2]:>3}/{c[3]:<3} {s['split']:>5} {s['missed']:>4} {s['merged']:>5} "
-        f"{s['false']:>5} {s['errors_10dB']:>6} {s['transient_triggers']:>5} "
-        f"{s['start_err_median']:>6}/{s['start_err_p95abs']:<6} "
-        f"{s['end_err_median']:>6}/{s['end_err_p95abs']:<6} "
-        f"{s['trigger_delay_median']:>6} {s['endpoint_delay_median']:>6}/{s['endpoint_delay_p95']:<6} "
-        f"{list(s['hesitation_split'].values())}{mark}"
-    )
+def row(c: tuple, s: dict, mark: str = "") -> list[object]:
+    return [
+        c[0],
+        c[1],
+        f"{c[2]}/{c[3]}",
+        s["split"],
+        s["missed"],
+        s["merged"],
+        s["false"],
+        s["errors_10dB"],
+        s["transient_triggers"],
+        f"{s['start_err_median']} / {s['start_err_p95abs']}",
+        f"{s['end_err_median']} / {s['end_err_p95abs']}",
+        s["trigger_delay_median"],
+        f"{s['endpoint_delay_median']} / {s['endpoint_delay_p95']}",
+        " ".join(str(n) for n in s["hesitation_split"].values()),
+        mark,
+    ]
 
 
-HEADER = (
-    "aggr end_ms trigger split miss merge false err10 trans  start_med/p95  end_med/p95   trig   "
-    "endpt_med/p95 "
-    f"hesitation splits (pause {PAUSES_MS} ms, of 28 each)"
-)
+HEADER = [
+    "aggr",
+    "end_ms",
+    "trigger",
+    "split",
+    "miss",
+    "merge",
+    "false",
+    "err10",
+    "trans",
+    "start med / p95",
+    "end med / p95",
+    "trig",
+    "endpt med / p95",
+    f"hesitation splits (pause {PAUSES_MS} ms, of 28 each)",
+    "",
+]
 
 
 def main() -> None:
+    machine = machine_info()
     t0 = time.perf_counter()
     clips = build_clips()
     pauses = clause_pauses(clips)
@@ -399,22 +422,34 @@ def main() -> None:
     defaults = asdict(VadOptions())
     mismatch = {k: (defaults[k], val) for k, val in chosen.items() if defaults[k] != val}
 
-    lines = [HEADER] + [
-        row(c, summary[c], "  <== chosen" if c == best else "") for c in configs if c[2:] == (w, v)
+    tables = [
+        (
+            f"trigger {w}/{v} ms",
+            HEADER,
+            [row(c, summary[c], "<== chosen" if c == best else "") for c in configs if c[2:] == (w, v)],
+        ),
+        (
+            f"start trigger at aggr {a}, end {e} ms",
+            HEADER,
+            [row(c, summary[c]) for c in configs if c[:2] == (a, e)],
+        ),
+        (
+            "chosen config per condition",
+            ["condition", "split/miss/merge/false/transient", "start med", "end med", "endpt med / p95"],
+            [
+                [
+                    n,
+                    f"{r['split']}/{r['missed']}/{r['merged']}/{len(r['false_voiced_ms'])}/"
+                    f"{len(r['transient_voiced_ms'])}",
+                    pct(r["start_err"], 50),
+                    pct(r["end_err"], 50),
+                    f"{pct(r['endpoint_delay'], 50)} / {pct(r['endpoint_delay'], 95)}",
+                ]
+                for n, r in results[best].items()
+            ],
+        ),
     ]
-    lines += ["", f"start trigger at aggr {a}, end {e} ms:", HEADER]
-    lines += [row(c, summary[c]) for c in configs if c[:2] == (a, e)]
-    lines += [
-        "",
-        "chosen config per condition: split/miss/merge/false/transient  start_med end_med endpt_med/p95",
-    ]
-    lines += [
-        f"  {n:<11} {r['split']}/{r['missed']}/{r['merged']}/{len(r['false_voiced_ms'])}/"
-        f"{len(r['transient_voiced_ms'])}  {pct(r['start_err'], 50):>6} {pct(r['end_err'], 50):>6} "
-        f"{pct(r['endpoint_delay'], 50):>6}/{pct(r['endpoint_delay'], 95)}"
-        for n, r in results[best].items()
-    ]
-    lines += [
+    lines = [
         "",
         f"espeak clause pauses (longest per sentence, 40 dB energy): median {pct(pauses, 50)} ms, "
         f"max {max(pauses)} ms",
@@ -430,6 +465,7 @@ def main() -> None:
     ]
     report = {
         "description": (__doc__ or "").strip().splitlines()[0],
+        "machine": finish(machine),
         "conditions": list(results[best]),
         "utterances_per_condition": {
             k: sum(c["cat"] == k for c in clips) for k in ("sentence", "short", "hesitation")
@@ -466,6 +502,8 @@ def main() -> None:
     out = ROOT / "benchmarks" / "results" / "vad_defaults.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n")
+    for title, columns, rows in tables:
+        print_table(title, columns, rows)
     print("\n".join(lines))
     print(f"wrote {out.relative_to(ROOT)} in {report['runtime_s']} s")
 
