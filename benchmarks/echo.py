@@ -33,8 +33,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -46,6 +44,7 @@ import soxr
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
+from machine import finish, machine_info, print_table  # noqa: E402
 from speech import RATE, espeak, trim_bounds  # noqa: E402
 
 from voiceloop.aec import EchoProcessor, EchoReference, GateOptions, aec_available  # noqa: E402
@@ -278,6 +277,43 @@ def summarize(runs: list[dict]) -> dict:
     }
 
 
+def false_and_missed(s: dict) -> list[str]:
+    return [
+        f"{s['false_barge_ins']} in {s['replies_with_false_barge_in']}/{s['quiet_replies']} replies",
+        f"{s['missed']}/{s['user_barge_ins']} ({100 * s['missed_rate']:.0f}%)",
+    ]
+
+
+def print_tables(summary: dict, sweep: dict, jump_summary: dict, rooms: str, jump_rooms: int) -> None:
+    rows = []
+    for mode, s in summary.items():
+        delay, erle = "-", "-"
+        if s["delay_ms_median"] is not None:
+            delay = f"{s['delay_ms_median']:.0f}/{s['delay_ms_p95']:.0f}"
+        if s["erle_db_median"] is not None:
+            erle = f"{s['erle_db_median']:.0f}/{s['erle_db_min']:.0f} dB"
+        rows.append([mode, *false_and_missed(s), delay, erle, f"{s['cpu_ms_per_frame']:.3f}"])
+    columns = ["mode", "false barge-ins", "missed barge-ins", "delay med/p95 ms", "ERLE med/min", "ms/frame"]
+    print_table(rooms, columns, rows)
+    sweep_rows = []
+    for error_ms in PLAY_TIME_ERRORS_MS:
+        cells = []
+        for m in sweep:
+            s = sweep[m][str(error_ms)]
+            cells.append(f"{s['false_barge_ins']}/{s['quiet_replies']}, {s['missed']}/{s['user_barge_ins']}")
+        sweep_rows.append([error_ms, *cells])
+    print_table(
+        "play-time error sweep (+: reported later than played)",
+        ["error ms", *(f"{m} false/missed" for m in sweep)],
+        sweep_rows,
+    )
+    print_table(
+        f"echo delay jumps by 100-300 ms in the third reply ({jump_rooms} rooms)",
+        ["mode", "false barge-ins", "missed barge-ins"],
+        [[mode, *false_and_missed(s)] for mode, s in jump_summary.items()],
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rooms", type=int, default=40)
@@ -286,6 +322,7 @@ def main() -> None:
     parser.add_argument("--jump-rooms", type=int, default=12, help="rooms whose echo delay jumps")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "echo.json")
     args = parser.parse_args()
+    machine = machine_info()
     modes = MODES if aec_available() else [m for m in MODES if "aec" not in m]
     bots = [clip(v, t) for v, t in BOT_LINES]
     bots = [scale_to_dbfs(b, BOT_DBFS) for b in bots]
@@ -319,40 +356,14 @@ def main() -> None:
         for mode in jump_modes:
             jumps[mode].append(evaluate(session, mode))
     jump_summary = {m: summarize(runs) for m, runs in jumps.items()}
-    header = (
-        f"{'mode':24s} {'false barge-ins':>22s} {'missed barge-ins':>18s} {'delay med/p95':>15s} "
-        f"{'ERLE med/min':>13s} {'ms/frame':>9s}"
-    )
-    print(f"{args.rooms} rooms x {REPLIES_PER_ROOM} replies ({time.time() - t0:.0f} s)\n{header}")
-    for mode, s in summary.items():
-        false = f"{s['false_barge_ins']} in {s['replies_with_false_barge_in']}/{s['quiet_replies']} replies"
-        missed = f"{s['missed']}/{s['user_barge_ins']} ({100 * s['missed_rate']:.0f}%)"
-        delay, erle = "-", "-"
-        if s["delay_ms_median"] is not None:
-            delay = f"{s['delay_ms_median']:.0f}/{s['delay_ms_p95']:.0f}"
-        if s["erle_db_median"] is not None:
-            erle = f"{s['erle_db_median']:.0f}/{s['erle_db_min']:.0f} dB"
-        print(f"{mode:24s} {false:>22s} {missed:>18s} {delay:>15s} {erle:>13s} {s['cpu_ms_per_frame']:9.3f}")
-    print(f"\nplay-time error sweep ({len(sweep_rooms)} rooms; +: reported later than played)")
-    print(f"{'error ms':>9s} " + " ".join(f"{m + ' false/missed':>22s}" for m in sweep))
-    for error_ms in PLAY_TIME_ERRORS_MS:
-        cells = []
-        for m in sweep:
-            s = sweep[m][str(error_ms)]
-            cells.append(f"{s['false_barge_ins']}/{s['quiet_replies']}, {s['missed']}/{s['user_barge_ins']}")
-        print(f"{error_ms:>9d} " + " ".join(f"{c:>22s}" for c in cells))
-    print(f"\necho delay jumps by 100-300 ms in the third reply ({args.jump_rooms} rooms)")
-    print(f"{'mode':24s} {'false barge-ins':>22s} {'missed barge-ins':>18s}")
-    for mode, s in jump_summary.items():
-        false = f"{s['false_barge_ins']} in {s['replies_with_false_barge_in']}/{s['quiet_replies']} replies"
-        missed = f"{s['missed']}/{s['user_barge_ins']} ({100 * s['missed_rate']:.0f}%)"
-        print(f"{mode:24s} {false:>22s} {missed:>18s}")
+    took = f"{args.rooms} rooms x {REPLIES_PER_ROOM} replies ({time.time() - t0:.0f} s)"
+    print_tables(summary, sweep, jump_summary, took, args.jump_rooms)
     result = {
         "description": __doc__.split("\n\n")[0],
         "rooms": args.rooms,
         "replies_per_room": REPLIES_PER_ROOM,
         "seed": args.seed,
-        "machine": f"{platform.machine()} python {platform.python_version()}, {os.cpu_count()} cores",
+        "machine": finish(machine),
         "gate_defaults": asdict(GateOptions()),
         "summary": summary,
         "play_time_error_sweep": sweep,
