@@ -11,8 +11,10 @@ Pacing is simulated on the audio clock (deterministic, no sleeping): 20 ms frame
 time and are handled in order, one at a time, exactly like ``Wav2Vec2Session.accept`` (which awaits
 each step); a step starts at ``max(arrival of the frame that made it due, end of the previous
 compute)`` and takes its measured wall time. The end-of-speech event follows the last frame (the
-utterance includes 0.36 s of trailing silence: the VAD hangover), and the final latency is the wait
-for ``finish()`` after that event.
+utterance includes 0.36 s of trailing silence: the VAD hangover). Final latencies count from the
+true end of speech — the last voiced sample, as :func:`pseudo_utterance` built the signal — not from
+that event: a plain ``finish()`` includes the hangover, and a speculative final ready before the
+speech ended counts as negative (never clamped to 0).
 
 Run: ``python benchmarks/asr_streaming.py`` (10-15 min on 2 cores; ``--quick`` for a smoke run).
 Writes ``benchmarks/results/asr_streaming.json`` and prints the tables. Timings are only meaningful
@@ -85,7 +87,13 @@ def spec_label(left: float | None) -> str:
 
 # -- inputs ----------------------------------------------------------------------------------------
 def pseudo_speech(seconds: float, seed: int) -> np.ndarray:
-    """Deterministic speech-like int16 audio plus ``HANGOVER_S`` of near-silence.
+    """Deterministic speech-like int16 audio plus ``HANGOVER_S`` of near-silence."""
+    return pseudo_utterance(seconds, seed)[0]
+
+
+def pseudo_utterance(seconds: float, seed: int) -> tuple[np.ndarray, float]:
+    """:func:`pseudo_speech`'s audio and its true end of speech in seconds (the end of the last
+    voiced sample; the silence and noise floor after it are not speech).
 
     Cost does not depend on content; this keeps the input normalisation and activations in the
     range real speech gives (voiced syllables with formants and tones, fricatives, short pauses).
@@ -94,6 +102,7 @@ def pseudo_speech(seconds: float, seed: int) -> np.ndarray:
     n = round(seconds * RATE)
     out = np.zeros(n)
     pos = round(0.1 * RATE)
+    speech_end = 0
     while pos < n:
         if rng.random() < 0.12:
             pos += round(rng.uniform(0.1, 0.3) * RATE)
@@ -120,10 +129,11 @@ def pseudo_speech(seconds: float, seed: int) -> np.ndarray:
             voiced[:f] += 0.3 * np.diff(rng.standard_normal(f + 1)) * np.hanning(f)
         out[pos : pos + m] += voiced
         pos += m
+        speech_end = pos
     out *= 10 ** (-20 / 20) / np.sqrt(np.mean(out[np.abs(out) > 1e-6] ** 2))
     out = np.concatenate([out, np.zeros(round(HANGOVER_S * RATE))])
     out += 10 ** (-65 / 20) * rng.standard_normal(len(out))
-    return np.clip(np.round(out * 32768), -32768, 32767).astype(np.int16)
+    return np.clip(np.round(out * 32768), -32768, 32767).astype(np.int16), speech_end / RATE
 
 
 # -- the full-size random model ----------------------------------------------------------------------
@@ -290,6 +300,7 @@ def stream_paced(
     variants: bool,
     offline: np.ndarray | None,
     schedule: str = "session",
+    speech_end: float | None = None,
 ) -> StreamRun:
     """Stream ``audio`` (int16) frame by frame; returns step/final timings and frame agreement.
 
@@ -297,13 +308,17 @@ def stream_paced(
     compute in the background and every frame that arrived meanwhile added before the next
     ``due()`` check, so one step can commit several chunks (the engine's catch-up path).
     ``variants`` also times finalisation with a smaller left context and a speculative final.
+    ``speech_end``: the true end of speech in seconds (default: ``HANGOVER_S`` before the end of
+    ``audio``); final latencies count from it, and the speculative snapshot follows it.
     """
     state = RecordingState(engine)
     n_frames = -(-len(audio) // HOP)
     end_event = len(audio) / RATE
+    if speech_end is None:
+        speech_end = end_event - HANGOVER_S
     run = StreamRun(audio_s=end_event)
     busy = 0.0
-    spec_at = end_event - HANGOVER_S + SPEC_MARGIN_S
+    spec_at = speech_end + SPEC_MARGIN_S
     spec_state: StreamState | None = None
     spec_busy = 0.0
     k = 0
@@ -343,15 +358,15 @@ def stream_paced(
     if variants:
         for left in FINAL_LEFTS:
             branch = with_left(fork(state), left)
-            run.finals[f"L={left:g}"] = _finish(branch, start, end_event, offline)
+            run.finals[f"L={left:g}"] = _finish(branch, start, speech_end, offline)
         if spec_state is not None:  # the stream stops stepping once the speculative final is queued
             for left in SPEC_LEFTS:
                 branch = with_left(fork(spec_state), left)
-                spec = _finish(branch, spec_busy, end_event, offline)
+                spec = _finish(branch, spec_busy, speech_end, offline)
                 spec["started_before_event_s"] = end_event - spec_busy
                 run.finals[spec_label(left)] = spec
     remaining = state.ckpt.frames_for(len(state.audio)) - state.committed
-    final = _finish(state, start, end_event, offline)
+    final = _finish(state, start, speech_end, offline)
     final["remaining_s"] = remaining * HOP / RATE
     run.finals = {"stream": final, **run.finals}
     run.compute_s += final["wall"]
@@ -360,14 +375,20 @@ def stream_paced(
     return run
 
 
+def final_latency(start: float, wall: float, speech_end: float) -> float:
+    """Seconds from the true end of speech to a final that started at ``start`` and took ``wall``
+    (audio clock). Negative when the final was ready before the speech ended: kept, not clamped."""
+    return start + wall - speech_end
+
+
 def _finish(
-    state: StreamState, start: float, end_event: float, offline: np.ndarray | None
+    state: StreamState, start: float, speech_end: float, offline: np.ndarray | None
 ) -> dict[str, float]:
-    """Time ``finish()`` started at ``start``; latency counts from the end-of-speech event."""
+    """Time ``finish()`` started at ``start``; latency counts from the true end of speech."""
     first = state.committed
     window = (state.ckpt.frames_for(len(state.audio)) - state.first_encoded(first)) * HOP / RATE
     _, wall = timed(state.finish)
-    out = {"wall": wall, "latency": max(0.0, start + wall - end_event), "window_s": window}
+    out = {"wall": wall, "latency": final_latency(start, wall, speech_end), "window_s": window}
     if offline is not None and isinstance(state, RecordingState):
         lp = state.committed_log_probs()
         n = min(len(lp), len(offline))
@@ -649,7 +670,7 @@ def print_tables(results: dict[str, Any]) -> None:
             f"{s['lag_commit_max_s']:.2f} | {s['lag_lookahead_median_s']:.2f} | {fin['window_s']:.2f} | "
             f"{fin['latency']:.3f} / {fin['latency_max']:.3f} | {agree:.3f} |"
         )
-    print("\nFinalisation variants (default C/L/R): final latency after the end-of-speech event")
+    print("\nFinalisation variants (default C/L/R): final latency after the true end of speech (< 0: before)")
     print("| precision | variant | final window s | finish() wall s | latency median / max s | ", end="")
     print("final-frame agree |")
     print("|---|---|---:|---:|---|---:|")
@@ -805,11 +826,16 @@ def main(argv: list[str] | None = None) -> int:
             results["machine"]["tiny_run"] = machine_info()
         if args.skip_tiny and "tiny" in earlier:
             results["tiny"] = earlier["tiny"]
+    results["final_latency_from"] = (
+        "the true end of speech (last voiced sample of the pseudo-speech), not the end of the audio "
+        f"({HANGOVER_S} s later); negative: the final was ready before the speech ended"
+    )
     started = time.perf_counter()
 
     if not args.skip_large:
         ckpts = build_checkpoints(precisions, args.seed, args.threads)
-        audios = [pseudo_speech(args.seconds, args.seed + 1 + i) for i in range(args.utterances)]
+        utterances = [pseudo_utterance(args.seconds, args.seed + 1 + i) for i in range(args.utterances)]
+        audios = [audio for audio, _ in utterances]
         for ckpt in ckpts.values():  # warm-up: first calls allocate and pick kernels
             ckpt.log_probs(int16_to_float(audios[0][: 2 * RATE]))
         offline: dict[str, list[np.ndarray]] = {p: [] for p in precisions}
@@ -852,6 +878,7 @@ def main(argv: list[str] | None = None) -> int:
                         variants=variants,
                         offline=offline[precision][u],
                         schedule=schedule,
+                        speech_end=utterances[u][1],
                     )
                     runs[job].append(run)
                     s = run.steps
