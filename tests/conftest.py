@@ -7,6 +7,13 @@ sys.path.insert(0, str(Path(__file__).parent))
 import pytest
 
 
+def pytest_collection_modifyitems(items):
+    """Tests on a real sound server are long integration tests: ``pytest -m "not slow"`` skips them."""
+    for item in items:
+        if "pulse" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """Tiny models on 1 torch thread: more threads only add contention (and 100x slowdowns under load)."""

@@ -60,6 +60,7 @@ def _state(path: Path) -> dict[str, torch.Tensor]:
     return Wav2Vec2ForCTC.from_pretrained(str(path)).state_dict()
 
 
+@pytest.mark.slow  # fine-tuning: seconds of training
 def test_finetune_extends_vocab_freezes_logs_and_resumes(corpus: Path, tmp_path: Path) -> None:
     start = make_tiny_checkpoint(tmp_path / "start", layout="2021", vocab=tiny_vocab(START_CHARS))
     out = tmp_path / "out"
@@ -124,6 +125,7 @@ class _RunsCode:
         return Path.touch, (self.marker,)
 
 
+@pytest.mark.slow  # fine-tuning: seconds of training
 def test_resume_loads_the_training_state_weights_only(corpus: Path, tmp_path: Path) -> None:
     start = make_tiny_checkpoint(tmp_path / "start", layout="2021", vocab=tiny_vocab(START_CHARS))
     out, manifest = tmp_path / "out", corpus / "train.jsonl"
@@ -141,6 +143,7 @@ def test_resume_loads_the_training_state_weights_only(corpus: Path, tmp_path: Pa
     assert not marker.exists()
 
 
+@pytest.mark.slow  # fine-tuning: seconds of training
 def test_random_init_from_config_and_cli(corpus: Path, tmp_path: Path) -> None:
     """``--init-config``: random weights, the vocabulary built from the training text in the hub format."""
     from asr_fixtures import tiny_config

@@ -24,7 +24,7 @@ from voiceloop.dialogue import echo
 from voiceloop.io.webrtc_server import ServerOptions, VoiceServer
 
 CHROMIUM = "/usr/bin/chromium"
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
 FLAGS = [
     "--no-sandbox",
@@ -92,8 +92,9 @@ async def drive(browser, server: VoiceServer, tmp_path: Path) -> None:
     page = await browser.new_page(viewport={"width": 900, "height": 470})
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
-    await page.goto(f"{server.url}?token=s3cret")
+    await page.goto(f"{server.url}#token=s3cret")
     await page.wait_for_selector("body[data-ready='1']")
+    assert "s3cret" not in page.url  # the page took the token out of the address bar
     assert await page.locator("#voice option").count() >= 2  # /config with the token: the voices
     await page.click("#connect")
     await page.wait_for_selector("#status.connected", timeout=15_000)

@@ -23,7 +23,7 @@ from voiceloop.app import LoopOptions
 from voiceloop.dialogue import echo
 from voiceloop.io.webrtc_server import ServerOptions, VoiceServer
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
 CYCLES = 50
 WARMUP = 10
