@@ -6,10 +6,8 @@
 Every streaming step allocates and frees buffers of a few MB (attention inputs, conv activations,
 decoder frames). glibc hands blocks over its mmap threshold straight back to the kernel on free,
 and trims the heap top once more than twice the largest block is free, so the next step takes
-page faults on all of it again. Measured (``benchmarks/allocator.py``, side by side, 2 cores):
-streaming TTS 8,500 faults per 5 s reply with glibc's defaults, none tuned (RTF 0.88 -> 0.83,
-within this VM's noise); streaming ASR took 125,000 faults per 8 s utterance before its
-keys/values moved into reusable buffers (RTF 0.39 -> 0.35 then), none either way since.
+page faults on all of it again. ``benchmarks/allocator.py`` counts the faults and the RTF of
+streaming TTS and ASR with glibc's defaults and tuned, side by side (``results/allocator.json``).
 
 The price is resident memory: up to ``TRIM_BYTES`` of freed heap is kept instead of returned.
 Set ``VOICELOOP_MALLOC_TUNING=0`` to leave glibc's defaults alone.
@@ -74,8 +72,8 @@ def _apply() -> bool:
 def frozen_heap() -> Iterator[None]:
     """Leave everything allocated so far (imports, loaded models) out of the cyclic GC meanwhile.
 
-    A full collection walks every tracked object while holding the GIL: ~230 ms with torch,
-    transformers and aiortc imported (~400,000 objects), 0.4 s inside a long test process. That is
+    A full collection walks every tracked object while holding the GIL, and with torch,
+    transformers and aiortc imported there are hundreds of thousands of them. That is
     a stall of the whole loop — the microphone's handoff included — whenever one comes due in a
     session. Frozen objects are skipped (``gc.freeze``); garbage made while the loop runs is still
     collected. Leaving the block unfreezes them again.

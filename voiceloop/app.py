@@ -44,8 +44,8 @@ class LoopOptions:
     precision: str = "auto"  # auto: int8 on CPU (the only way near real time there); CUDA: AUTO_PRECISION
     device: str = "auto"
     # Both engines may use every core: the ASR computes while the user speaks, the TTS while the bot
-    # does; measured (full-size int8, 2 cores): 2 ASR threads give the final transcript 0.18 s after the
-    # endpoint vs 0.46 s with 1, voice-to-voice p50 1.33 s vs 1.69 s.
+    # does: on 2 cores 2 ASR threads give an earlier final transcript and voice-to-voice than 1
+    # (benchmarks/voice_to_voice.py --asr-threads 1 / 2).
     asr_threads: int | None = None  # None: torch's default (all cores)
     tts_threads: int | None = None
     #: on a CPU, ASR and TTS take turns on the cores job by job instead of computing at once (two
@@ -77,9 +77,9 @@ class LoopOptions:
             self.turn.check_frames(self.vad.end_silence_ms)  # refused before any model loads, not after
 
 
-#: precision="auto" per engine and device. CUDA (H200, benchmarks/gpu.sh): the ASR's steps take
-#: 0.017 s in fp16 vs 0.047 s in fp32; the TTS's GPT steps are launch-bound (one token at a time)
-#: and run 171/s in fp32 vs 95/s in fp16 (first audio 0.08 vs 0.17 s), so the TTS stays fp32.
+#: precision="auto" per engine and device. CUDA (benchmarks/gpu.sh: results/*-cuda.json): the ASR's
+#: steps are faster in fp16 than in fp32; the TTS's GPT steps are launch-bound (one token at a time)
+#: and slower in fp16 (more kernels per step), so the TTS stays fp32.
 AUTO_PRECISION = {
     ("asr", "cpu"): "int8",
     ("tts", "cpu"): "int8",
@@ -134,7 +134,7 @@ def load_engines(options: LoopOptions) -> Engines:
     """Load ASR and TTS (hub ids download with progress bars; offline → a message naming local dirs).
 
     The models are built on a compute thread, which on a CPU then runs all of both engines' work
-    (``share_cores``): torch ops from a second thread — even just loading — cost small ops 2x.
+    (``share_cores``): torch ops from a second thread — even just loading — slow small ops down.
     """
     compute = ComputeLane("compute")
     engines = compute.call(_load_engines, options)

@@ -289,9 +289,9 @@ def share_cores(*lanes: ComputeLane) -> None:
 
     On a CPU, torch work from two threads is slow even when it never overlaps: each thread that
     runs a parallel op gets its own OpenMP team, and with more team threads than cores libgomp
-    stops spinning, so every small op pays a futex wake-up. Measured on 2 cores: int8 [1, 768]
-    linear layers 2.3x slower once a second thread had run torch; a ChatTTS stream 40 % slower with
-    its GPT steps on one thread and its sampling or decoding on another. One thread for all
+    stops spinning, so every small op pays a futex wake-up: on 2 cores small int8 linear layers
+    ran markedly slower once a second thread had run torch, and a ChatTTS stream was slower
+    with its GPT steps on one thread and its sampling or decoding on another. One thread for all
     models keeps one team — so also build the models on that thread (``first.call(load)``), as
     :func:`voiceloop.app.load_engines` does. Call before the other lanes run anything; their thread
     setups then run on the shared thread, in order (so they should agree on the thread count).

@@ -1,11 +1,11 @@
 """Dynamic int8 linear layers on the CPU, the one way every engine quantizes.
 
 Which torch backend packs the int8 weights decides how fast they run, and the best one depends on
-the CPU and on how many rows each call multiplies (``benchmarks/int8_engines.py``, 2 cores, the
-ASR's 24-layer stack of linears): on a Sapphire Rapids VM oneDNN with its AMX int8 tiles ran 44 rows
-(a streaming ASR step) in 33 ms against fbgemm's 43 ms and 400 rows 2.3x faster, but one row (a TTS
-decoding step) 15 % slower, the two crossing near 8 rows. Capped to AVX2 (``ONEDNN_MAX_CPU_ISA``)
-oneDNN was 4x slower than fbgemm, and with AVX-512 VNNI but no AMX the two tied. So weights that
+the CPU and on how many rows each call multiplies (``benchmarks/int8_engines.py`` measures both on
+the ASR's 24-layer stack of linears): where the CPU has AMX, oneDNN with its int8 tiles is faster
+for a streaming ASR step's 44 rows and an offline pass's hundreds, but slower for one row (a TTS
+decoding step), the two crossing at a few rows. Capped to AVX2 (``ONEDNN_MAX_CPU_ISA``) oneDNN was
+far slower than fbgemm, and with AVX-512 VNNI but no AMX the two tied. So weights that
 see ``AMX_MIN_ROWS`` rows or more per call are packed by oneDNN where the CPU has AMX, all others by
 fbgemm. The backend is chosen when a layer is packed (a later change of
 ``torch.backends.quantized.engine`` does not move packed weights), so this module sets it only
@@ -28,7 +28,8 @@ M = TypeVar("M", bound=nn.Module)
 
 #: ``VOICELOOP_INT8_ENGINE`` overrides the choice (``fbgemm``, ``onednn``, ``x86``, ``qnnpack``)
 ENGINE_ENV = "VOICELOOP_INT8_ENGINE"
-#: rows per call from which oneDNN's AMX kernels beat fbgemm (measured crossing: 4-8)
+#: rows per call from which oneDNN's AMX kernels beat fbgemm (the crossing benchmarks/int8_engines.py
+#: measures)
 AMX_MIN_ROWS = 8
 
 

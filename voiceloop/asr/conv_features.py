@@ -2,19 +2,19 @@
 
 The stock module runs each of the seven conv layers channel-major and transposes around every
 per-frame LayerNorm, so each layer copies its whole activation twice (``[1, 512, T]`` clones to
-feed the next conv): on a streaming step's 0.64 s of new audio those copies were a third of the
-conv stack's time. Here each conv layer is one matmul instead: the layer's input windows
+feed the next conv): on a streaming step's 0.64 s of new audio those copies were a large share of
+the conv stack's time. Here each conv layer is one matmul instead: the layer's input windows
 (kernel x channels, strided by the conv stride, read in place from the time-major activation) as
 rows, times the conv weight flattened to ``[kernel * in, out]``; the norm runs over channels
-without transposes. Same arithmetic up to float summation order (max |diff| ~5e-6), 1.4x faster
-on 2 cores (21 -> 15 ms per 0.64 s chunk, Sapphire Rapids VM).
+without transposes. Same arithmetic up to float summation order, and faster on 2 cores (the step
+and offline costs: ``benchmarks/asr_streaming.py``).
 
 With ``int8=True`` (``ModelOptions(quantize="int8", int8_conv=True)``) the matmuls are dynamic
-int8 as the encoder's linears are (torch's conv1d ran these layers at ~65 GMAC/s on 2 AVX2 cores
-where an int8 matmul of the same size ran at ~110); it rounds activations to 8 bits per call, so
-it stays opt-in. The first layer (one input channel, kernel 10) stays a conv1d: its matmul would
-be ten wide. Only checkpoints whose conv layers are normalised per frame
-(``feat_extract_norm="layer"``, the default model's) take this path.
+int8 as the encoder's linears are (on 2 AVX2 cores an int8 matmul of a layer's size ran well
+above torch's conv1d rate); it rounds activations to 8 bits per call, so it stays opt-in. The
+first layer (one input channel, kernel 10) stays a conv1d: its matmul would be ten wide. Only
+checkpoints whose conv layers are normalised per frame (``feat_extract_norm="layer"``, the default
+model's) take this path.
 """
 
 from __future__ import annotations

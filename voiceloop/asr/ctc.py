@@ -1,7 +1,7 @@
 """Greedy CTC decoding (offline and streaming) with per-character confidence and timing.
 
 Greedy is the v1 decoder for both partials and finals: without a real Chinese character LM a
-beam search returns the greedy output at 10-50x the cost (research notes, ASR section 4).
+beam search returns the greedy output at many times the cost (research notes, ASR section 4).
 
 Rules (both decoders): argmax per frame, collapse runs of the same id, drop the blank and
 tokens whose text is "" (specials; they still break a run, like the blank does). The word

@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import Wav2Vec2ForCTC
 
-#: steps this short (in frames) take the unfolded positional convolution on a CPU (measured
-#: crossover with torch's conv1d: ~100-130 frames; a streaming step is C + R = 44)
+#: steps this short (in frames) take the unfolded positional convolution on a CPU (below where
+#: torch's conv1d overtakes it; a streaming step is C + R = 44)
 SHORT_WINDOW_FRAMES = 96
 #: output frames per unfolded block: 48 x 128 taps x 1024 channels x 4 B = 25 MB of copy
 SHORT_BLOCK_FRAMES = 48
@@ -35,7 +35,7 @@ class KeyValues:
 
     The frames sit at the front of ``buffer``, which may have room after them: an encoder step
     writes its new frames' keys/values there, so attending to past + new frames copies only the
-    new ones (a per-layer ``cat`` of past and new cost ~4 % of a streaming step).
+    new ones (a per-layer ``cat`` of past and new was a visible part of a streaming step).
     """
 
     buffer: torch.Tensor
@@ -232,10 +232,10 @@ class LeanEncoder:
     def _positional_short(self, source: torch.Tensor, frames: int) -> torch.Tensor:
         """The grouped positional convolution of a short window as one batched matmul per group.
 
-        On a CPU, torch's grouped conv1d with this kernel (128 taps, 16 groups of 64) runs at
-        ~15 GMAC/s on a streaming step's ~44 frames; unfolding each output frame's receptive
-        field (kernel x 64 inputs, contiguous in a group-major copy) and multiplying by the
-        group's weight matrix runs ~2.2x faster. Long inputs stay on conv1d, which wins there.
+        On a CPU, torch's grouped conv1d with this kernel (128 taps, 16 groups of 64) runs far
+        below the matmul rate on a streaming step's ~44 frames; unfolding each output frame's
+        receptive field (kernel x 64 inputs, contiguous in a group-major copy) and multiplying by
+        the group's weight matrix is faster there. Long inputs stay on conv1d, which wins there.
         """
         groups, span, per_group = self.pos_matrix.shape
         group_in = span // self.pos_kernel

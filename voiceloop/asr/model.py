@@ -62,9 +62,9 @@ class ModelOptions:
     quantize: str | None = None  # None | "int8" (dynamic int8 nn.Linear, CPU only)
     threads: int | None = None  # torch intra-op threads for this model's compute (None: leave as is)
     #: ASR with quantize="int8": the conv feature encoder's matmuls in int8 too (asr/conv_features.py;
-    #: a streaming step ~8 % faster on 2 AVX2 cores). Off by default: it adds ~0.6 % relative error per
-    #: conv layer (5.7 % at the encoder's output on a random large model), and how that moves the real
-    #: checkpoint's CER is unmeasured here (benchmarks/asr_real.py measures it where the weights are).
+    #: a faster streaming step: benchmarks/asr_streaming.py --precisions int8,int8-conv). Off by default:
+    #: it adds rounding error at every conv layer, and how that moves the real checkpoint's CER is
+    #: unmeasured here (benchmarks/asr_real.py measures it where the weights are).
     int8_conv: bool = False
 
     def __post_init__(self) -> None:

@@ -6,9 +6,9 @@ step encodes the new chunk C and a lookahead R, and keeps only the C part:
     frames:  ... committed ... | L (context) | C (committed now) | R (provisional) |
 
 * The left context L is not re-encoded: each layer attends to the keys/values the L frames had
-  when they were committed (``cache_context``; 1.6x cheaper at the defaults, same agreement with
-  the offline pass). With ``cache_context=False`` (and on the ONNX backend) every step re-encodes
-  ``[L | C | R]`` instead.
+  when they were committed (``cache_context``; cheaper at the defaults with the same agreement
+  with the offline pass, measured by ``benchmarks/asr_streaming.py``). With
+  ``cache_context=False`` (and on the ONNX backend) every step re-encodes ``[L | C | R]`` instead.
 * The conv feature encoder is strictly local (a frame sees 400 samples), so its output — about
   half of the compute — is cached per utterance and no audio goes through it twice. That needs
   fixed input normalisation: the per-utterance statistics are frozen at the first window
@@ -46,10 +46,10 @@ class StreamingOptions:
     """Window geometry (seconds, rounded to 20 ms frames) and extras.
 
     Defaults (C=0.64, L=1.0, R=0.24, cached left context): partial updates every 0.64 s; R=0.24 is
-    the most lookahead that keeps committed text within 0.5 s of the audio on 2 cores (R=0.32:
-    0.59 s, R=0.16: less offline agreement). Measured (``benchmarks/asr_streaming.py``, large model,
-    int8, 2 AVX2 cores): RTF 0.34 (re-encoding L instead: 0.56), committed-text lag 0.48 s, final
-    0.18 s after the end of speech (0 with the pipeline's speculative final).
+    the most lookahead that keeps committed text within the 0.5 s lag goal on 2 cores (R=0.32 lags
+    more, R=0.16 agrees less with the offline pass). ``benchmarks/asr_streaming.py`` measures the
+    RTF, the committed-text lag and the final's latency after the end of speech of each geometry
+    (``benchmarks/results/asr_streaming*.json``).
     """
 
     chunk_s: float = 0.64
@@ -368,7 +368,8 @@ class Wav2Vec2Session(AsrSession):
         if spent > SHED_RTF * (state.committed - committed) * state.frame_s:
             # Behind real time (queued behind other sessions, or a slow device): shed load for the
             # rest of the utterance. Partials pause; the final encodes the rest in a few long
-            # windows, near the offline cost — 2.5x below streaming's overlapping windows on a CPU.
+            # windows, near the offline cost — below streaming's overlapping windows on a CPU
+            # (both measured by benchmarks/asr_streaming.py: offline vs streaming RTF).
             self._behind = True
         text, chars, stable = state.preview
         if text == self._last_text:
@@ -386,7 +387,7 @@ class Wav2Vec2Session(AsrSession):
 
     def finalize_preview(self) -> Awaitable[FinalTranscript]:
         # The copy is made on the lane, not here: copying the cached features is a torch op, and
-        # one on the loop's thread would start a second OpenMP team (small ops then cost 2x, see
+        # one on the loop's thread would start a second OpenMP team (small ops then cost more, see
         # compute.share_cores). Steps of this stream queued later run after it, so it sees the
         # stream as of now plus any audio added before it starts — a final of at least this much.
         state = self.state

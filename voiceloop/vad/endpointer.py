@@ -189,10 +189,10 @@ class Endpointer:
     def _trim_tail(self) -> tuple[AudioFrame, int]:
         """The frame where speech really ended, and how many voiced frames follow it.
 
-        WebRTC keeps saying "voiced" for 40..120 ms after speech stops (its own hangover), which
-        made ``speech_time`` late by +74 ms median (p95 113). Trailing frames no louder than the
-        hangover's background (90th percentile + 2 dB) or 30 dB below the utterance's last loud
-        frame are dropped: end error median 0 ms, p95 |34| ms (benchmark scenes, >= 20 dB SNR).
+        WebRTC keeps saying "voiced" for a while after speech stops (its own hangover), which
+        made ``speech_time`` late. Trailing frames no louder than the hangover's background (90th
+        percentile + 2 dB) or 30 dB below the utterance's last loud frame are dropped;
+        ``benchmarks/vad_defaults.py`` measures the end error left (its scenes, >= 20 dB SNR).
         """
         items = list(self._tail)
         speech = len(items) - self._silence_run

@@ -21,33 +21,23 @@ class VadOptions:
     two-clause utterances with an inserted 200..600 ms pause, clicks and noise bursts, in
     digital silence and white/pink/brown noise at 30/20/10 dB SNR. Rule: no split, missed or
     merged utterance and no false trigger at >= 20 dB, then the smallest endpoint delay (true
-    speech end -> SpeechEnded). Trigger 200/300 ms, >= 20 dB (196 utterances):
+    speech end -> SpeechEnded); the script prints the splits, delays and boundary errors of every
+    aggressiveness and end silence it tries.
 
-    ====  ===========  ======  ======================  ===========================
-    aggr  end_silence  splits  endpoint delay med/p95  inserted pause kept
-    ====  ===========  ======  ======================  ===========================
-    3     240 ms       12      314 / 353 ms            200 ms
-    3     320 ms       1       394 / 433 ms            300 ms
-    3     **360 ms**   0       **434 / 473 ms**        400 ms (500 ms splits)
-    3     400 ms       0       474 / 513 ms            400 ms
-    2     360 ms       0       460 / 484 ms            400 ms
-    0-1   320-600 ms   0       >= 463 / 484 ms         merges across silence gaps
-    ====  ===========  ======  ======================  ===========================
-
-    The delay is end_silence_ms plus the detector's own tail (+74 ms median at aggr 3): ~0.45 s
-    of the 0.9 s voice-to-voice budget. espeak clause pauses are <= 300 ms, but in 20 dB noise
-    the VAD drops weak phonemes and leaves up to 320 ms non-voiced inside sentences, hence 360.
-    Longer pauses split: the turn logic must treat a resumed utterance as a barge-in. Reported
-    boundaries: start error median +3 ms (p95 |63|), end error median 0 ms (p95 |34|, see
-    ``Endpointer._trim_tail``). At 10 dB pink/brown noise the detector hears noise as speech
-    (4 merged utterances; some end only at max_utterance_ms).
+    The delay is end_silence_ms plus the detector's own tail: about half of the voice-to-voice
+    budget. In 20 dB noise the VAD drops weak phonemes and leaves non-voiced gaps inside
+    sentences longer than espeak's clause pauses; 360 ms at aggressiveness 3 is the shortest end
+    silence that splits none of them. Longer pauses split: the turn logic must treat a resumed
+    utterance as a barge-in. Boundary errors: see ``Endpointer._trim_tail``. At 10 dB pink/brown
+    noise the detector hears noise as speech (merged utterances; some end only at
+    max_utterance_ms).
     """
 
     #: WebRTC aggressiveness 0..3; 3 has the shortest detector tail and no false triggers.
     aggressiveness: int = 3
     #: Start trigger: at least ``start_voiced_ms`` of voiced frames within the last
-    #: ``start_window_ms``. Transients fired 60/100 ms in 110 of 120 cases, 160/200 in 18,
-    #: 200/300 in none; trigger delay 63 / 163 / 203 ms median (``speech_time`` is backdated).
+    #: ``start_window_ms``. Shorter triggers fire on clicks and noise bursts, 200/300 on none of
+    #: the benchmark's; the trigger delay grows with it (``speech_time`` is backdated).
     start_window_ms: int = 300
     start_voiced_ms: int = 200
     #: Hangover: this much continuous non-voiced audio ends the utterance; it adds 1:1 to
@@ -56,23 +46,24 @@ class VadOptions:
     #: Silence after which a SpeechPaused hint goes downstream (0: never), so the ASR can start its
     #: final pass during the hangover instead of after it. Must be shorter than end_silence_ms.
     pause_hint_ms: int = 100
-    #: Audio before the first voiced frame forwarded with the utterance: the first voiced frame
-    #: was <= 100 ms after the true start in every case; +100 ms for real soft onsets (h, s, x).
+    #: Audio before the first voiced frame forwarded with the utterance: the start error the
+    #: benchmark measures, plus room for real soft onsets (h, s, x).
     pre_roll_ms: int = 200
-    #: Utterances with less voiced audio than this are reported ``discarded=True``. With a loose
-    #: trigger (40/40 ms), clicks and bursts give 20..240 ms, 95% below 140; one-word replies
-    #: >= 360 ms. A backstop with the default trigger, which already needs 200 ms voiced.
+    #: Utterances with less voiced audio than this are reported ``discarded=True``: above what
+    #: most clicks and bursts give with a loose trigger (40/40 ms), below the shortest one-word
+    #: replies (benchmarks/vad_defaults.py). A backstop with the default trigger, which already
+    #: needs 200 ms voiced.
     min_speech_ms: int = 140
     #: Forced endpoint (reason "max_length"); None disables it. Not measured: a safety net for
     #: noise the detector takes for speech, and a bound on ASR segment length.
     max_utterance_ms: int | None = 30_000
     #: Frames treated as non-voiced after the detector is created or reset: WebRTC's noise
-    #: model starts empty and calls the first 80..100 ms (aggr 3; 120 at aggr 0-1) of any
-    #: audible noise speech, which would fire a phantom barge-in at every stream start.
+    #: model starts empty and calls the first frames of any audible noise speech (about this long
+    #: at aggressiveness 3, longer at 0-1), which would fire a phantom barge-in at every start.
     warmup_ms: int = 100
     #: Voiced frames this many dB below the utterance's recent loud frames count as quiet for the
-    #: pause hint and a turn model's check (not for the hangover, whose length the split figures
-    #: above fix): WebRTC's own 40..120 ms tail then no longer delays them. 0: off.
+    #: pause hint and a turn model's check (not for the hangover, whose length the benchmark's
+    #: splits fix): WebRTC's own voiced tail then no longer delays them. 0: off.
     quiet_tail_db: int = 30
 
     def __post_init__(self) -> None:

@@ -60,8 +60,9 @@ class ChatTtsOptions:
     verify_sha256: bool = False
     #: run concurrent sessions' GPT steps as one batched forward (False: one at a time, interleaved)
     batch_sessions: bool = True
-    #: the GPT's transformer: "onnx" (onnxruntime, CPU fp32/int8: 1.6x faster per step than torch
-    #: int8), "torch", or "auto" = onnx on the CPU when onnxruntime is installed, torch elsewhere
+    #: the GPT's transformer: "onnx" (onnxruntime, CPU fp32/int8: faster per step than torch, see
+    #: benchmarks/gpt_step.py), "torch", or "auto" = onnx on the CPU when onnxruntime is installed,
+    #: torch elsewhere
     gpt_backend: Literal["auto", "torch", "onnx"] = "auto"
     #: "fast": every piece as soon as it is decoded (first audio earliest; below ~2x real time the
     #: first pieces leave gaps). "smooth": a reply's first audio waits until the measured speed says

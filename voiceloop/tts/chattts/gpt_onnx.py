@@ -2,13 +2,13 @@
 
 Why: at batch 1 a generation step is a chain of ~20 small products per layer. In eager torch each
 costs dispatch overhead, and the dynamic int8 linear (fbgemm, per-tensor activation scale) reads its
-weights at about half the memory bandwidth. onnxruntime runs the whole step in native code: int8
+weights well below the memory bandwidth. onnxruntime runs the whole step in native code: int8
 products (``DynamicQuantizeMatMul``: per-channel int8 weights, activations quantized per call, as
 torch's dynamic int8 linear but a faster kernel) and ``GroupQueryAttention``,
 which applies the rotary embedding and writes the new keys/values in place into our preallocated
-cache (its past and present buffers are the same memory). Measured on the 2-core VM with the full
-20-layer GPT: a step takes ~12.6 ms in int8 (torch int8 ~20 ms) and ~28 ms in fp32 (torch ~75 ms);
-``benchmarks/tts.py`` has the end-to-end rows.
+cache (its past and present buffers are the same memory). ``benchmarks/gpt_step.py`` times a step
+of the full 20-layer GPT against the torch stacks, side by side; ``benchmarks/tts.py`` has the
+end-to-end rows.
 
 The graph is built here, in memory, from :class:`LeanLlama`'s fused weights; it computes the same
 function (fp32 agrees within 1e-5; int8 weights get one scale per output channel, finer than
@@ -191,9 +191,8 @@ class OrtLlama:
     def forward_rows(self, rows: list[tuple[torch.Tensor, torch.Tensor, KvCache]]) -> list[torch.Tensor]:
         """Several sequences' next positions (concurrent sessions). One graph call binds one
         sequence's cache buffers, so two or more rows go to :attr:`batched`, the torch stack, which
-        reads the weights once for all rows, on the same cache buffers. Measured (full-size int8,
-        2 cores): 2 rows 22 vs 24 ms one after another here, 4 rows 37 vs 51, 8 rows 46 vs 117;
-        one row stays here (12 vs 19 ms)."""
+        reads the weights once for all rows, on the same cache buffers; one row stays here, where
+        a single step is faster (``benchmarks/gpt_step.py`` times both ways for 1-8 rows)."""
         if self.batched is None or len(rows) < 2:
             return [self(embeds, positions, cache) for embeds, positions, cache in rows]
         out = self.batched.forward_rows(rows)

@@ -1,10 +1,11 @@
 """A lean Llama decoder for step-by-step generation, built from a loaded ``LlamaModel``'s weights.
 
 Why not call ``LlamaModel`` each step: at batch 1 on a CPU its per-step overhead (mask building,
-cache concatenation, three separate q/k/v and two gate/up projections) costs about as much as the
-int8 matrix products themselves. This module computes the same function with q/k/v and gate/up
-fused into one linear each (fewer, larger int8 products), a preallocated key/value cache that grows
-by doubling (no per-step concatenation), and masks only when a batch is left-padded. It shares no
+cache concatenation, three separate q/k/v and two gate/up projections) is a large part of the step
+next to the int8 matrix products (``benchmarks/gpt_step.py`` times both stacks side by side).
+This module computes the same function with q/k/v and gate/up fused into one linear each (fewer,
+larger int8 products), a preallocated key/value cache that grows by doubling (no per-step
+concatenation), and masks only when a batch is left-padded. It shares no
 code with transformers beyond reading the weights; parity is checked against the reference goldens.
 """
 

@@ -2,8 +2,9 @@
 
 Pieces grow 4, 8, 16, 32 GPT steps so the first one comes early, and each must be generated before
 the audio in front of it has played. That needs generation at ~2x real time; two CPU cores run
-ChatTTS at ~1.2x, so a reply plays its first 85 ms and then stutters three times, ~0.4 s of gaps
-in all (``benchmarks/README.md``, "Voice to voice"). A listener may prefer a later, unbroken start.
+ChatTTS slower than that (``benchmarks/tts.py``), so a reply plays its first piece and then
+stutters (the output underruns ``benchmarks/voice_to_voice.py --tts-start fast,smooth`` counts). A
+listener may prefer a later, unbroken start.
 
 Here, when audio is ready while nothing is playing, the costs measured so far — per GPT step, and
 per step a decode window covers (each window re-decodes ``left_context + lookahead`` steps around
@@ -24,9 +25,9 @@ import numpy as np
 from .stream_decode import StreamDecodeOptions, piece_size
 
 #: the piece schedule ``--tts-start smooth`` pairs with the gate: growing 1.15x from 8 steps instead of
-#: doubling from 4. With the costs measured on 2 cores (GPT 15 ms a step, decoding 1.29 ms per window
-#: step; tests/test_tts_play_through.py) the gated start comes 0.36 s after the prompt with it and
-#: 0.72 s with doubling pieces; ungated it would still leave 25 ms of gaps.
+#: doubling from 4. With per-step costs like those of 2 CPU cores (tests/test_tts_play_through.py
+#: simulates them) the gated start comes sooner with it than with doubling pieces; ungated it would
+#: still leave gaps.
 SMOOTH_SCHEDULE = StreamDecodeOptions(first_chunk=8, growth=1.15)
 
 #: upcoming pieces the forecast looks at beyond the first full-size one (deficits only shrink after
