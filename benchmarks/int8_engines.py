@@ -14,14 +14,14 @@ without AMX or AVX-512. Output: a table and ``benchmarks/results/int8_engines.js
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import subprocess
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
+
+from machine import finish, machine_info, print_table
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "int8_engines.json"
@@ -74,28 +74,12 @@ def measure(engine: str, reps: int, threads: int) -> dict[str, object]:
 
 
 def machine() -> dict[str, object]:
-    import platform
-
-    import torch
+    """The shared machine block plus the int8 packing engine voiceloop would pick here."""
+    import torch  # noqa: F401  (imported so the block records torch's CPU kernel level)
 
     from voiceloop.quantize import has_amx, int8_engine
 
-    cpu = platform.processor()
-    with contextlib.suppress(OSError, StopIteration):
-        cpu = next(
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        )
-    return {
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "torch": torch.__version__,
-        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "amx": has_amx(),
-        "int8_engine": int8_engine(),
-    }
+    return machine_info(amx=has_amx(), int8_engine=int8_engine())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -108,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         print(json.dumps(measure(args.child[0], args.reps, args.threads)))
         return 0
+    info = machine()
     rows = []
     for engine, isa in VARIANTS:
         env = {k: v for k, v in os.environ.items() if k not in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")}
@@ -119,18 +104,31 @@ def main(argv: list[str] | None = None) -> int:
         result = json.loads(done.stdout.strip().splitlines()[-1])
         rows.append({"engine": engine, "onednn_max_isa": isa or "(all)", **result})
     base = next(r for r in rows if r["engine"] == "fbgemm")
-    print(f"{LAYERS} layers of int8 linears, {args.threads} threads, median of {args.reps} (ms)")
-    head = " | ".join(f"{n} rows" for n in ROWS)
-    print(f"| engine | oneDNN ISA cap | {head} | x fbgemm at 44 rows | MLP rounding error |")
-    print("|---|---|" + "---:|" * (len(ROWS) + 2))
-    for r in rows:
-        cells = " | ".join(f"{r[f'ms_rows_{n}']:.1f}" for n in ROWS)
-        ratio = base["ms_rows_44"] / r["ms_rows_44"]
-        print(f"| {r['engine']} | {r['onednn_max_isa']} | {cells} | {ratio:.2f} | {r['rel_error_mlp']:.4f} |")
-    info = machine()
+    print_table(
+        f"{LAYERS} layers of int8 linears, {args.threads} threads, median of {args.reps} (ms)",
+        [
+            "engine",
+            "oneDNN ISA cap",
+            *(f"{n} rows" for n in ROWS),
+            "x fbgemm at 44 rows",
+            "MLP rounding error",
+        ],
+        [
+            [
+                r["engine"],
+                r["onednn_max_isa"],
+                *(f"{r[f'ms_rows_{n}']:.1f}" for n in ROWS),
+                f"{base['ms_rows_44'] / r['ms_rows_44']:.2f}",
+                f"{r['rel_error_mlp']:.4f}",
+            ]
+            for r in rows
+        ],
+    )
     print(f"voiceloop packs with: {info['int8_engine']} (AMX: {info['amx']})")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"machine": info, "reps": args.reps, "rows": rows}, indent=1) + "\n")
+    args.out.write_text(
+        json.dumps({"machine": finish(info), "reps": args.reps, "rows": rows}, indent=1) + "\n"
+    )
     print(f"wrote {args.out}")
     return 0
 
