@@ -57,6 +57,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from machine import finish, machine_info, print_table  # stdlib only: this file runs in the pipecat venv too
+
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "benchmarks"
 VENV = BENCH / ".venv-pipecat"
@@ -417,41 +419,6 @@ def summarise(runs: dict[str, list[dict[str, Any]]], floor: dict[str, Any]) -> d
     }
 
 
-def machine_info(versions: dict[str, str]) -> dict[str, Any]:
-    cpu_model = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT, check=True
-        ).stdout.strip()
-        dirty = bool(
-            subprocess.run(
-                ["git", "status", "--porcelain", "--", "voiceloop/pipeline.py", "voiceloop/frames.py"],
-                capture_output=True,
-                text=True,
-                cwd=ROOT,
-                check=True,
-            ).stdout.strip()
-        )
-    except (OSError, subprocess.CalledProcessError):
-        commit, dirty = "unknown", False
-    return {
-        "cpu_count": os.cpu_count(),
-        "cpu_model": cpu_model,
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "voiceloop": versions.get("voiceloop", "?"),
-        "pipecat": versions.get("pipecat", "?"),
-        "git_commit": commit + ("+dirty-pipeline" if dirty else ""),
-    }
-
-
 def _fmt_ratio(value: float) -> str:
     return f"{value:.2f}x {'✅' if value >= GOAL else '❌'}"
 
@@ -508,27 +475,19 @@ def markdown_table(modes: dict[str, Any]) -> str:
 
 
 def print_tables(report: dict[str, Any]) -> None:
-    try:
-        from rich.console import Console
-        from rich.table import Table
-    except ImportError:
-        print(markdown_table(report["modes"]))
-        return
-    table = Table(title=f"pipeline overhead: {FRAMES} frames x 20 ms, {STAGES} pass-through stages")
-    for i, header in enumerate(HEADERS):
-        table.add_column(header, justify="right" if i >= 2 else "left")
-    for row in table_rows(report["modes"]):
-        table.add_row(*(cell.replace("**", "").strip("_") for cell in row))
-    console = Console(width=max(Console().width, 120))
-    console.print(table)
-    console.print(f"machine: {report['machine']}")
-    print("\nMarkdown (for benchmarks/README.md):\n" + markdown_table(report["modes"]))
+    title = f"pipeline overhead: {report['frames']} frames x 20 ms, {report['stages']} pass-through stages"
+    print_table(title, HEADERS, table_rows(report["modes"]))
+    machine = report["machine"]
+    print(f"machine: {machine['cpu']}, {machine['cores']} cores, commit {machine['git_commit']}")
+    if sys.stdout.isatty():
+        print("\nMarkdown (for benchmarks/README.md):\n" + markdown_table(report["modes"]))
 
 
 def orchestrate(args: argparse.Namespace) -> None:
     modes = ["unpaced", "paced"] if args.mode == "both" or args.paced else [args.mode]
     impls = [i for i in IMPLS if not (args.skip_pipecat and i.startswith("pipecat"))]
     pipecat_python = str(ensure_pipecat_venv()) if not args.skip_pipecat else ""
+    machine = machine_info()
     versions: dict[str, str] = {}
     new_modes: dict[str, Any] = {}
     for mode in modes:
@@ -552,6 +511,8 @@ def orchestrate(args: argparse.Namespace) -> None:
         floor.pop("versions")
         new_modes[mode] = {
             "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            # a mode kept from an earlier run below keeps the machine it was measured on
+            "machine": {k: machine[k] for k in ("cpu", "isa", "cores", "git_commit", "git_dirty")},
             "repetitions": reps,
             **summarise(runs, floor),
         }
@@ -572,7 +533,9 @@ def orchestrate(args: argparse.Namespace) -> None:
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "frames": args.frames,
         "stages": args.stages,
-        "machine": machine_info(versions),
+        "machine": finish(
+            {**machine, "voiceloop": versions.get("voiceloop"), "pipecat": versions.get("pipecat")}
+        ),
         "modes": {m: data for m, data in ordered.items() if data is not None},
     }
     if args.frames == FRAMES and args.stages == STAGES:
