@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -36,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks"), str(ROOT / "tests")]
 
 import vad_defaults as scenes  # noqa: E402
+from machine import finish, machine_info, print_table  # noqa: E402
 
 from voiceloop.turn import DEFAULT_MODEL, SmartTurnModel, TurnOptions  # noqa: E402
 from voiceloop.vad import VadOptions, detect_segments  # noqa: E402
@@ -85,6 +85,7 @@ def main() -> None:
     parser.add_argument("--conditions", default=",".join(CONDITIONS), help=f"of {', '.join(CONDITIONS)}")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "turn_real.json")
     args = parser.parse_args()
+    machine = machine_info()
     model = Timed(SmartTurnModel.from_pretrained(args.model))
     clips = scenes.build_clips()
     configs = [None, *(int(ms) for ms in args.check_ms.split(","))]
@@ -112,8 +113,6 @@ def main() -> None:
             total["s"] += model.seconds - seconds
         print(f"  {name} done", file=sys.stderr)
     rows = []
-    header = f"{'check':>6} {'finished':>8} {'by model':>8} {'delay p50/p95 ms':>17} {'splits':>6}"
-    print(f"{header}  inserted-pause splits {scenes.PAUSES_MS}")
     for check_ms, t in totals.items():
         d = t["delays_ms"]
         row = {
@@ -131,15 +130,33 @@ def main() -> None:
             "model_ms_per_call": round(1000 * t["s"] / t["calls"], 1) if t["calls"] else None,
         }
         rows.append(row)
-        e = row["endpoint_delay_ms"]
-        label = "none" if check_ms is None else f"{check_ms}"
-        cells = f"{label:>6} {t['finished']:>8} {t['by_model']:>8} {e['p50']:>8.0f} / {e['p95']:<6.0f}"
-        print(f"{cells} {t['split']:>6}  {list(t['pause_split'].values())}")
+    print_table(
+        "end-of-turn model on the VAD scenes",
+        [
+            "check ms",
+            "finished",
+            "by model",
+            "delay p50 / p95 ms",
+            "splits",
+            f"inserted-pause splits {scenes.PAUSES_MS}",
+        ],
+        [
+            [
+                "none" if r["check_ms"] is None else r["check_ms"],
+                r["finished_turns"],
+                r["ended_by_model"],
+                f"{r['endpoint_delay_ms']['p50']:.0f} / {r['endpoint_delay_ms']['p95']:.0f}",
+                r["sentence_splits"],
+                " ".join(str(n) for n in r["inserted_pause_splits"].values()),
+            ]
+            for r in rows
+        ],
+    )
     result = {
         "model": args.model,
         "file": str(model.model.path),
         "conditions": args.conditions.split(","),
-        "machine": {"cpu": platform.processor() or platform.machine(), "python": platform.python_version()},
+        "machine": finish(machine),
         "rows": rows,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
