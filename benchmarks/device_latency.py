@@ -30,7 +30,6 @@ import argparse
 import asyncio
 import datetime as dt
 import json
-import platform
 import statistics
 import sys
 import time
@@ -42,6 +41,7 @@ import numpy as np
 ROOT = Path(__file__).parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
+from machine import finish, machine_info, print_table  # noqa: E402
 from pulse import Pulse, PulseServer, missing, use_server  # noqa: E402
 
 RATE = 24_000  # the TTS rate the speaker is opened at
@@ -224,6 +224,7 @@ def main() -> None:
     reason = missing()
     if reason:
         sys.exit(f"cannot run: {reason}")
+    machine = machine_info()
     server = PulseServer()
     server.start()
     try:
@@ -239,17 +240,20 @@ def main() -> None:
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "setup": "PulseAudio 16 null sinks (48 kHz) via the ALSA pulse plugin; SpeakerSink 24 kHz "
         "(loop: 16 kHz), 20 ms blocks, latency='low', buffer 0.2 s; MicSource 16 kHz mono 20 ms",
-        "machine": {"platform": platform.platform(), "python": platform.python_version()},
+        "machine": finish(machine),
         "results": results,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
-    for name, value in results.items():
-        if "all_ms" not in value:
-            continue
-        print(
-            f"{name:32s} median {value['median_ms']:6.1f} ms  (min {value['min_ms']}, max {value['max_ms']})"
-        )
+    print_table(
+        "device latency (ms)",
+        ["measure", "median", "min", "max"],
+        [
+            [name, f"{v['median_ms']:.1f}", v["min_ms"], v["max_ms"]]
+            for name, v in results.items()
+            if "all_ms" in v
+        ],
+    )
 
 
 if __name__ == "__main__":
