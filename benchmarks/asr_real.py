@@ -22,7 +22,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -35,7 +34,7 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 import soxr
-import torch
+from machine import finish, machine_info, print_table
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -118,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=None, help="only the first N clips")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
+    machine = machine_info(threads=args.threads, OMP_WAIT_POLICY=os.environ.get("OMP_WAIT_POLICY"))
 
     pairs = load_pairs(args.data_dir)[: args.limit]
     if not pairs:
@@ -170,14 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     result = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": {
-            "platform": platform.platform(),
-            "cores": os.cpu_count(),
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "threads": args.threads,
-            "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"),
-        },
+        "machine": finish(machine),
         "model": str(args.model_dir),
         "data": str(args.data_dir),
         "model_options": asdict(model_options),
@@ -185,13 +178,32 @@ def main(argv: list[str] | None = None) -> int:
         "summary": summary,
         "clips": rows,
     }
-    print(
-        f"\n| clips | audio min | CER offline | CER streaming | diff (points) | identical | RTF offline | "
-        f"RTF streaming | finalize median s |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
-        f"| {len(rows)} | {audio_s / 60:.1f} | {cer_off:.2%} | {cer_str:.2%} | "
-        f"{summary['cer_difference_points']:+.2f} | {summary['identical_transcripts']:.1%} | "
-        f"{summary['rtf_offline']:.3f} | {summary['rtf_streaming_unpaced']:.3f} | "
-        f"{summary['finalize_s_median']:.3f} |"
+    print_table(
+        f"{args.model_dir} on {args.data_dir}",
+        [
+            "clips",
+            "audio min",
+            "CER offline",
+            "CER streaming",
+            "diff (points)",
+            "identical",
+            "RTF offline",
+            "RTF streaming",
+            "finalize median s",
+        ],
+        [
+            [
+                len(rows),
+                f"{audio_s / 60:.1f}",
+                f"{cer_off:.2%}",
+                f"{cer_str:.2%}",
+                f"{summary['cer_difference_points']:+.2f}",
+                f"{summary['identical_transcripts']:.1%}",
+                f"{summary['rtf_offline']:.3f}",
+                f"{summary['rtf_streaming_unpaced']:.3f}",
+                f"{summary['finalize_s_median']:.3f}",
+            ]
+        ],
     )
     print(
         "streaming within 1 CER point of offline:",
