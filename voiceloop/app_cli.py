@@ -12,6 +12,7 @@ from pathlib import Path
 
 from .allocator import frozen_heap
 from .errors import UserError
+from .serve_access import access_options, add_access_arguments
 
 SPEAKER_BARGE_IN_MS = 300  # chat with echo handling: speech needed before a barge-in (see cmd_chat)
 
@@ -245,7 +246,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     server_options = ServerOptions(
         host=args.host,
         port=args.port,
-        token=args.token,
+        **access_options(args),
         max_sessions=args.max_sessions,
         ice_servers=list(args.ice_server or []),
     )
@@ -257,10 +258,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     async def main() -> None:
         server = VoiceServer(engines, handler, options, server_options, observer=log)
         await server.start()
+        page = server_options.public_url or server.url
         if args.json:
-            print(json.dumps({"type": "listening", "url": server.url}), flush=True)
+            print(json.dumps({"type": "listening", "url": server.url, "page": page}), flush=True)
         elif not args.quiet:
-            print(f"voiceloop serve: listening on {server.url}", file=sys.stderr, flush=True)
+            hint = f" (open {page}#token=TOKEN)" if server_options.token else ""
+            print(f"voiceloop serve: listening on {server.url}{hint}", file=sys.stderr, flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         with contextlib.suppress(NotImplementedError, RuntimeError):  # not on Windows / a thread
@@ -340,9 +343,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     chat.set_defaults(func=cmd_chat)
 
     serve = sub.add_parser("serve", help="the WebRTC voice bot (aiohttp + aiortc), one pipeline per peer")
-    serve.add_argument("--host", default="127.0.0.1", help="bind address (default: %(default)s)")
+    serve.add_argument(
+        "--host", default="127.0.0.1", help="bind address (default: %(default)s; others need a token)"
+    )
     serve.add_argument("--port", type=int, default=8080)
-    serve.add_argument("--token", help="require 'Authorization: Bearer TOKEN' on /offer")
+    add_access_arguments(serve)
     serve.add_argument("--max-sessions", type=int, default=4, help="concurrent peers (503 beyond)")
     serve.add_argument("--ice-server", action="append", help="STUN/TURN URL (repeatable; default: none)")
     serve.add_argument(

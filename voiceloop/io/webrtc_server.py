@@ -10,8 +10,9 @@ changes back on the same channel (:mod:`voiceloop.io.webrtc_session` has the mes
 TTS engine offers.
 
 Defaults are for a machine you trust: bind 127.0.0.1, no STUN/TURN (``iceServers=[]``; aiortc would
-otherwise contact Google's STUN server). Exposing it needs a bearer token (401 without it), and
-sessions (503 beyond), request bodies (413) and malformed offers (400) are bounded. A peer is dropped
+otherwise contact Google's STUN server). :mod:`voiceloop.io.webrtc_guard` checks every request first
+(Host, Origin, bearer token, offers per client address, the offer's body; docs/serve-security.md);
+exposing the server needs a token or ``insecure_open``, and sessions are bounded (503). A peer is dropped
 when its connection fails or closes, its data channel closes (tab closed), it never connects, or its
 microphone sends nothing for ``media_timeout_s`` (a vanished peer, long before ICE consent gives up).
 """
@@ -19,9 +20,8 @@ microphone sends nothing for ``media_timeout_s`` (a vanished peer, long before I
 from __future__ import annotations
 
 import asyncio
-import hmac
-import json
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
@@ -33,12 +33,18 @@ from ..app import Engines, LoopOptions, build_pipeline
 from ..errors import UserError
 from ..pipeline import Pipeline
 from .webrtc import WebRtcSink, WebRtcSource
+from .webrtc_guard import Guard, RateLimiter, Refused, check_options, is_loopback
 from .webrtc_session import Session, voice_catalog
 
 log = logging.getLogger(__name__)
 
 #: the page's files (package data), served by name only: GET / and GET /<name>
 WEB_FILES = {"index.html": "text/html", "app.js": "text/javascript", "style.css": "text/css"}
+#: the page loads only its own files, is never framed (clickjacking the mic), and sends no Referer
+PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; frame-ancestors 'none'",
+    "Referrer-Policy": "no-referrer",
+}
 
 
 def web_file(name: str) -> str:
@@ -71,9 +77,14 @@ def loopback_candidates(sdp: str) -> str:
 class ServerOptions:
     """Where and for whom the server listens."""
 
-    host: str = "127.0.0.1"
+    host: str = "127.0.0.1"  # beyond loopback: needs a token or insecure_open (UserError otherwise)
     port: int = 8080  # 0: any free port (see VoiceServer.port after start)
     token: str | None = None  # bearer token required on /offer, /voices, /config; None: open
+    insecure_open: bool = False  # serve a non-loopback address without a token (logged as a warning)
+    public_url: str | None = None  # the address users open (proxy, DNS name): its Host/Origin allowed
+    allow_origins: tuple[str, ...] = ()  # other origins whose pages may call the API (CORS)
+    offer_rate_per_min: float = 12.0  # offers per client address after a burst (429 beyond); 0: no limit
+    offer_burst: int = 10
     max_sessions: int = 4
     max_body_bytes: int = 64 * 1024  # an SDP offer is a few KiB
     #: STUN/TURN servers for the peer connections: urls ("stun:host:port") or aiortc RTCIceServer
@@ -104,6 +115,11 @@ class ServerOptions:
             raise UserError(f"max say chars must be in [1, 5000], got {self.max_say_chars}")
         if self.token is not None and not self.token.strip():
             raise UserError("the bearer token must not be empty")
+        if self.offer_rate_per_min < 0 or self.offer_burst < 1:
+            raise UserError("offer rate must be >= 0 per minute and the burst >= 1")
+        self.allow_origins = check_options(
+            self.host, self.token, self.insecure_open, self.public_url, self.allow_origins
+        )
 
 
 class VoiceServer:
@@ -116,12 +132,20 @@ class VoiceServer:
         loop_options: LoopOptions | None = None,
         options: ServerOptions | None = None,
         observer: SessionObserver | None = None,
+        clock: Callable[[], float] | None = None,  # the offer rate limit's (tests); time.monotonic
     ) -> None:
         self.engines = engines
         self.handler = handler
         self.loop_options = loop_options if loop_options is not None else LoopOptions()
         self.options = options if options is not None else ServerOptions()
         self.observer = observer
+        opts = self.options
+        if opts.token is None and not is_loopback(opts.host):
+            log.warning("serving %s with no token: anyone who reaches it can use the bot", opts.host)
+        limiter = RateLimiter(opts.offer_rate_per_min, opts.offer_burst, clock or time.monotonic)
+        self.guard = Guard(
+            opts.host, opts.token, opts.public_url, opts.allow_origins, limiter, opts.max_body_bytes
+        )
         self._files = {name: web_file(name) for name in WEB_FILES}
         if self.options.page is not None:
             self._files["index.html"] = self.options.page
@@ -131,7 +155,9 @@ class VoiceServer:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
-        self.app = web.Application(client_max_size=self.options.max_body_bytes)
+        self.app = web.Application(
+            client_max_size=self.options.max_body_bytes, middlewares=[self.guard.middleware()]
+        )
         self.app.router.add_get("/", self._page)
         for name in WEB_FILES:
             self.app.router.add_get(f"/{name}", self._page)
@@ -150,7 +176,8 @@ class VoiceServer:
 
     @property
     def url(self) -> str:
-        return f"http://{self.options.host}:{self.port}/"
+        host = self.options.host
+        return f"http://{f'[{host}]' if ':' in host else host}:{self.port}/"
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -166,6 +193,7 @@ class VoiceServer:
         server = site._server  # aiohttp exposes the bound port only here
         sockets = getattr(server, "sockets", None) or []
         self.port = sockets[0].getsockname()[1] if sockets else self.options.port
+        self.guard.bind(self.port)
 
     async def stop(self) -> None:
         await asyncio.gather(*(self._close(s) for s in list(self._sessions.values())))
@@ -178,7 +206,7 @@ class VoiceServer:
     # -- HTTP ------------------------------------------------------------------------------
     async def _page(self, request: web.Request) -> web.Response:
         name = request.path.lstrip("/") or "index.html"
-        headers = {"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"}
+        headers = {"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff", **PAGE_HEADERS}
         return web.Response(text=self._files[name], content_type=WEB_FILES[name], headers=headers)
 
     def voices(self) -> dict[str, Any]:
@@ -186,14 +214,12 @@ class VoiceServer:
         return voice_catalog(self.engines.tts, self.loop_options.voice)
 
     async def _voices(self, request: web.Request) -> web.Response:
-        if not self._authorized(request):
-            return _error(401, "missing or wrong bearer token", {"WWW-Authenticate": "Bearer"})
+        self.guard.authorize(request)
         return web.json_response(self.voices())
 
     async def _config(self, request: web.Request) -> web.Response:
         """What the page needs before connecting: ICE servers (the browser needs them too), limits, voices."""
-        if not self._authorized(request):
-            return _error(401, "missing or wrong bearer token", {"WWW-Authenticate": "Bearer"})
+        self.guard.authorize(request)
         ice = []
         for server in self.options.ice_servers:
             if isinstance(server, str):
@@ -202,42 +228,20 @@ class VoiceServer:
                 entry = {"urls": server.urls, "username": server.username, "credential": server.credential}
                 ice.append({k: v for k, v in entry.items() if v is not None})
         body = {"ice_servers": ice, "max_say_chars": self.options.max_say_chars, "voices": self.voices()}
-        return web.json_response(body)
-
-    def _authorized(self, request: web.Request) -> bool:
-        token = self.options.token
-        if token is None:
-            return True
-        header = request.headers.get("Authorization", "")
-        scheme, _, given = header.partition(" ")
-        return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
+        return web.json_response(body, headers={"Cache-Control": "no-store"})  # TURN credentials
 
     async def _offer(self, request: web.Request) -> web.Response:
-        if not self._authorized(request):
-            return _error(401, "missing or wrong bearer token", {"WWW-Authenticate": "Bearer"})
-        if request.content_length is not None and request.content_length > self.options.max_body_bytes:
-            return _error(413, f"request body over {self.options.max_body_bytes} bytes")
-        try:
-            body = await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            return _error(413, f"request body over {self.options.max_body_bytes} bytes")
-        try:
-            offer = json.loads(body)
-        except (ValueError, UnicodeDecodeError) as exc:
-            return _error(400, f"body is not JSON: {exc}")
-        if (
-            not isinstance(offer, dict)
-            or not isinstance(offer.get("sdp"), str)
-            or offer.get("type") != "offer"
-        ):
-            return _error(400, 'body must be {"sdp": "<offer SDP>", "type": "offer"}')
+        """Checks first (:class:`Guard`: rate, token, body; Refused → its status), then a session."""
+        self.guard.limit_offers(request)
+        self.guard.authorize(request)
+        sdp = await self.guard.read_offer(request)
         if len(self._sessions) + self._pending >= self.options.max_sessions:
-            return _error(503, f"server busy: {self.options.max_sessions} sessions already")
+            raise Refused(503, f"server busy: {self.options.max_sessions} sessions already")
         self._pending += 1
         try:
-            answer = await self._negotiate(offer["sdp"])
+            answer = await self._negotiate(sdp)
         except _BadOffer as exc:
-            return _error(400, str(exc))
+            raise Refused(400, str(exc)) from None
         finally:
             self._pending -= 1
         return web.json_response(answer)
@@ -391,7 +395,3 @@ async def _drain(track: Any) -> None:
             await track.recv()
     except MediaStreamError:
         pass
-
-
-def _error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
-    return web.json_response({"error": message}, status=status, headers=headers)

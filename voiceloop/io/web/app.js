@@ -1,11 +1,27 @@
 // voiceloop's browser page: microphone → WebRTC → the bot, its voice back, its events as a live view.
 // Plain JS, no build step. Message formats: voiceloop/io/webrtc_session.py. A bearer token, when the
-// server wants one, comes from the page address: http://host:port/?token=TOKEN.
+// server wants one, comes from the page address after the #: http://host:port/#token=TOKEN. A fragment
+// never reaches the server (no access logs) nor a Referer; the page keeps it for the tab
+// (sessionStorage, so a reload works) and takes it out of the address bar.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
-const token = params.get("token");
+const TOKEN_KEY = "voiceloop-token";
+
+function takeToken() {
+  const fragment = new URLSearchParams(location.hash.slice(1));
+  const given = fragment.get("token");
+  if (given) {
+    sessionStorage.setItem(TOKEN_KEY, given);
+    fragment.delete("token");
+    const rest = fragment.toString();
+    history.replaceState(null, "", location.pathname + location.search + (rest ? `#${rest}` : ""));
+  }
+  return sessionStorage.getItem(TOKEN_KEY);
+}
+
+const token = takeToken();
 const auth = token ? { Authorization: `Bearer ${token}` } : {};
 
 // Latency bar segments: TurnMetrics durations (voiceloop/timeline.py), "sent" = queue + buffering.
@@ -343,6 +359,7 @@ async function init() {
   });
   $("seed").addEventListener("change", () => send({ type: "voice", voice: chosenVoice() }));
   window.addEventListener("pagehide", disconnect);
+  if (params.has("token")) showError("the token goes after # in the address (/#token=…), not after ?");
   try {
     state.config = await getJson("config");
     $("say-text").maxLength = state.config.max_say_chars;
