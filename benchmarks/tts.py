@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import subprocess
 import sys
@@ -29,6 +28,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 
 from chattts_fixtures import write_random_assets  # noqa: E402
+from machine import finish, machine_info, print_table  # noqa: E402
 
 from voiceloop.asr.model import ModelOptions  # noqa: E402
 from voiceloop.tts.chattts.engine import ChatTts, ChatTtsOptions  # noqa: E402
@@ -126,6 +126,7 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, default=HERE / ".cache")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "tts.json")
     args = parser.parse_args()
+    machine = machine_info(threads=args.threads)
     torch.set_num_threads(args.threads)
     root = full_size_assets(args.cache)
     rows = []
@@ -153,30 +154,17 @@ def main() -> None:
         del engine
     if not args.skip_reference:
         rows += reference(root, args.threads, args.steps)
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(
-        title=f"Streaming TTS, {args.steps} GPT steps ({args.steps / STEPS_PER_SECOND:.1f} s audio)"
-    )
     columns = ["variant", "ttfa_s", "rtf", "gpt_steps_per_s", "gpt_rtf", "total_s", "audio_s"]
-    for column in columns:
-        table.add_column(column)
-    for row in rows:
-        table.add_row(
-            *(
-                str(row.get(c, row.get("skipped", row.get("error", "")) if c == "ttfa_s" else ""))
-                for c in columns
-            )
-        )
-    Console().print(table)
+    print_table(
+        f"Streaming TTS, {args.steps} GPT steps ({args.steps / STEPS_PER_SECOND:.1f} s audio)",
+        columns,
+        [
+            [row.get(c, row.get("skipped", row.get("error", "")) if c == "ttfa_s" else "") for c in columns]
+            for row in rows
+        ],
+    )
     result = {
-        "machine": {
-            "cpu": platform.processor() or platform.machine(),
-            "threads": args.threads,
-            "torch": torch.__version__,
-            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-        },
+        "machine": finish(machine),
         "steps": args.steps,
         "text": TEXT,
         "stream_options": ChatTtsOptions().stream.__dict__,
