@@ -15,6 +15,7 @@ import importlib.metadata
 import os
 import platform
 import re
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterable, Sequence
@@ -116,13 +117,35 @@ def git_state(root: Path = ROOT) -> dict[str, Any]:
     return {"git_commit": commit, "git_dirty": bool(changed), "git_dirty_paths": changed[:40]}
 
 
+def _gpus() -> list[str]:
+    """The machine's NVIDIA GPUs by name, from nvidia-smi (no torch import needed)."""
+    if shutil.which("nvidia-smi") is None:
+        return []
+    try:
+        done = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=30,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [line.strip() for line in done.stdout.splitlines() if line.strip()]
+
+
 def _torch_details() -> dict[str, Any]:
-    """GPU and torch's CPU kernel level, only when the benchmark already imported torch."""
+    """The GPU (torch's view when the benchmark imported it, else nvidia-smi's) and torch's CPU kernels."""
     torch = sys.modules.get("torch")
     if torch is None:
-        return {"gpu": None}
-    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
-    return {"gpu": gpu, "torch_cpu_capability": torch.backends.cpu.get_cpu_capability()}
+        gpus = _gpus()
+        return {"gpu": gpus[0] if gpus else None, "gpus": len(gpus)}
+    cuda = torch.cuda.is_available()
+    return {
+        "gpu": torch.cuda.get_device_name() if cuda else None,
+        "gpus": torch.cuda.device_count() if cuda else 0,
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+    }
 
 
 def machine_info(**extra: Any) -> dict[str, Any]:

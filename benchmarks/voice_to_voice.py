@@ -28,8 +28,6 @@ import asyncio
 import contextlib
 import itertools
 import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -38,13 +36,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 
 from asr_fixtures import make_tiny_checkpoint  # noqa: E402
 from chattts_fixtures import write_random_assets  # noqa: E402
+from machine import finish, machine_info, print_table  # noqa: E402
 from speech import espeak  # noqa: E402
 
 from voiceloop.app import Engines, LoopOptions, build_pipeline, load_engines  # noqa: E402
@@ -240,6 +238,7 @@ def main() -> None:
     )
     parser.add_argument("--out", type=Path, default=HERE / "results" / "voice_to_voice.json")
     args = parser.parse_args()
+    machine = machine_info(asr_threads=args.asr_threads, tts_threads=args.tts_threads)
     turn_models = {"off": None}
     if "complete" in args.turn.split(","):
         from voiceloop.turn import SmartTurnModel
@@ -297,13 +296,8 @@ def main() -> None:
                     print(row, file=sys.stderr)
                     rows.append(row)
         engines.close()
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title="Voice-to-voice (end of speech → first bot sample played), seconds p50 / p95")
     columns = ["precision", "path", "end_silence_ms", "preemptive", "tts_start", "turn", "turns", *STAGES]
-    for column in columns:
-        table.add_column(column.replace("_", " "))
+    table = []
     for row in rows:
         cells = [row["precision"], row["path"], str(row.get("end_silence_ms", ""))]
         cells.append("on" if row.get("preemptive") else "off")
@@ -313,15 +307,14 @@ def main() -> None:
         for name in STAGES:
             value = row.get(name)
             cells.append(f"{value['p50']:.3f} / {value['p95']:.3f}" if value else "")
-        table.add_row(*cells)
-    Console().print(table)
+        table.append(cells)
+    print_table(
+        "Voice-to-voice (end of speech → first bot sample played), seconds p50 / p95",
+        [column.replace("_", " ") for column in columns],
+        table,
+    )
     result = {
-        "machine": {
-            "cpu": platform.processor() or platform.machine(),
-            "cores": os.cpu_count(),
-            "python": platform.python_version(),
-            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-        },
+        "machine": finish(machine),
         "turns": args.turns,
         "gap_s": args.gap_s,
         "models": {
