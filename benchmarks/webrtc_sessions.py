@@ -28,7 +28,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import platform
 import random
 import resource
 import sys
@@ -43,6 +42,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
+from machine import finish, machine_info, print_table  # noqa: E402
 from speech import espeak  # noqa: E402
 from voice_to_voice import FALLBACK_REPLY, UTTERANCES, random_asr, random_tts  # noqa: E402
 
@@ -296,6 +296,7 @@ def main() -> None:
         peers_main(args)
         return
     args.cache.mkdir(parents=True, exist_ok=True)
+    machine = machine_info()
     rows = []
     for kind in args.models.split(","):
         started = time.perf_counter()
@@ -310,13 +311,9 @@ def main() -> None:
                 print(row, file=sys.stderr)
                 rows.append(row)
         engines.close()
-    print_table(rows)
+    print_rows(rows)
     result = {
-        "machine": {
-            "cpu": platform.processor() or platform.machine(),
-            "cores": __import__("os").cpu_count(),
-            "python": platform.python_version(),
-        },
+        "machine": finish(machine),
         "turns_per_session": args.turns,
         "gap_s": args.gap_s,
         "stagger_s": args.stagger_s,
@@ -329,15 +326,9 @@ def main() -> None:
     print(f"wrote {args.out}", file=sys.stderr)
 
 
-def print_table(rows: list[dict[str, Any]]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title="WebRTC sessions: voice-to-voice seconds p50 / p95 (loopback, int8 CPU)")
-    for column in ("models", "sessions", "batching", "answered", "v2v peer", "v2v server", "CPU/sess"):
-        table.add_column(column)
-    for column in ("RSS/sess MB", "ASR batches", "TTS batches"):
-        table.add_column(column)
+def print_rows(rows: list[dict[str, Any]]) -> None:
+    columns = ["models", "sessions", "batching", "answered", "v2v peer", "v2v server", "CPU/sess"]
+    columns += ["RSS/sess MB", "ASR batches", "TTS batches"]
 
     def pair(d: dict) -> str:
         return "-" if d["p50"] is None else f"{d['p50']:.2f} / {d['p95']:.2f}"
@@ -349,10 +340,10 @@ def print_table(rows: list[dict[str, Any]]) -> None:
         mean = sum(int(k) * v for k, v in d.items()) / total
         return f"mean {mean:.2f}, max {max(int(k) for k in d)}"
 
-    for row in rows:
-        table.add_row(
+    table = [
+        [
             row["models"],
-            str(row["sessions"]),
+            row["sessions"],
             row["batching"],
             f"{row['answered']}/{row['turns']}",
             pair(row["v2v_peer"]),
@@ -361,8 +352,10 @@ def print_table(rows: list[dict[str, Any]]) -> None:
             f"{row['rss_per_session_mb']:.0f}",
             sizes(row["asr_batch_sizes"]),
             sizes(row["tts_batch_sizes"]),
-        )
-    Console(width=170).print(table)
+        ]
+        for row in rows
+    ]
+    print_table("WebRTC sessions: voice-to-voice seconds p50 / p95 (loopback, int8 CPU)", columns, table)
 
 
 if __name__ == "__main__":
