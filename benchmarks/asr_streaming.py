@@ -28,7 +28,6 @@ import asyncio
 import copy
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -37,13 +36,13 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import transformers
+from machine import cpu_flags, finish, print_table
+from machine import machine_info as shared_machine_info
 from torch import nn
 from transformers import Wav2Vec2Config, Wav2Vec2CTCTokenizer, Wav2Vec2ForCTC
 
@@ -598,53 +597,14 @@ def final_variants(engine: Wav2Vec2Engine, audio: np.ndarray, trail_s: float) ->
 
 
 # -- reporting -------------------------------------------------------------------------------------
-def cpu_flags() -> set[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
 def native_bf16() -> bool:
     """bf16 matmuls run in hardware (else oneDNN emulates them, far slower than fp32)."""
     return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
 
 
 def machine_info() -> dict[str, Any]:
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = "unknown"
-    return {
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "numpy": np.__version__,
-        "git_commit": commit,
-        "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"),
-        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "int8_engine": int8_engine(),
-        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-        "cpu_flags_simd": sorted(f for f in cpu_flags() if f.startswith(("avx", "amx", "fma"))),
-        "loadavg_start": os.getloadavg(),
-    }
+    """The shared machine block plus what decides this benchmark's kernels."""
+    return shared_machine_info(OMP_WAIT_POLICY=os.environ.get("OMP_WAIT_POLICY"), int8_engine=int8_engine())
 
 
 def config_label(config: Config) -> str:
@@ -653,62 +613,71 @@ def config_label(config: Config) -> str:
 
 
 def print_tables(results: dict[str, Any]) -> None:
-    print(
-        "\n| precision | C / L / R | window s | step s | RTF | partial lag (commit) median / p90 / max s | "
-        "lag after lookahead median s | final window s | final latency median / max s | frame agree |"
-    )
-    print("|---|---|---:|---:|---:|---|---:|---:|---|---:|")
+    rows = []
     for row in results["streaming"]:
         s = row["summary"]
         fin = s["final[stream]"]
-        agree = s.get("agreement", {}).get("agree", float("nan"))
         sched = "" if row.get("schedule") == "session" else f" ({row.get('schedule')})"
-        print(
-            f"| {row['precision']} | {row['config']}{sched} | {s['step_window_s']:.2f} | "
-            f"{s['step_wall_median_s']:.3f} | "
-            f"{s['rtf']:.3f} | {s['lag_commit_median_s']:.2f} / {s['lag_commit_p90_s']:.2f} / "
-            f"{s['lag_commit_max_s']:.2f} | {s['lag_lookahead_median_s']:.2f} | {fin['window_s']:.2f} | "
-            f"{fin['latency']:.3f} / {fin['latency_max']:.3f} | {agree:.3f} |"
-        )
-    print("\nFinalisation variants (default C/L/R): final latency after the true end of speech (< 0: before)")
-    print("| precision | variant | final window s | finish() wall s | latency median / max s | ", end="")
-    print("final-frame agree |")
-    print("|---|---|---:|---:|---|---:|")
+        rows.append([
+            row["precision"], f"{row['config']}{sched}", f"{s['step_window_s']:.2f}",
+            f"{s['step_wall_median_s']:.3f}", f"{s['rtf']:.3f}",
+            f"{s['lag_commit_median_s']:.2f} / {s['lag_commit_p90_s']:.2f} / {s['lag_commit_max_s']:.2f}",
+            f"{s['lag_lookahead_median_s']:.2f}", f"{fin['window_s']:.2f}",
+            f"{fin['latency']:.3f} / {fin['latency_max']:.3f}",
+            f"{s.get('agreement', {}).get('agree', float('nan')):.3f}",
+        ])  # fmt: skip
+    columns = ["precision", "C / L / R", "window s", "step s", "RTF"]
+    columns += ["partial lag (commit) median / p90 / max s", "lag after lookahead median s", "final window s"]
+    columns += ["final latency median / max s", "frame agree"]
+    print_table("Streaming", columns, rows)
+    rows = []
     for row in results["streaming"]:
         if row["config"] != config_label(DEFAULT_CONFIG) or row.get("schedule") != "session":
             continue
         for key, fin in row["summary"].items():
             if key.startswith("final["):
-                print(
-                    f"| {row['precision']} | {key[6:-1]} | {fin['window_s']:.2f} | {fin['wall']:.3f} | "
-                    f"{fin['latency']:.3f} / {fin['latency_max']:.3f} | "
-                    f"{fin.get('agree_final_frames', float('nan')):.3f} |"
-                )
+                rows.append([
+                    row["precision"], key[6:-1], f"{fin['window_s']:.2f}", f"{fin['wall']:.3f}",
+                    f"{fin['latency']:.3f} / {fin['latency_max']:.3f}",
+                    f"{fin.get('agree_final_frames', float('nan')):.3f}",
+                ])  # fmt: skip
+    columns = ["precision", "variant", "final window s", "finish() wall s", "latency median / max s"]
+    print_table(
+        "Finalisation variants (default C/L/R): final latency after the true end of speech (< 0: before)",
+        [*columns, "final-frame agree"],
+        rows,
+    )
     if results.get("offline"):
-        print("\n| precision | offline one pass s | RTF | frame agree vs fp32 |")
-        print("|---|---:|---:|---:|")
-        for p, o in results["offline"].items():
-            print(
-                f"| {p} | {o['wall_s']:.3f} | {o['rtf']:.3f} | {o.get('agree_vs_fp32', float('nan')):.3f} |"
-            )
+        print_table(
+            "Offline",
+            ["precision", "offline one pass s", "RTF", "frame agree vs fp32"],
+            [
+                [p, f"{o['wall_s']:.3f}", f"{o['rtf']:.3f}", f"{o.get('agree_vs_fp32', float('nan')):.3f}"]
+                for p, o in results["offline"].items()
+            ],
+        )
     if results.get("window_costs"):
-        print("\n| precision | threads | window s | encode wall s |")
-        print("|---|---:|---:|---:|")
-        for r in results["window_costs"]:
-            print(f"| {r['precision']} | {r['threads']} | {r['window_s']:.2f} | {r['wall_s']:.3f} |")
+        print_table(
+            "Window costs",
+            ["precision", "threads", "window s", "encode wall s"],
+            [
+                [r["precision"], r["threads"], f"{r['window_s']:.2f}", f"{r['wall_s']:.3f}"]
+                for r in results["window_costs"]
+            ],
+        )
     tiny = results.get("tiny")
     if isinstance(tiny, dict):
-        print("\n| tiny set | utterances | audio s (median) | streaming == offline | ", end="")
-        print("CER offline | CER streaming |")
-        print("|---|---:|---:|---:|---:|---:|")
+        rows = []
         for name, t in tiny.items():
             if isinstance(t, dict) and "identical" in t:
-                print(
-                    f"| {name} | {t['utterances']} | {t['audio_s_median']:.2f} | {t['identical']:.1%} | "
-                    f"{t['cer_offline']:.2%} | {t['cer_streaming']:.2%} |"
-                )
+                rows.append([
+                    name, t["utterances"], f"{t['audio_s_median']:.2f}", f"{t['identical']:.1%}",
+                    f"{t['cer_offline']:.2%}", f"{t['cer_streaming']:.2%}",
+                ])  # fmt: skip
                 for k, v in t["variants_identical_to_offline"].items():
-                    print(f"|   final {k} | | | {v:.1%} | | {t['variants_cer'][k]:.2%} |")
+                    rows.append([f"  final {k}", "", "", f"{v:.1%}", "", f"{t['variants_cer'][k]:.2%}"])
+        columns = ["tiny set", "utterances", "audio s (median)", "streaming == offline"]
+        print_table("Tiny model", [*columns, "CER offline", "CER streaming"], rows)
     else:
         print(f"\ntiny-model transcript agreement: {tiny}")
     print("\nGoals:", json.dumps(results["goals"], indent=1))
@@ -920,7 +889,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         results["tiny"] = tiny_agreement(args.fixture, args.threads, args.tiny_limit, args.tiny_group)
 
-    (results["machine"].get("tiny_run") or results["machine"])["loadavg_end"] = os.getloadavg()
+    finish(results["machine"].get("tiny_run") or results["machine"])
     results["seconds"] = time.perf_counter() - started
     results["goals"] = goal_flags(results, args.recommended)
     print_tables(results)
