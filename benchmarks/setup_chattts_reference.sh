@@ -2,21 +2,51 @@
 # Build benchmarks/.venv-chattts: a throwaway environment holding the reference ChatTTS
 # (chattts 0.2.5, AGPL) so golden outputs and reference benchmarks can be produced.
 #
-# The reference is never a voiceloop dependency. The venv reuses the system torch through
-# --system-site-packages, and every torch-related package is installed with --no-deps under a
-# constraint that pins torch (and numpy) to the system versions, so torch is never replaced.
+# The reference is never a voiceloop dependency. The venv is self-contained: it is built from the
+# current interpreter (`python`, or PYTHON=...; from inside a virtualenv too) without system site
+# packages, and everything it needs is installed into it at pinned versions:
+#   1. torch (CPU build), numpy, transformers and the other libraries the reference and voiceloop's
+#      asset writer import, with their dependencies, under a constraint that keeps torch and numpy
+#      at the pins whatever else asks;
+#   2. chattts and its model libraries with --no-deps (chattts 0.2.5 declares gradio, pynini,
+#      WeTextProcessing, ... which the benchmark does not use).
 # torchaudio 2.11.0 on PyPI is a CUDA build; its compiled libraries are deleted so that its pure
 # Python parts (MelSpectrogram, functional) import on a CPU-only torch (research notes §7).
+# torch==2.13.0 resolves to the CPU wheel where pip's index has one (the +cpu local version wins);
+# elsewhere set TORCH_INDEX=https://download.pytorch.org/whl/cpu to get it rather than PyPI's CUDA build.
 #
-# Idempotent: rerunning only installs what is missing and re-checks everything.
+# Idempotent: rerunning only installs what is missing and re-checks everything. A venv made by the
+# earlier version of this script (--system-site-packages) is rebuilt.
 # Usage: bash benchmarks/setup_chattts_reference.sh   (PYTHON=... to choose the base interpreter)
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 venv="$here/.venv-chattts"
-base_py="${PYTHON:-python3}"
+base_py="${PYTHON:-$(command -v python || command -v python3)}"
+base_py="$("$base_py" -c 'import sys; print(sys.executable)')"
 
+torch_pin=2.13.0
+numpy_pin=2.4.6
+# Installed with their dependencies: what the reference, its model libraries and
+# tests/chattts_fixtures.py (voiceloop's random-asset writer) import.
+base=(
+  "torch==$torch_pin"
+  "numpy==$numpy_pin"
+  transformers==5.24.0
+  safetensors==0.8.0
+  scipy==1.17.1
+  pyyaml==6.0.3
+  tqdm==4.70.1
+  requests==2.34.2
+  cffi==2.0.0
+  soxr==1.1.0
+  soundfile==0.14.0
+  webrtcvad-wheels==2.0.14.post1
+  rich==15.0.0
+  greenlet==3.5.6
+)
 # Exact versions that were verified to work together on torch 2.13 CPU + transformers 5.24.
+# Installed with --no-deps.
 pkgs=(
   chattts==0.2.5
   vocos==0.1.0
@@ -32,48 +62,69 @@ pkgs=(
   llvmlite==0.50.0
   pybase16384==0.3.9
 )
-# Already needed by voiceloop or transformers; installed (no-deps) only if the base lacks them.
-plain=(scipy pyyaml tqdm requests cffi sympy)
+echo "[setup] base python: $base_py ($("$base_py" -c 'import sys; print(sys.version.split()[0])'))"
 
-sys_torch="$("$base_py" -c 'import torch; print(torch.__version__)')"
-sys_numpy="$("$base_py" -c 'import numpy; print(numpy.__version__)')"
-echo "[setup] base python: $("$base_py" -c 'import sys; print(sys.executable)') (torch $sys_torch, numpy $sys_numpy)"
-
-if [[ -x "$venv/bin/python" ]]; then
+vpy="$venv/bin/python"
+cfg="$venv/pyvenv.cfg"
+if [[ -f "$cfg" ]] && grep -qiE '^include-system-site-packages *= *true' "$cfg"; then
+  echo "[setup] $venv uses the system site packages (made by an earlier version): rebuilding it"
+  rm -rf "$venv"
+elif [[ -e "$venv" ]] && ! "$vpy" -c 'pass' 2>/dev/null; then
+  echo "[setup] $venv does not run (its base interpreter moved?): rebuilding it"
+  rm -rf "$venv"
+fi
+if [[ -x "$vpy" ]]; then
   echo "[setup] venv exists: $venv"
 else
-  echo "[setup] creating venv (--system-site-packages): $venv"
-  "$base_py" -m venv --system-site-packages "$venv"
+  echo "[setup] creating venv: $venv"
+  "$base_py" -m venv "$venv"
 fi
-vpy="$venv/bin/python"
 
 constraints="$(mktemp)"
 trap 'rm -f "$constraints"' EXIT
-printf 'torch==%s\nnumpy==%s\n' "$sys_torch" "$sys_numpy" >"$constraints"
+printf 'torch==%s\nnumpy==%s\n' "$torch_pin" "$numpy_pin" >"$constraints"
 
-missing=()
-for spec in "${pkgs[@]}"; do
-  name="${spec%%==*}"
-  want="${spec##*==}"
-  have="$("$vpy" -c "import importlib.metadata as m, sys
-try: print(m.version(sys.argv[1]))
-except m.PackageNotFoundError: print('')" "$name")"
-  if [[ "$have" != "$want" ]]; then missing+=("$spec"); fi
-done
-for name in "${plain[@]}"; do
-  if ! "$vpy" -c "import importlib.metadata as m, sys; m.version(sys.argv[1])" "$name" 2>/dev/null; then
-    missing+=("$name")
-  fi
-done
+# The specs of "$@" whose installed version differs (a local label such as +cpu counts as equal).
+missing_of() {
+  "$vpy" - "$@" <<'PY'
+import importlib.metadata as m
+import sys
 
+for spec in sys.argv[1:]:
+    name, want = spec.split("==")
+    try:
+        have = m.version(name).split("+")[0]
+    except m.PackageNotFoundError:
+        have = ""
+    if have != want:
+        print(spec)
+PY
+}
+
+pip_install() {
+  # (the local index mirrors print one "Location ... is ignored" line per package; hide those)
+  "$vpy" -m pip install --quiet --disable-pip-version-check -c "$constraints" "$@" 2>&1 \
+    | { grep -v "is ignored: it is neither" || true; }
+}
+
+mapfile -t missing < <(missing_of "${base[@]}")
+if ((${#missing[@]})); then
+  echo "[setup] installing with dependencies: ${missing[*]}"
+  torch_index=()
+  if [[ -n "${TORCH_INDEX:-}" ]]; then torch_index=(--extra-index-url "$TORCH_INDEX"); fi
+  pip_install "${torch_index[@]}" "${missing[@]}"
+fi
+mapfile -t missing < <(missing_of "${pkgs[@]}")
 if ((${#missing[@]})); then
   echo "[setup] installing (--no-deps): ${missing[*]}"
-  # (the local index mirrors print one "Location ... is ignored" line per package; hide those)
-  "$vpy" -m pip install --quiet --no-deps -c "$constraints" "${missing[@]}" 2>&1 \
-    | { grep -v "is ignored: it is neither" || true; }
-else
-  echo "[setup] all pinned packages already present"
+  pip_install --no-deps "${missing[@]}"
 fi
+mapfile -t missing < <(missing_of "${base[@]}" "${pkgs[@]}")
+if ((${#missing[@]})); then
+  echo "[setup] still not at the pinned versions after installing: ${missing[*]}" >&2
+  exit 1
+fi
+echo "[setup] all pinned packages present"
 
 purelib="$("$vpy" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
 for lib in _torchaudio libtorchaudio torchaudio_prefixctc; do
@@ -84,8 +135,9 @@ for lib in _torchaudio libtorchaudio torchaudio_prefixctc; do
   fi
 done
 
-echo "[setup] verifying imports and that torch is the system one"
-"$vpy" - "$sys_torch" "$venv" <<'EOF'
+echo "[setup] verifying imports and that torch is the venv's own, at the pin"
+"$vpy" - "$torch_pin" "$venv" <<'EOF'
+import os
 import sys
 import warnings
 
@@ -93,8 +145,8 @@ want_torch, venv = sys.argv[1], sys.argv[2]
 warnings.filterwarnings("ignore")
 import torch
 
-assert torch.__version__ == want_torch, f"torch was replaced: {torch.__version__} != {want_torch}"
-assert not torch.__file__.startswith(venv), f"torch is imported from the venv: {torch.__file__}"
+assert torch.__version__.split("+")[0] == want_torch, f"torch {torch.__version__} is not {want_torch}"
+assert os.path.realpath(torch.__file__).startswith(os.path.realpath(venv)), f"torch from {torch.__file__}"
 import ChatTTS  # noqa: F401
 import importlib.metadata as md
 import pybase16384  # noqa: F401
@@ -105,7 +157,7 @@ import vocos  # noqa: F401
 
 torchaudio.transforms.MelSpectrogram(sample_rate=24000, n_fft=1024, hop_length=256, n_mels=100)
 print(
-    f"[setup] ok: torch {torch.__version__} ({torch.__file__}), transformers {transformers.__version__}, "
+    f"[setup] ok: torch {torch.__version__} (CUDA {torch.version.cuda}), transformers {transformers.__version__}, "
     f"chattts {md.version('chattts')}, vocos {md.version('vocos')}, torchaudio {md.version('torchaudio')} (no .so), "
     f"vector-quantize-pytorch {md.version('vector-quantize-pytorch')}"
 )
