@@ -1,12 +1,13 @@
 """Where a benchmark ran, and how it prints its tables: shared by every script in benchmarks/.
 
-A timing means little without the machine behind it: the same int8 step is 2.5x faster with AMX than on
-AVX2 alone, and a busy neighbour moves it by tens of percent. Every result file therefore carries
-``machine_info()`` (taken when the run starts, so its load average is the one before the work) with
-``finish()`` adding the load average at the end.
+A timing means little without the machine behind it: the same int8 ASR step is several times faster with AMX
+than on AVX2 alone (results/asr_streaming-spr.json against asr_streaming.json), and a busy neighbour moves it
+too. Every result file therefore carries ``machine_info()`` (taken when the run starts, so its load average
+is the one before the work) with ``finish()`` adding the load average at the end.
 
 Scripts import this module by name (``from machine import machine_info``): ``python benchmarks/x.py``
-puts ``benchmarks/`` first on ``sys.path``.
+puts ``benchmarks/`` first on ``sys.path``. Standard library only at import time: pipeline_overhead.py
+imports it inside its pipecat venv too.
 """
 
 from __future__ import annotations

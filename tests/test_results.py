@@ -1,7 +1,7 @@
 """Every benchmark result says where it ran; benchmark tables print whole in logs.
 
-A README figure is only comparable with the machine behind it (AVX2 against AMX is 2.5x on the same
-int8 step), so each ``benchmarks/results/*.json`` carries a machine block: recorded at run time by
+A README figure is only comparable with the machine behind it (the same int8 step differs severalfold
+between AVX2 and AMX), so each ``benchmarks/results/*.json`` carries a machine block: recorded at run time by
 ``benchmarks/machine.py``, or reconstructed from the session notes and git history with its source named.
 """
 
