@@ -121,7 +121,8 @@ class Engines:
     @property
     def on_cpu(self) -> bool:
         asr_device = str(getattr(self.asr.checkpoint, "device", "cpu"))  # ONNX checkpoints: CPU
-        return asr_device.startswith("cpu") and str(self.tts.gpt.device).startswith("cpu")
+        tts_device = getattr(self.tts, "device", None) or self.tts.gpt.device  # engines without a GPT say it
+        return asr_device.startswith("cpu") and str(tts_device).startswith("cpu")
 
     def close(self) -> None:
         for engine in (self.asr, self.tts):
