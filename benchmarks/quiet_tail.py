@@ -2,7 +2,7 @@
 
 Why: WebRTC keeps calling audio "voiced" for 40..120 ms after speech stops. The hangover's length
 is fixed by split measurements (``vad_defaults.py``), but the pause hint (the ASR's early final,
-a preemptive reply) and a turn model's check (``voiceloop.turn``) only need the speech to have
+a preemptive reply) and a turn model's check (``voiceloop.vad``) only need the speech to have
 stopped, so ``VadOptions.quiet_tail_db`` lets frames far below the utterance's recent loud ones
 count as quiet for them. This script measures the gain (true speech end → hint / check) and the
 cost (hints and checks at pauses inside an utterance, where the speech then goes on) on the
@@ -26,8 +26,11 @@ import vad_defaults as scenes  # noqa: E402
 from machine import finish, machine_info, print_table  # noqa: E402
 
 from voiceloop.frames import AudioFrame, SpeechEnded, SpeechPaused, SpeechStarted  # noqa: E402
-from voiceloop.turn import TurnOptions  # noqa: E402
-from voiceloop.vad import Endpointer, VadOptions  # noqa: E402
+from voiceloop.vad import (  # noqa: E402
+    Endpointer,
+    TurnOptions,
+    VadOptions,
+)
 
 SETTINGS = [0, 20, 30]  # quiet_tail_db; 0 = off
 CHECK_FRAMES = TurnOptions().check_ms // 20

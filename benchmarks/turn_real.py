@@ -1,6 +1,6 @@
 """An end-of-turn model on the VAD benchmark's scenes: earlier ends for finished turns, at what cost?
 
-Why: ``voiceloop.turn`` lets the VAD end a turn when the model hears it complete after ``check_ms``
+Why: ``voiceloop.vad`` lets the VAD end a turn when the model hears it complete after ``check_ms``
 of quiet, instead of waiting out the 360 ms hangover. Its latency is measured with random weights
 (``voice_to_voice.py --turn``); whether it cuts users off at clause pauses can only be measured with
 the real weights. This script runs the real loop's segmentation (``detect_segments``, the same
@@ -37,8 +37,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks"), str(ROOT / "tests")]
 import vad_defaults as scenes  # noqa: E402
 from machine import finish, machine_info, print_table  # noqa: E402
 
-from voiceloop.turn import DEFAULT_MODEL, SmartTurnModel, TurnOptions  # noqa: E402
-from voiceloop.vad import VadOptions, detect_segments  # noqa: E402
+from voiceloop.vad import DEFAULT_TURN_MODEL, SmartTurnModel, TurnOptions, VadOptions, detect_segments  # noqa: E402  # noqa: E402
 
 CONDITIONS = {"clean": (None, None), "white@20dB": ("white", 20), "pink@20dB": ("pink", 20)}
 
@@ -80,7 +79,7 @@ def score(segments, truth) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=DEFAULT_MODEL, help="hub id, directory or .onnx file")
+    parser.add_argument("--model", default=DEFAULT_TURN_MODEL, help="hub id, directory or .onnx file")
     parser.add_argument("--check-ms", default="200", help="comma list of TurnOptions.check_ms, a row each")
     parser.add_argument("--conditions", default=",".join(CONDITIONS), help=f"of {', '.join(CONDITIONS)}")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "turn_real.json")

@@ -11,7 +11,7 @@ is played to a virtual speaker; needs pulseaudio, see tests/pulse.py).
 
     python benchmarks/voice_to_voice.py [--turns 6] [--precisions fp32,int8] [--paths file,pulse]
 
-``--turn off,complete`` adds rows with an end-of-turn model (voiceloop.turn): a full-size random
+``--turn off,complete`` adds rows with an end-of-turn model (voiceloop.vad): a full-size random
 Smart Turn v3 graph (int8, the released CPU build's layout and compute) whose output bias makes it
 hear every turn as complete — the latency of the path where the model ends a turn at its check.
 How often the real model calls a turn complete is its own accuracy, not measured here.
@@ -241,8 +241,8 @@ def main() -> None:
     machine = machine_info(asr_threads=args.asr_threads, tts_threads=args.tts_threads)
     turn_models = {"off": None}
     if "complete" in args.turn.split(","):
-        from voiceloop.turn import SmartTurnModel
-        from voiceloop.turn.random_model import write_random_smart_turn
+        from voiceloop.vad import SmartTurnModel
+        from voiceloop.vad.turn_random import write_random_smart_turn
 
         turn_file = args.cache / "smart-turn-complete" / "smart-turn-v3.2-cpu.onnx"
         if not turn_file.is_file():

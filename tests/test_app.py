@@ -106,7 +106,7 @@ def test_run_smooth_start_gives_the_same_conversation(conversation, chattts_root
 def test_run_with_a_turn_model_ends_turns_at_its_check(conversation, chattts_root, tmp_path):
     """A turn model that hears every turn complete: the same conversation, each turn ended by the model
     (its timing is tested exactly on the virtual clock in test_turn.py)."""
-    from voiceloop.turn.random_model import write_random_smart_turn
+    from voiceloop.vad.turn_random import write_random_smart_turn
 
     write_random_smart_turn(tmp_path / "turn", bias=8.0, layers=1, width=32, heads=2, ffn=64)
     extra = ("--turn-model", str(tmp_path / "turn"), "--turn-check-ms", "160", "--quiet")

@@ -15,15 +15,16 @@ from voiceloop.frames import SpeechEnded
 from voiceloop.io import FileSource
 from voiceloop.pipeline import Pipeline
 from voiceloop.timeline import Metrics
-from voiceloop.turn import (
+from voiceloop.vad import (
     DEFAULT_FILE,
     SmartTurnModel,
     TurnModelError,
     TurnModelNotAvailable,
     TurnOptions,
+    VadOptions,
+    VadStage,
 )
-from voiceloop.turn.random_model import build_module, write_random_smart_turn
-from voiceloop.vad import VadOptions, VadStage
+from voiceloop.vad.turn_random import build_module, write_random_smart_turn
 
 TINY = dict(layers=1, width=32, heads=2, ffn=64)
 VAD = VadOptions(end_silence_ms=360, pause_hint_ms=100, pre_roll_ms=200, warmup_ms=0)

@@ -25,8 +25,7 @@ from .frames import (
 )
 from .pipeline import BargeInOptions, Pipeline, Stage, StageError
 from .timeline import Metrics, TurnTimeline
-from .turn import SmartTurnModel, TurnOptions
-from .vad import VadOptions, VadStage
+from .vad import SmartTurnModel, TurnOptions, VadOptions, VadStage
 
 __all__ = [
     "AudioChunk",

@@ -22,8 +22,7 @@ from .dialogue import DialogueOptions, DialogueStage, echo
 from .errors import UserError
 from .pipeline import BargeInOptions, Pipeline, Stage
 from .timeline import Metrics
-from .turn import TurnOptions
-from .vad import VadOptions, VadStage
+from .vad import TurnOptions, VadOptions, VadStage
 
 DEFAULT_TTS = "2Noise/ChatTTS"
 PRECISIONS = ("auto", "fp32", "int8", "bf16", "fp16")
@@ -55,7 +54,7 @@ class LoopOptions:
     #: plays once the end of speech is confirmed and is retracted if the user goes on (AsrStage).
     #: Off by default: a handler may then be called for a turn that continues.
     preemptive: bool = False
-    #: end-of-turn model (voiceloop.turn: Smart Turn v3 ONNX; hub id, directory or .onnx file). None:
+    #: end-of-turn model (voiceloop.vad: Smart Turn v3 ONNX; hub id, directory or .onnx file). None:
     #: the VAD's silence hangover alone decides; with a model a turn it hears complete ends after
     #: turn.check_ms of silence instead of end_silence_ms
     turn_model: str | None = None
@@ -107,7 +106,7 @@ class Engines:
 
     asr: Any
     tts: Any
-    turn: Any = None  # a voiceloop.turn.TurnModel, or None
+    turn: Any = None  # a voiceloop.vad.TurnModel, or None
 
     def warm_up(self) -> None:
         """Pay first-inference costs now, not during the first turn (which would then drop audio)."""
@@ -154,7 +153,7 @@ def _load_engines(options: LoopOptions) -> Engines:
 
     turn = None
     if options.turn_model is not None:  # first: small, and a wrong path should not wait for the big models
-        from .turn import SmartTurnModel
+        from .vad import SmartTurnModel
 
         turn = SmartTurnModel.from_pretrained(options.turn_model)
 

@@ -88,7 +88,7 @@ def add_loop_arguments(parser: argparse.ArgumentParser) -> None:
 def loop_options(args: argparse.Namespace):
     from .app import LoopOptions
     from .pipeline import BargeInOptions
-    from .turn import TurnOptions
+    from .vad import TurnOptions
 
     barge = BargeInOptions(enabled=not args.no_barge_in)
     if args.barge_in_ms is not None:

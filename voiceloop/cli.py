@@ -33,7 +33,7 @@ def cmd_vad(args: argparse.Namespace) -> int:
     options = _vad_options(args)
     turn_model = turn = None
     if args.turn_model is not None:
-        from .turn import SmartTurnModel, TurnOptions
+        from .vad import SmartTurnModel, TurnOptions
 
         turn = TurnOptions() if args.turn_check_ms is None else TurnOptions(check_ms=args.turn_check_ms)
         turn_model = SmartTurnModel.from_pretrained(args.turn_model)

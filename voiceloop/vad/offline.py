@@ -7,10 +7,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..frames import FRAME_MS, FRAME_SAMPLES, INPUT_RATE, AudioFrame, Frame, SpeechEnded, SpeechStarted
-from ..turn import TurnModel, TurnOptions
-from ..turn.check import TurnCheck
 from .endpointer import Endpointer
 from .options import VadOptions
+from .smart_turn import TurnModel, TurnOptions
+from .turn_check import TurnCheck
 
 
 @dataclass(frozen=True, slots=True)

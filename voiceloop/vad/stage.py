@@ -5,11 +5,11 @@ from __future__ import annotations
 from ..clock import now
 from ..frames import FRAME_MS, AudioFrame, Frame, SpeechEnded, SpeechStarted
 from ..pipeline import Stage
-from ..turn import TurnModel, TurnOptions
-from ..turn.check import TurnCheck
 from .detector import VoiceDetector
 from .endpointer import Endpointer
 from .options import VadOptions
+from .smart_turn import TurnModel, TurnOptions
+from .turn_check import TurnCheck
 
 
 class VadStage(Stage):
@@ -19,7 +19,7 @@ class VadStage(Stage):
     stamps ``speech_start`` (first voiced audio), ``speech_end`` (end of the last voiced audio)
     and ``endpoint`` (when the end was declared, on the pipeline clock).
 
-    With a ``turn_model`` (:mod:`voiceloop.turn`), the utterance's audio (its last 8 s) is shown
+    With a ``turn_model`` (:mod:`voiceloop.vad`), the utterance's audio (its last 8 s) is shown
     to the model once ``turn.check_ms`` of quiet has passed (``Endpointer.quiet_frames``); a turn
     it hears as complete ends at once (reason "turn_model") instead of after the whole hangover.
     The stage waits for the verdict (frames queue meanwhile), so a run on a file is as

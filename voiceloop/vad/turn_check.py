@@ -15,7 +15,7 @@ from ..timeline import Metrics
 from .smart_turn import WINDOW_SECONDS, TurnModel, TurnOptions
 
 if TYPE_CHECKING:
-    from ..vad import Endpointer
+    from .endpointer import Endpointer
 
 log = logging.getLogger("voiceloop")
 
