@@ -81,7 +81,7 @@ def tts_runs(utterances: int, seconds: float) -> list[dict[str, float]]:
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import tts as bench
 
-    from voiceloop.asr.model import ModelOptions
+    from voiceloop.compute import ModelOptions
     from voiceloop.tts.chattts.engine import ChatTts, ChatTtsOptions
 
     root = bench.full_size_assets(ROOT / "benchmarks" / ".cache")

@@ -40,9 +40,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from voiceloop.asr.corpus import char_error_rate  # noqa: E402
-from voiceloop.asr.model import ModelOptions, Wav2Vec2Checkpoint  # noqa: E402
+from voiceloop.asr.model import Wav2Vec2Checkpoint  # noqa: E402
 from voiceloop.asr.streaming import StreamingOptions, Wav2Vec2Engine  # noqa: E402
 from voiceloop.audio import float_to_int16  # noqa: E402
+from voiceloop.compute import ModelOptions  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "asr_real.json"
 FRAME = 320  # 20 ms at 16 kHz, what the ASR stage feeds per call

@@ -51,9 +51,10 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from voiceloop.asr.corpus import char_error_rate  # noqa: E402
 from voiceloop.asr.ctc import StreamingGreedyDecoder  # noqa: E402
-from voiceloop.asr.model import ModelOptions, Vocabulary, Wav2Vec2Checkpoint  # noqa: E402
+from voiceloop.asr.model import Vocabulary, Wav2Vec2Checkpoint  # noqa: E402
 from voiceloop.asr.streaming import StreamingOptions, StreamState, Wav2Vec2Engine  # noqa: E402
 from voiceloop.audio import int16_to_float  # noqa: E402
+from voiceloop.compute import ModelOptions  # noqa: E402
 from voiceloop.quantize import int8_engine, int8_linears  # noqa: E402
 
 RATE = 16_000

@@ -30,7 +30,7 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 from chattts_fixtures import write_random_assets  # noqa: E402
 from machine import finish, machine_info, print_table  # noqa: E402
 
-from voiceloop.asr.model import ModelOptions  # noqa: E402
+from voiceloop.compute import ModelOptions  # noqa: E402
 from voiceloop.tts.chattts.engine import ChatTts, ChatTtsOptions  # noqa: E402
 from voiceloop.tts.chattts.gpt import SamplingOptions  # noqa: E402
 

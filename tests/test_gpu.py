@@ -19,9 +19,10 @@ import torch
 from speech import espeak
 from test_asr_fixture import FIXTURE, heldout, render
 
-from voiceloop.asr.model import ModelOptions, Wav2Vec2Checkpoint
+from voiceloop.asr.model import Wav2Vec2Checkpoint
 from voiceloop.asr.streaming import Wav2Vec2Engine
 from voiceloop.cli import main
+from voiceloop.compute import ModelOptions
 from voiceloop.frames import FRAME_SAMPLES
 from voiceloop.tts.chattts.engine import ChatTts, ChatTtsOptions
 from voiceloop.tts.chattts.gpt import SamplingOptions

@@ -164,7 +164,7 @@ def test_tts_stage_turns_reply_pieces_into_one_audio_stream(engine):
 def test_full_size_random_model_loads_int8_and_speaks(tmp_path):
     from chattts_fixtures import write_random_assets
 
-    from voiceloop.asr.model import ModelOptions
+    from voiceloop.compute import ModelOptions
 
     root = write_random_assets(tmp_path / "full", gpt_layers=20, embed_tokens=True, official_tokenizer=None)
     options = ChatTtsOptions(

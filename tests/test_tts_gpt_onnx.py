@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from voiceloop.asr.model import ModelOptions
+from voiceloop.compute import ModelOptions
 from voiceloop.ortgraph import GraphLoadError
 from voiceloop.tts.chattts.engine import ChatTtsOptions
 from voiceloop.tts.chattts.gpt import ChatTtsGpt

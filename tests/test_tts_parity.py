@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from voiceloop.asr.model import ModelOptions
+from voiceloop.compute import ModelOptions
 from voiceloop.tts.chattts.decoder import CodeDecoder, HiddenDecoder
 from voiceloop.tts.chattts.gpt import ChatTtsGpt, SamplingOptions
 from voiceloop.tts.chattts.speaker import SpeakerStats, decode_speaker, sample_speaker

@@ -89,7 +89,7 @@ AUTO_PRECISION = {
 
 def model_options(device: str, precision: str, threads: int | None, engine: str = "asr"):
     """The ``ModelOptions`` for a precision choice (auto: :data:`AUTO_PRECISION`, fp32 elsewhere)."""
-    from .asr.model import ModelOptions
+    from .compute import ModelOptions
 
     base = ModelOptions(device=device, threads=threads)
     resolved = base.resolve_device().type

@@ -45,7 +45,7 @@ def add_tts_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def load_tts(args: argparse.Namespace) -> ChatTts:
-    from ..asr.model import ModelOptions
+    from ..compute import ModelOptions
     from .chattts.engine import ChatTts, ChatTtsOptions
 
     model = ModelOptions(

@@ -21,8 +21,7 @@ import numpy as np
 import torch
 
 from ...allocator import tune_for_inference
-from ...asr.model import ModelOptions
-from ...compute import CancelToken, ComputeLane
+from ...compute import CancelToken, ComputeLane, ModelOptions
 from ...ortgraph import GraphLoadError, available
 from ..base import TtsEngine, TtsSession
 from . import assets

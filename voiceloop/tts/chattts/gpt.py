@@ -25,8 +25,7 @@ from torch.nn.utils.parametrizations import weight_norm
 from transformers import DynamicCache, LlamaConfig, LlamaModel
 from transformers.generation import TopKLogitsWarper, TopPLogitsWarper
 
-from ...asr.model import ModelOptions
-from ...compute import CancelToken
+from ...compute import CancelToken, ModelOptions
 from ...quantize import int8_linears
 from . import assets
 from .assets import AssetError, check_keys, load_strict
