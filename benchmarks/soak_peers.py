@@ -122,12 +122,15 @@ class Peer(Client):
             await asyncio.sleep(0.02)
         return None
 
-    async def quiet(self, for_s: float, timeout: float) -> None:
-        """Until the bot has been silent ``for_s`` (its reply played out)."""
+    async def replied(self, turns: int, timeout: float) -> None:
+        """Until the server has finished ``turns`` turns (a ``turn`` event comes once a reply has
+        been sent whole or cut) and the bot has been silent 0.3 s since: a pause inside a reply
+        (between sentences) must not read as its end, or the next utterance barges in unplanned."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while loop.time() < deadline and self.lost_reason() is None:
-            if not self.heard or loop.time() - self.heard[-1] > for_s:
+            done = len(self.of_type("turn")) >= turns
+            if done and (not self.heard or loop.time() - self.heard[-1] > 0.3):
                 return
             await asyncio.sleep(0.05)
 
@@ -176,6 +179,7 @@ async def open_session(plan: Plan, record: PeerRecord, deadline: float) -> Peer 
 async def one_turn(peer: Peer, n: int, plan: Plan, record: PeerRecord, t0: float) -> None:
     """An utterance and its answer; on a barge-in turn, the next utterance starts into the reply."""
     clip, end = plan.clips[n % len(plan.clips)]
+    finished = len(peer.of_type("turn"))
     spoken = peer.say(clip, end)
     record.turns += 1
     first = await peer.first_heard(spoken, plan.answer_timeout_s)
@@ -183,7 +187,8 @@ async def one_turn(peer: Peer, n: int, plan: Plan, record: PeerRecord, t0: float
         return
     record.answered += 1
     record.v2v.append((round(spoken - t0, 3), round(first - spoken, 3)))
-    if n % plan.barge_every == plan.barge_every - 1:
+    barge = n % plan.barge_every == plan.barge_every - 1
+    if barge:
         await asyncio.sleep(plan.barge_after_s)
         cuts = len(peer.of_type("interruption"))
         clip, end = plan.clips[(n + 1) % len(plan.clips)]
@@ -201,7 +206,7 @@ async def one_turn(peer: Peer, n: int, plan: Plan, record: PeerRecord, t0: float
         if first is not None and not missed:
             record.answered += 1
             record.v2v.append((round(spoken - t0, 3), round(first - spoken, 3)))
-    await peer.quiet(0.8, plan.answer_timeout_s)
+    await peer.replied(finished + (2 if barge else 1), plan.answer_timeout_s)
 
 
 async def talk(index: int, plan: Plan, deadline: float, t0: float) -> PeerRecord:

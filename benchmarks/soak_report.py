@@ -20,6 +20,12 @@ from soak import BOUNDS
 KEYS = ("rss_mb", "fds", "tasks", "threads")
 
 
+def _num(value: float) -> float | int:
+    """Rounded to 0.1, an int when whole (medians of counts read as counts)."""
+    value = round(float(value), 1)
+    return int(value) if value.is_integer() else value
+
+
 def windows(duration: float) -> dict[str, list[float]]:
     warm = min(60.0, duration / 6)
     size = min(60.0, (duration - warm) / 2)
@@ -51,20 +57,38 @@ def flatness(samples: list[dict[str, Any]], spans: dict[str, list[float]]) -> di
         if not first or not last:
             out[key] = {"first": None, "last": None, "growth": None, "bound": BOUNDS[key], "flat": None}
             continue
-        growth = statistics.median(last) - statistics.median(first)
+        first_median, last_median = statistics.median(first), statistics.median(last)
+        growth = last_median - first_median
         slope = None
         if len(after_warm) >= 3:
             t = np.array([s["t"] for s in after_warm]) / 60
             slope = round(float(np.polyfit(t, [s[key] for s in after_warm], 1)[0]), 3)
         out[key] = {
-            "first": statistics.median(first),
-            "last": statistics.median(last),
+            "first": _num(first_median),
+            "last": _num(last_median),
             "growth": round(growth, 2),
             "bound": BOUNDS[key],
             "flat": growth <= BOUNDS[key],
             "slope_per_min": slope,
         }
     return out
+
+
+def over_time(samples: list[dict[str, Any]], v2v: list[tuple[float, float]], seconds: float) -> list[dict]:
+    """Per minute (a sixth of the run when it is under 5 minutes): resource medians, turns, v2v p50."""
+    step = 60.0 if seconds >= 300 else seconds / 6
+    rows = []
+    for i in range(int(np.ceil(seconds / step - 1e-9))):
+        span = [i * step, min((i + 1) * step, seconds)]
+        inside = [s for s in samples if span[0] <= s["t"] < span[1]]
+        latency = _in(v2v, span)
+        row: dict[str, Any] = {"from_s": round(span[0], 1), "to_s": round(span[1], 1)}
+        for key in (*KEYS, "sessions"):
+            row[key] = _num(statistics.median([s[key] for s in inside])) if inside else None
+        row["answered"] = len(latency)
+        row["v2v_p50"] = percentiles(latency)["p50"]
+        rows.append(row)
+    return rows
 
 
 def analyse(raw: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
@@ -128,6 +152,7 @@ def analyse(raw: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
             "peer_all": percentiles([v for _, v in peer_v2v]),
         },
         "server": {k: server[k] for k in ("exit_code", "tracebacks", "sessions_ended", "counters")},
+        "over_time": over_time(server["samples"], peer_v2v, args.seconds),
         "samples": server["samples"],
     }
     if server["tracebacks"] or server["exit_code"]:
@@ -164,6 +189,10 @@ def print_tables(result: dict[str, Any]) -> None:
     )
     columns = ["resource", "first", "last", "growth", "bound", "flat", "slope/min", "idle before -> after"]
     print_table(title, columns, rows)
+    columns = ["from s", "to s", "RSS MiB", "fds", "tasks", "threads", "sessions", "answered", "v2v p50 s"]
+    keys = ["from_s", "to_s", *KEYS, "sessions", "answered", "v2v_p50"]
+    over = [[row[k] for k in keys] for row in result["over_time"]]
+    print_table("over time (medians of the samples; answered turns and peer v2v p50)", columns, over)
     s, t, v = result["sessions"], result["turns"], result["v2v_s"]
 
     def pair(d: dict[str, Any]) -> str:
