@@ -45,12 +45,12 @@ from chattts_fixtures import write_random_assets  # noqa: E402
 from machine import finish, machine_info, print_table  # noqa: E402
 from speech import espeak  # noqa: E402
 
-from voiceloop.app import Engines, LoopOptions, build_pipeline, load_engines  # noqa: E402
-from voiceloop.app_cli import echo_stage  # noqa: E402
+from voiceloop.cli.loop import echo_stage  # noqa: E402
 from voiceloop.clock import run  # noqa: E402
 from voiceloop.dialogue import TurnContext  # noqa: E402
 from voiceloop.io.files import FileSource  # noqa: E402
 from voiceloop.io.output import PacedSink  # noqa: E402
+from voiceloop.loop import Engines, LoopOptions, build_pipeline, load_engines  # noqa: E402
 from voiceloop.timeline import Metrics  # noqa: E402
 from voiceloop.tts.chattts.play_through import SMOOTH_SCHEDULE  # noqa: E402
 from voiceloop.tts.chattts.stream_decode import StreamDecodeOptions  # noqa: E402

@@ -255,7 +255,7 @@ async def measure(engines: Any, loop_options: Any, count: int, args: argparse.Na
 
 
 def load(kind: str, args: argparse.Namespace) -> tuple[Any, Any]:
-    from voiceloop.app import LoopOptions, load_engines
+    from voiceloop.loop import LoopOptions, load_engines
 
     if kind == "tiny":
         from chattts_fixtures import write_random_assets

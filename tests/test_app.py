@@ -12,9 +12,9 @@ from huggingface_hub.utils import are_progress_bars_disabled
 from speech import espeak, require_espeak
 from transformers.utils.logging import is_progress_bar_enabled
 
-from voiceloop.app import load_handler
 from voiceloop.cli import main
 from voiceloop.errors import UserError
+from voiceloop.loop import load_handler
 
 TINY_ASR = str(Path(__file__).parent / "fixtures" / "tiny-zh-asr")
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -97,7 +97,7 @@ def test_run_smooth_start_gives_the_same_conversation(conversation, chattts_root
     turns = [line for line in lines if line["type"] == "turn"]
     assert [t["reply"] for t in turns] == ["你好", "明天下雨"]
     assert all(t["first_played"] >= t["speech_end"] for t in turns)
-    from voiceloop.app import LoopOptions
+    from voiceloop.loop import LoopOptions
 
     with pytest.raises(ValueError, match="tts_start"):
         LoopOptions(tts_start="eager")

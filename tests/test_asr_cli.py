@@ -62,7 +62,7 @@ def test_missing_model_gives_guidance_without_traceback(tmp_path) -> None:
 def test_window_and_context_flags_reach_the_engine(tmp_path) -> None:
     import argparse
 
-    from voiceloop.asr.cli import add_model_arguments, load_engine
+    from voiceloop.cli.asr import add_model_arguments, load_engine
 
     model = make_tiny_checkpoint(tmp_path / "model", layout="modern")
     parser = argparse.ArgumentParser()

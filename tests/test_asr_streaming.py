@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from asr_fixtures import make_tiny_checkpoint
 
-from voiceloop.asr.cli import DEFAULT_WINDOW
 from voiceloop.asr.streaming import StreamingOptions, Wav2Vec2Engine
+from voiceloop.cli.asr import DEFAULT_WINDOW
 from voiceloop.frames import FRAME_SAMPLES, FinalTranscript, PartialTranscript
 
 pytestmark = pytest.mark.usefixtures("one_thread")

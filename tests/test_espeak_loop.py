@@ -17,10 +17,10 @@ import soundfile
 import soxr
 from speech import espeak, require_espeak
 
-from voiceloop.app import Engines, LoopOptions, build_pipeline
 from voiceloop.asr.corpus import char_error_rate
 from voiceloop.clock import run
 from voiceloop.io.files import FileSource, WavSink
+from voiceloop.loop import Engines, LoopOptions, build_pipeline
 from voiceloop.timeline import Metrics
 
 TINY_ASR = Path(__file__).parent / "fixtures" / "tiny-zh-asr"

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from fakes import FakeAsr, FakeTts, ScriptedVoice, frames_of
 
-from voiceloop.app_cli import loop_options
 from voiceloop.asr import AsrStage
+from voiceloop.cli.loop import loop_options
 from voiceloop.clock import run
 from voiceloop.dialogue import DialogueStage
 from voiceloop.frames import FinalTranscript, Frame, Interruption, ReplyText
@@ -118,7 +118,7 @@ def test_an_utterance_cut_by_end_of_stream_retracts_and_finalises_normally() -> 
 def test_the_cli_flag_reaches_the_loop_options() -> None:
     import argparse
 
-    from voiceloop.app_cli import add_loop_arguments
+    from voiceloop.cli.loop import add_loop_arguments
 
     parser = argparse.ArgumentParser()
     add_loop_arguments(parser)

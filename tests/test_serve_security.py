@@ -22,13 +22,13 @@ import pytest
 from aiohttp import web
 from test_webrtc import Client, engines, loopback_only, pipeline_tasks, until  # noqa: F401 (fixture)
 
-from voiceloop.app import LoopOptions
 from voiceloop.cli import build_parser, main
+from voiceloop.cli.serve import access_options
 from voiceloop.dialogue import echo
 from voiceloop.errors import UserError
 from voiceloop.io.webrtc_guard import RateLimiter, client_key, is_loopback
 from voiceloop.io.webrtc_server import ServerOptions, VoiceServer
-from voiceloop.serve_access import access_options
+from voiceloop.loop import LoopOptions
 
 pytestmark = pytest.mark.timeout(90)
 TOKEN = "s3cret"

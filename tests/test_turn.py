@@ -16,7 +16,6 @@ from voiceloop.io import FileSource
 from voiceloop.pipeline import Pipeline
 from voiceloop.timeline import Metrics
 from voiceloop.vad import (
-    DEFAULT_FILE,
     SmartTurnModel,
     TurnModelError,
     TurnModelNotAvailable,
@@ -24,6 +23,7 @@ from voiceloop.vad import (
     VadOptions,
     VadStage,
 )
+from voiceloop.vad.smart_turn import DEFAULT_FILE
 from voiceloop.vad.turn_random import build_module, write_random_smart_turn
 
 TINY = dict(layers=1, width=32, heads=2, ffn=64)
@@ -236,7 +236,7 @@ def test_the_real_graph_in_the_stage(tiny_dir) -> None:
 def test_the_cli_flags_reach_the_loop_options() -> None:
     import argparse
 
-    from voiceloop.app_cli import add_loop_arguments, loop_options
+    from voiceloop.cli.loop import add_loop_arguments, loop_options
 
     parser = argparse.ArgumentParser()
     add_loop_arguments(parser)

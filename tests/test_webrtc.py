@@ -22,13 +22,13 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from fakes import FakeAsr, FakeTts
 from speech import espeak, require_espeak
 
-from voiceloop.app import Engines, LoopOptions
 from voiceloop.dialogue import echo
 from voiceloop.errors import UserError
 from voiceloop.frames import EndOfStream
 from voiceloop.io.webrtc import WebRtcSink, WebRtcSource
 from voiceloop.io.webrtc_server import ServerOptions, VoiceServer, loopback_candidates
 from voiceloop.io.webrtc_session import ServeLog
+from voiceloop.loop import Engines, LoopOptions
 from voiceloop.pipeline import Pipeline
 from voiceloop.timeline import Metrics
 

@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 from test_webrtc import Client, engines, loopback_only, pipeline_tasks, until  # noqa: F401 (fixture)
 
-from voiceloop.app import LoopOptions
 from voiceloop.dialogue import echo
 from voiceloop.io.webrtc_server import ServerOptions, VoiceServer
+from voiceloop.loop import LoopOptions
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 

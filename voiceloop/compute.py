@@ -361,7 +361,7 @@ def share_cores(*lanes: ComputeLane) -> None:
     ran markedly slower once a second thread had run torch, and a ChatTTS stream was slower
     with its GPT steps on one thread and its sampling or decoding on another. One thread for all
     models keeps one team — so also build the models on that thread (``first.call(load)``), as
-    :func:`voiceloop.app.load_engines` does. Call before the other lanes run anything; their thread
+    :func:`voiceloop.loop.load_engines` does. Call before the other lanes run anything; their thread
     setups then run on the shared thread, in order (so they should agree on the thread count).
     """
     first, *rest = lanes

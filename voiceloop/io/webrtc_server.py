@@ -2,7 +2,7 @@
 
 The browser POSTs its complete offer (aiortc has no trickle ICE) to ``/offer`` and gets the complete
 answer back. Each peer gets its own pipeline (``WebRtcSource → vad → asr → dialogue → tts →
-WebRtcSink``) built by :func:`voiceloop.app.build_pipeline`, all sharing one :class:`Engines` (models
+WebRtcSink``) built by :func:`voiceloop.loop.build_pipeline`, all sharing one :class:`Engines` (models
 load once per process). Pipeline events go to the client's ``events`` data channel, one JSON object
 per message (:func:`voiceloop.io.events.event_record`); the page sends typed text to speak and voice
 changes back on the same channel (:mod:`voiceloop.io.webrtc_session` has the message formats).
@@ -29,8 +29,8 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
-from ..app import Engines, LoopOptions, build_pipeline
 from ..errors import UserError
+from ..loop import Engines, LoopOptions, build_pipeline
 from ..pipeline import Pipeline
 from .webrtc import WebRtcSink, WebRtcSource
 from .webrtc_guard import Guard, RateLimiter, Refused, check_options, is_loopback

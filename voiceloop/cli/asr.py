@@ -11,13 +11,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..asr.base import DEFAULT_MODEL
 from ..frames import FRAME_SAMPLES, CharInfo, FinalTranscript
 from ..io.files import read_canonical
-from .base import DEFAULT_MODEL
 
 # torch/transformers load lazily: `voiceloop --help` and `voiceloop vad` stay fast.
 if TYPE_CHECKING:
-    from .streaming import Wav2Vec2Engine
+    from ..asr.streaming import Wav2Vec2Engine
 
 # Window defaults shown in --help; StreamingOptions is the source of truth (checked by a test).
 DEFAULT_WINDOW = {"chunk_s": 0.64, "left_s": 1.0, "right_s": 0.24}
@@ -48,8 +48,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def load_engine(args: argparse.Namespace) -> Wav2Vec2Engine:
-    from .model import ModelOptions
-    from .streaming import StreamingOptions, Wav2Vec2Engine
+    from ..asr.streaming import StreamingOptions, Wav2Vec2Engine
+    from ..compute import ModelOptions
 
     streaming = StreamingOptions(
         chunk_s=args.chunk_s,
@@ -61,7 +61,7 @@ def load_engine(args: argparse.Namespace) -> Wav2Vec2Engine:
     if args.backend == "onnx":
         if int8_conv:
             raise ValueError("--int8-conv is for the torch backend (the ONNX export keeps its conv in fp32)")
-        from .onnx import OnnxCheckpoint
+        from ..asr.onnx import OnnxCheckpoint
 
         if args.device not in ("auto", "cpu") or args.dtype != "fp32":
             raise ValueError("--backend onnx runs on the CPU in fp32 (use --int8 for the quantized encoder)")
@@ -154,8 +154,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
     asr = sub.add_parser("asr", help="ASR model tools: export-onnx, finetune")
     asr_sub = asr.add_subparsers(dest="asr_command", metavar="ASR_COMMAND", required=True)
-    from .finetune import add_parser as add_finetune_parser
-    from .onnx_export import add_parser as add_onnx_parser  # imports onnxruntime lazily, when used
+    from ..asr.finetune import add_parser as add_finetune_parser
+    from ..asr.onnx_export import add_parser as add_onnx_parser  # imports onnxruntime lazily, when used
 
     add_onnx_parser(asr_sub)
     add_finetune_parser(asr_sub)

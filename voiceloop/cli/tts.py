@@ -15,7 +15,7 @@ import numpy as np
 from ..errors import UserError
 
 if TYPE_CHECKING:  # torch/transformers load lazily so `voiceloop --help` stays fast
-    from .chattts.engine import ChatTts
+    from ..tts.chattts.engine import ChatTts
 
 DEFAULT_TTS = "2Noise/ChatTTS"
 
@@ -46,7 +46,7 @@ def add_tts_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 def load_tts(args: argparse.Namespace) -> ChatTts:
     from ..compute import ModelOptions
-    from .chattts.engine import ChatTts, ChatTtsOptions
+    from ..tts.chattts.engine import ChatTts, ChatTtsOptions
 
     model = ModelOptions(
         device=args.device, dtype=args.dtype, quantize="int8" if args.int8 else None, threads=args.threads
@@ -57,7 +57,7 @@ def load_tts(args: argparse.Namespace) -> ChatTts:
     if getattr(args, "max_seconds", None) is not None:
         if args.max_seconds <= 0:
             raise UserError("--max-seconds must be positive")
-        from .chattts.engine import STEPS_PER_SECOND
+        from ..tts.chattts.engine import STEPS_PER_SECOND
 
         steps = max(1, math.ceil(args.max_seconds * STEPS_PER_SECOND))
         options.sampling = replace(options.sampling, max_new_tokens=steps)
@@ -66,7 +66,7 @@ def load_tts(args: argparse.Namespace) -> ChatTts:
 
 def _voice(engine: ChatTts, spec: str | None, save_as: str | None):
     """The speaker vector for ``--voice``; without one, a fresh random voice (printed, so it can be kept)."""
-    from .chattts.speaker import resolve_voice
+    from ..tts.chattts.speaker import resolve_voice
 
     speaker = resolve_voice(spec, engine.stats, engine.voices) if spec else engine.random_voice()
     if save_as:
@@ -151,7 +151,7 @@ def _say_batch(engine: ChatTts, args: argparse.Namespace, speaker) -> int:
 
 
 def cmd_voice(args: argparse.Namespace) -> int:
-    from .chattts.speaker import SpeakerStats, VoiceStore, resolve_voice, sample_speaker
+    from ..tts.chattts.speaker import SpeakerStats, VoiceStore, resolve_voice, sample_speaker
 
     store = VoiceStore(Path(args.voice_dir) if args.voice_dir else None)
     if args.action != "list" and not args.name:
@@ -171,7 +171,7 @@ def cmd_voice(args: argparse.Namespace) -> int:
     # save: from a spec (speaker string / file / seed:N with --model's statistics)
     stats = None
     if args.spec.startswith("seed:"):
-        from .chattts import assets
+        from ..tts.chattts import assets
 
         root = assets.resolve_root(args.model)
         if not (root / assets.SPK_STAT).is_file():
@@ -185,8 +185,8 @@ def cmd_voice(args: argparse.Namespace) -> int:
 
 
 def cmd_export_onnx(args: argparse.Namespace) -> int:
-    from .chattts import assets
-    from .chattts.onnx import export_onnx
+    from ..tts.chattts import assets
+    from ..tts.chattts.onnx import export_onnx
 
     root = assets.resolve_root(args.model)
     path = export_onnx(root, Path(args.out_dir))
@@ -195,7 +195,7 @@ def cmd_export_onnx(args: argparse.Namespace) -> int:
 
 
 def cmd_random_assets(args: argparse.Namespace) -> int:
-    from .chattts.random_assets import write_random_assets
+    from ..tts.chattts.random_assets import write_random_assets
 
     root = write_random_assets(
         Path(args.out_dir), gpt_layers=args.layers, seed=args.seed, embed_tokens=args.layers == 20

@@ -1,24 +1,14 @@
-"""The ``voiceloop`` command line.
-
-Subcommands are small functions registered in :func:`build_parser`; errors a user can fix (a
-missing file, undecodable audio, bad options) print one line and exit with status 2, never a
-traceback.
-"""
+"""``voiceloop vad``: the speech segments of audio files (also a check of the VAD settings)."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
-from collections.abc import Sequence
 from dataclasses import asdict, fields
 
-from . import __version__
-from .errors import UserError
-from .frames import INPUT_RATE
-from .io.files import read_canonical
-from .pipeline import StageError
-from .vad import VadOptions, detect_segments
+from ..frames import INPUT_RATE
+from ..io.files import read_canonical
+from ..vad import VadOptions, detect_segments
 
 
 def _vad_options(args: argparse.Namespace) -> VadOptions:
@@ -33,7 +23,7 @@ def cmd_vad(args: argparse.Namespace) -> int:
     options = _vad_options(args)
     turn_model = turn = None
     if args.turn_model is not None:
-        from .vad import SmartTurnModel, TurnOptions
+        from ..vad import SmartTurnModel, TurnOptions
 
         turn = TurnOptions() if args.turn_check_ms is None else TurnOptions(check_ms=args.turn_check_ms)
         turn_model = SmartTurnModel.from_pretrained(args.turn_model)
@@ -81,14 +71,7 @@ def cmd_vad(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="voiceloop",
-        description="Real-time voice agents: VAD → streaming ASR → your handler → streaming TTS.",
-    )
-    parser.add_argument("--version", action="version", version=f"voiceloop {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-
+def add_parsers(sub: argparse._SubParsersAction) -> None:
     vad = sub.add_parser("vad", help="print the speech segments of audio files (WAV/FLAC/OGG)")
     vad.add_argument("files", nargs="+", metavar="FILE")
     vad.add_argument("--json", action="store_true", help="machine-readable output")
@@ -120,38 +103,3 @@ def build_parser() -> argparse.ArgumentParser:
     )
     vad.add_argument("--turn-check-ms", type=int, default=None, help="quiet before the model is asked (200)")
     vad.set_defaults(func=cmd_vad)
-
-    from .asr.cli import add_parsers as add_asr_parsers
-
-    add_asr_parsers(sub)
-    from .tts.cli import add_parsers as add_tts_parsers
-
-    add_tts_parsers(sub)
-    from .app_cli import add_parsers as add_loop_parsers
-
-    add_loop_parsers(sub)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 0
-    try:
-        return int(args.func(args) or 0)
-    except (FileNotFoundError, ValueError, UserError) as exc:
-        print(f"voiceloop {args.command}: error: {exc}", file=sys.stderr)
-        return 2
-    except StageError as exc:  # a stage failed mid-run; a user-fixable cause (a lost device) is one line
-        if isinstance(exc.error, UserError | FileNotFoundError):
-            print(f"voiceloop {args.command}: error: {exc.error}", file=sys.stderr)
-            return 2
-        raise
-    except KeyboardInterrupt:
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,4 +1,5 @@
-"""``voiceloop run`` (files), ``voiceloop chat`` (desktop devices) and ``voiceloop devices``."""
+"""``voiceloop run`` (files), ``voiceloop chat`` (desktop devices), ``voiceloop devices``, and the
+loop options every loop command shares (``serve`` too)."""
 
 from __future__ import annotations
 
@@ -10,15 +11,14 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from .allocator import frozen_heap
-from .errors import UserError
-from .serve_access import access_options, add_access_arguments
+from ..allocator import frozen_heap
+from ..errors import UserError
 
 SPEAKER_BARGE_IN_MS = 300  # chat with echo handling: speech needed before a barge-in (see cmd_chat)
 
 
 def add_loop_arguments(parser: argparse.ArgumentParser) -> None:
-    from .app import DEFAULT_ASR, DEFAULT_TTS, PRECISIONS
+    from ..loop import DEFAULT_ASR, DEFAULT_TTS, PRECISIONS
 
     parser.add_argument("--handler", help="module:function or file.py:function (default: echo)")
     parser.add_argument(
@@ -86,9 +86,9 @@ def add_loop_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def loop_options(args: argparse.Namespace):
-    from .app import LoopOptions
-    from .pipeline import BargeInOptions
-    from .vad import TurnOptions
+    from ..loop import LoopOptions
+    from ..pipeline import BargeInOptions
+    from ..vad import TurnOptions
 
     barge = BargeInOptions(enabled=not args.no_barge_in)
     if args.barge_in_ms is not None:
@@ -113,9 +113,9 @@ def loop_options(args: argparse.Namespace):
     )
 
 
-def _engines(args: argparse.Namespace, options):
-    from .app import load_engines
-    from .hub import no_progress_bars
+def engines_for(args: argparse.Namespace, options):
+    from ..hub import no_progress_bars
+    from ..loop import load_engines
 
     with no_progress_bars() if args.quiet else contextlib.nullcontext():  # --quiet: errors only
         engines = load_engines(options)
@@ -123,7 +123,7 @@ def _engines(args: argparse.Namespace, options):
         if args.tts_max_seconds <= 0:
             raise UserError("--tts-max-seconds must be positive")
         tts = engines.tts
-        from .tts.chattts.engine import STEPS_PER_SECOND
+        from ..tts.chattts.engine import STEPS_PER_SECOND
 
         steps = max(1, math.ceil(args.tts_max_seconds * STEPS_PER_SECOND))
         tts.options.sampling = replace(tts.options.sampling, max_new_tokens=steps)
@@ -131,17 +131,17 @@ def _engines(args: argparse.Namespace, options):
 
 
 def _view(args: argparse.Namespace):
-    from .io.console import make_view
+    from ..io.console import make_view
 
     return make_view("json" if args.json else "quiet" if args.quiet else "live")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     """The whole loop on a file: a time-aligned recording of the bot side + the latency timeline."""
-    from .app import build_pipeline, load_handler
-    from .clock import run
-    from .io.files import FileSource, WavSink
-    from .timeline import Metrics
+    from ..clock import run
+    from ..io.files import FileSource, WavSink
+    from ..loop import build_pipeline, load_handler
+    from ..timeline import Metrics
 
     if not Path(args.input).is_file():
         raise UserError(f"input file {args.input!r} does not exist")
@@ -151,7 +151,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     # Paced like a microphone; without --realtime the clock skips idle waits (compute still takes
     # real time, so the latencies stay honest) and a file runs faster than it lasts.
     source = FileSource(args.input, pace=True, tail_silence_s=args.tail_s)
-    engines = _engines(args, options)
+    engines = engines_for(args, options)
     metrics = Metrics.to_file(args.metrics_out) if args.metrics_out else Metrics()
     sink = WavSink(args.output, engines.tts.sample_rate)
     pipeline = build_pipeline(source, sink, engines, handler, options, metrics=metrics)
@@ -175,17 +175,17 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_chat(args: argparse.Namespace) -> int:
     """The live loop on the desktop: microphone → … → speaker, until Ctrl-C."""
-    from .app import build_pipeline, load_handler
-    from .clock import run
-    from .io.devices import MicSource, SpeakerSink, pick_device
-    from .timeline import Metrics
+    from ..clock import run
+    from ..io.devices import MicSource, SpeakerSink, pick_device
+    from ..loop import build_pipeline, load_handler
+    from ..timeline import Metrics
 
     options = loop_options(args)
     handler = load_handler(args.handler)
     # Devices first: a missing microphone should not cost a model download.
     mic_index = pick_device(args.input_device, "input")
     speaker_index = pick_device(args.output_device, "output")
-    engines = _engines(args, options)
+    engines = engines_for(args, options)
     metrics = Metrics.to_file(args.metrics_out) if args.metrics_out else Metrics()
     if args.duration is not None and args.duration <= 0:
         raise UserError("--duration must be positive")
@@ -218,95 +218,15 @@ def echo_stage(mode: str):
     installed (the gate catches what AEC misses when play-time estimates are off), else the gate."""
     if mode == "off":
         return None
-    from .aec import EchoReference, EchoStage, aec_available
+    from ..aec import EchoReference, EchoStage, aec_available
 
     if mode == "auto":
         mode = "aec+gate" if aec_available() else "gate"
     return EchoStage(EchoReference(), mode)
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
-    """The WebRTC voice bot: one pipeline per browser peer, one set of models for all of them.
-
-    Output: a line per session and per turn on stderr (``--quiet``: lost turns only; ``--json``:
-    every session's events as JSON lines on stdout, each tagged ``"session": N``, after a first
-    ``{"type": "listening", "url": ...}`` line). ``--metrics-out`` collects the turns of all sessions.
-    Runs until Ctrl-C or SIGTERM, then prints (``--json``) or writes the summary over all sessions.
-    """
-    import asyncio
-    import signal
-
-    from .app import load_handler
-    from .io.webrtc_server import ServerOptions, VoiceServer
-    from .io.webrtc_session import ServeLog
-
-    if args.stats_s is not None and not args.stats_s > 0:
-        raise UserError("--stats-s must be positive")
-    options = loop_options(args)
-    server_options = ServerOptions(
-        host=args.host,
-        port=args.port,
-        **access_options(args),
-        max_sessions=args.max_sessions,
-        ice_servers=list(args.ice_server or []),
-    )
-    handler = load_handler(args.handler)
-    engines = _engines(args, options)
-    metrics = open(args.metrics_out, "w", encoding="utf-8") if args.metrics_out else None  # noqa: SIM115
-    log = ServeLog("json" if args.json else "quiet" if args.quiet else "plain", metrics=metrics)
-
-    async def main() -> None:
-        server = VoiceServer(engines, handler, options, server_options, observer=log)
-        await server.start()
-        page = server_options.public_url or server.url
-        if args.json:
-            print(json.dumps({"type": "listening", "url": server.url, "page": page}), flush=True)
-        elif not args.quiet:
-            hint = f" (open {page}#token=TOKEN)" if server_options.token else ""
-            print(f"voiceloop serve: listening on {server.url}{hint}", file=sys.stderr, flush=True)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        with contextlib.suppress(NotImplementedError, RuntimeError):  # not on Windows / a thread
-            loop.add_signal_handler(signal.SIGTERM, stop.set)
-        stats = loop.create_task(_serve_stats(server, args)) if args.stats_s else None
-        try:
-            await stop.wait()
-        finally:
-            if stats is not None:
-                stats.cancel()
-            await server.stop()
-
-    try:
-        with frozen_heap():
-            asyncio.run(main())
-    except KeyboardInterrupt:
-        pass  # Ctrl-C is how a server ends
-    finally:
-        log.close()
-        engines.close()
-    return 0
-
-
-async def _serve_stats(server, args: argparse.Namespace) -> None:
-    """Every ``--stats-s``: live sessions and the event loop's asyncio tasks, the leak watch of a
-    long-running server (benchmarks/soak.py reads it). ``--json``: a ``stats`` line on stdout."""
-    import asyncio
-
-    from .clock import now
-
-    while True:
-        await asyncio.sleep(args.stats_s)
-        sessions, tasks = server.sessions, len(asyncio.all_tasks())
-        if args.json:
-            record = {"type": "stats", "sessions": sessions, "tasks": tasks, "time": round(now(), 4)}
-            print(json.dumps(record), flush=True)
-        elif not args.quiet:
-            line = f"voiceloop serve: {sessions} session(s), {tasks} asyncio task(s)"
-            print(line, file=sys.stderr, flush=True)
-
-
 def cmd_devices(args: argparse.Namespace) -> int:
-    from .io.devices import list_devices
+    from ..io.devices import list_devices
 
     devices = list_devices()
     if args.json:
@@ -341,24 +261,6 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     chat.add_argument("--duration", type=float, default=None, help="stop after this many seconds (scripts)")
     add_loop_arguments(chat)
     chat.set_defaults(func=cmd_chat)
-
-    serve = sub.add_parser("serve", help="the WebRTC voice bot (aiohttp + aiortc), one pipeline per peer")
-    serve.add_argument(
-        "--host", default="127.0.0.1", help="bind address (default: %(default)s; others need a token)"
-    )
-    serve.add_argument("--port", type=int, default=8080)
-    add_access_arguments(serve)
-    serve.add_argument("--max-sessions", type=int, default=4, help="concurrent peers (503 beyond)")
-    serve.add_argument("--ice-server", action="append", help="STUN/TURN URL (repeatable; default: none)")
-    serve.add_argument(
-        "--stats-s",
-        type=float,
-        default=None,
-        metavar="S",
-        help="every S seconds, a line with the live sessions and asyncio tasks (leak watch)",
-    )
-    add_loop_arguments(serve)
-    serve.set_defaults(func=cmd_serve)
 
     devices = sub.add_parser("devices", help="list audio input/output devices")
     devices.add_argument("--json", action="store_true")

@@ -1,0 +1,193 @@
+"""``voiceloop serve``: the command, and its access flags (the bearer token's sources, exposure,
+allowed names, offer rate). What each refusal protects against is in docs/serve-security.md, the
+checks in :mod:`voiceloop.io.webrtc_guard`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..allocator import frozen_heap
+from ..errors import UserError
+from .loop import add_loop_arguments, engines_for, loop_options
+
+TOKEN_ENV = "VOICELOOP_TOKEN"
+
+
+def add_access_arguments(serve: argparse.ArgumentParser) -> None:
+    token = serve.add_mutually_exclusive_group()
+    token.add_argument(
+        "--token-file",
+        metavar="PATH",
+        help="require 'Authorization: Bearer TOKEN' on /offer, /voices, /config, the token read from PATH "
+        f"(or set {TOKEN_ENV}); the page takes it from its address after #token=",
+    )
+    token.add_argument("--token", help="the token itself (visible to every user in ps: prefer --token-file)")
+    serve.add_argument(
+        "--insecure-open",
+        action="store_true",
+        help="serve a non-loopback --host with no token: anyone who reaches the port can use the bot",
+    )
+    serve.add_argument(
+        "--public-url",
+        metavar="URL",
+        help="the address users open (a DNS name, a reverse proxy): its host is accepted in Host headers",
+    )
+    serve.add_argument(
+        "--allow-origin",
+        action="append",
+        metavar="ORIGIN",
+        help="another origin (https://app.example) whose pages may call this server (repeatable; "
+        "default: the page's own origin only)",
+    )
+    serve.add_argument(
+        "--offer-rate",
+        type=float,
+        default=12.0,
+        metavar="PER_MIN",
+        help="offers per minute per client address after a burst (429 beyond; 0: no limit; default: 12)",
+    )
+    serve.add_argument(
+        "--offer-burst",
+        type=int,
+        default=10,
+        metavar="N",
+        help="offers at once per client address (default: 10)",
+    )
+
+
+def serve_token(args: argparse.Namespace) -> str | None:
+    """The bearer token: ``--token-file``, ``--token`` (visible to every user in ``ps``), else the
+    ``VOICELOOP_TOKEN`` environment variable; None: no token."""
+    if args.token_file is not None:
+        try:
+            token = Path(args.token_file).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UserError(f"cannot read --token-file {args.token_file}: {exc}") from exc
+        if not token or any(c.isspace() for c in token):
+            raise UserError(f"--token-file {args.token_file} must hold the token alone on one line")
+        return token
+    if args.token is not None:
+        return args.token
+    env = os.environ.get(TOKEN_ENV)
+    if env is not None and not env.strip():
+        raise UserError(f"{TOKEN_ENV} is set but empty")
+    return env.strip() if env is not None else None
+
+
+def access_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The :class:`~voiceloop.io.webrtc_server.ServerOptions` fields these flags set."""
+    return {
+        "token": serve_token(args),
+        "insecure_open": args.insecure_open,
+        "public_url": args.public_url,
+        "allow_origins": tuple(args.allow_origin or ()),
+        "offer_rate_per_min": args.offer_rate,
+        "offer_burst": args.offer_burst,
+    }
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """The WebRTC voice bot: one pipeline per browser peer, one set of models for all of them.
+
+    Output: a line per session and per turn on stderr (``--quiet``: lost turns only; ``--json``:
+    every session's events as JSON lines on stdout, each tagged ``"session": N``, after a first
+    ``{"type": "listening", "url": ...}`` line). ``--metrics-out`` collects the turns of all sessions.
+    Runs until Ctrl-C or SIGTERM, then prints (``--json``) or writes the summary over all sessions.
+    """
+    import asyncio
+    import signal
+
+    from ..io.webrtc_server import ServerOptions, VoiceServer
+    from ..io.webrtc_session import ServeLog
+    from ..loop import load_handler
+
+    if args.stats_s is not None and not args.stats_s > 0:
+        raise UserError("--stats-s must be positive")
+    options = loop_options(args)
+    server_options = ServerOptions(
+        host=args.host,
+        port=args.port,
+        **access_options(args),
+        max_sessions=args.max_sessions,
+        ice_servers=list(args.ice_server or []),
+    )
+    handler = load_handler(args.handler)
+    engines = engines_for(args, options)
+    metrics = open(args.metrics_out, "w", encoding="utf-8") if args.metrics_out else None  # noqa: SIM115
+    log = ServeLog("json" if args.json else "quiet" if args.quiet else "plain", metrics=metrics)
+
+    async def main() -> None:
+        server = VoiceServer(engines, handler, options, server_options, observer=log)
+        await server.start()
+        page = server_options.public_url or server.url
+        if args.json:
+            print(json.dumps({"type": "listening", "url": server.url, "page": page}), flush=True)
+        elif not args.quiet:
+            hint = f" (open {page}#token=TOKEN)" if server_options.token else ""
+            print(f"voiceloop serve: listening on {server.url}{hint}", file=sys.stderr, flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(NotImplementedError, RuntimeError):  # not on Windows / a thread
+            loop.add_signal_handler(signal.SIGTERM, stop.set)
+        stats = loop.create_task(_serve_stats(server, args)) if args.stats_s else None
+        try:
+            await stop.wait()
+        finally:
+            if stats is not None:
+                stats.cancel()
+            await server.stop()
+
+    try:
+        with frozen_heap():
+            asyncio.run(main())
+    except KeyboardInterrupt:
+        pass  # Ctrl-C is how a server ends
+    finally:
+        log.close()
+        engines.close()
+    return 0
+
+
+async def _serve_stats(server, args: argparse.Namespace) -> None:
+    """Every ``--stats-s``: live sessions and the event loop's asyncio tasks, the leak watch of a
+    long-running server (benchmarks/soak.py reads it). ``--json``: a ``stats`` line on stdout."""
+    import asyncio
+
+    from ..clock import now
+
+    while True:
+        await asyncio.sleep(args.stats_s)
+        sessions, tasks = server.sessions, len(asyncio.all_tasks())
+        if args.json:
+            record = {"type": "stats", "sessions": sessions, "tasks": tasks, "time": round(now(), 4)}
+            print(json.dumps(record), flush=True)
+        elif not args.quiet:
+            line = f"voiceloop serve: {sessions} session(s), {tasks} asyncio task(s)"
+            print(line, file=sys.stderr, flush=True)
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    serve = sub.add_parser("serve", help="the WebRTC voice bot (aiohttp + aiortc), one pipeline per peer")
+    serve.add_argument(
+        "--host", default="127.0.0.1", help="bind address (default: %(default)s; others need a token)"
+    )
+    serve.add_argument("--port", type=int, default=8080)
+    add_access_arguments(serve)
+    serve.add_argument("--max-sessions", type=int, default=4, help="concurrent peers (503 beyond)")
+    serve.add_argument("--ice-server", action="append", help="STUN/TURN URL (repeatable; default: none)")
+    serve.add_argument(
+        "--stats-s",
+        type=float,
+        default=None,
+        metavar="S",
+        help="every S seconds, a line with the live sessions and asyncio tasks (leak watch)",
+    )
+    add_loop_arguments(serve)
+    serve.set_defaults(func=cmd_serve)
