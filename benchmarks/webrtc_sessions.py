@@ -191,7 +191,7 @@ def peers_main(args: argparse.Namespace) -> None:
 async def measure(engines: Any, loop_options: Any, count: int, args: argparse.Namespace) -> dict[str, Any]:
     import aioice.ice
 
-    from voiceloop.io.webrtc_server import ServerOptions, VoiceServer
+    from voiceloop.serve.server import ServerOptions, VoiceServer
 
     aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: ["127.0.0.1"]
     options = ServerOptions(port=0, max_sessions=count, loopback_candidates_only=True, media_timeout_s=60)

@@ -26,9 +26,9 @@ from voiceloop.cli import build_parser, main
 from voiceloop.cli.serve import access_options
 from voiceloop.dialogue import echo
 from voiceloop.errors import UserError
-from voiceloop.io.webrtc_guard import RateLimiter, client_key, is_loopback
-from voiceloop.io.webrtc_server import ServerOptions, VoiceServer
 from voiceloop.loop import LoopOptions
+from voiceloop.serve.guard import RateLimiter, client_key, is_loopback
+from voiceloop.serve.server import ServerOptions, VoiceServer
 
 pytestmark = pytest.mark.timeout(90)
 TOKEN = "s3cret"
@@ -346,7 +346,7 @@ def test_a_network_address_needs_a_token_or_insecure_open(host: str, caplog) -> 
         ServerOptions(host=host)
     ServerOptions(host=host, token=TOKEN)
     options = ServerOptions(host=host, insecure_open=True)
-    with caplog.at_level(logging.WARNING, logger="voiceloop.io.webrtc_server"):
+    with caplog.at_level(logging.WARNING, logger="voiceloop.serve.server"):
         VoiceServer(engines(), echo, LoopOptions(), options)  # not started: nothing listens
     assert any("no token" in r.getMessage() for r in caplog.records)
 
@@ -447,7 +447,7 @@ async def test_a_foreign_page_and_dns_rebinding_in_chromium(serve, caplog) -> No
     evil_port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     rules = "--host-resolver-rules=MAP rebind.test 127.0.0.1"
     try:
-        with caplog.at_level(logging.INFO, logger="voiceloop.io.webrtc_guard"):
+        with caplog.at_level(logging.INFO, logger="voiceloop.serve.guard"):
             async with async_playwright() as p:
                 browser = await p.chromium.launch(
                     executable_path=CHROMIUM, headless=True, args=[*FLAGS, rules]
@@ -466,6 +466,6 @@ async def test_a_foreign_page_and_dns_rebinding_in_chromium(serve, caplog) -> No
                     await browser.close()
     finally:
         await runner.cleanup()
-    refusals = [r.getMessage() for r in caplog.records if r.name == "voiceloop.io.webrtc_guard"]
+    refusals = [r.getMessage() for r in caplog.records if r.name == "voiceloop.serve.guard"]
     assert any("POST /offer" in m and f"'http://127.0.0.1:{evil_port}'" in m for m in refusals)
     assert served.sessions.started == [] and served.server.sessions == 0

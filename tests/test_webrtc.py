@@ -26,10 +26,10 @@ from voiceloop.dialogue import echo
 from voiceloop.errors import UserError
 from voiceloop.frames import EndOfStream
 from voiceloop.io.webrtc import WebRtcSink, WebRtcSource
-from voiceloop.io.webrtc_server import ServerOptions, VoiceServer, loopback_candidates
-from voiceloop.io.webrtc_session import ServeLog
 from voiceloop.loop import Engines, LoopOptions
 from voiceloop.pipeline import Pipeline
+from voiceloop.serve.server import ServerOptions, VoiceServer, loopback_candidates
+from voiceloop.serve.session import ServeLog
 from voiceloop.timeline import Metrics
 
 pytestmark = pytest.mark.timeout(90)

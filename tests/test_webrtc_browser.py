@@ -20,8 +20,8 @@ from speech import espeak, require_espeak
 from test_webrtc import engines, loopback_only, pipeline_tasks, until  # noqa: F401 (fixture)
 
 from voiceloop.dialogue import echo
-from voiceloop.io.webrtc_server import ServerOptions, VoiceServer
 from voiceloop.loop import LoopOptions
+from voiceloop.serve.server import ServerOptions, VoiceServer
 
 CHROMIUM = "/usr/bin/chromium"
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]

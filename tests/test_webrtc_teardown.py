@@ -20,8 +20,8 @@ import pytest
 from test_webrtc import Client, engines, loopback_only, pipeline_tasks, until  # noqa: F401 (fixture)
 
 from voiceloop.dialogue import echo
-from voiceloop.io.webrtc_server import ServerOptions, VoiceServer
 from voiceloop.loop import LoopOptions
+from voiceloop.serve.server import ServerOptions, VoiceServer
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 

@@ -1,6 +1,6 @@
 """``voiceloop serve``: the command, and its access flags (the bearer token's sources, exposure,
 allowed names, offer rate). What each refusal protects against is in docs/serve-security.md, the
-checks in :mod:`voiceloop.io.webrtc_guard`.
+checks in :mod:`voiceloop.serve.guard`.
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ def serve_token(args: argparse.Namespace) -> str | None:
 
 
 def access_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The :class:`~voiceloop.io.webrtc_server.ServerOptions` fields these flags set."""
+    """The :class:`~voiceloop.serve.server.ServerOptions` fields these flags set."""
     return {
         "token": serve_token(args),
         "insecure_open": args.insecure_open,
@@ -104,9 +104,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import asyncio
     import signal
 
-    from ..io.webrtc_server import ServerOptions, VoiceServer
-    from ..io.webrtc_session import ServeLog
     from ..loop import load_handler
+    from ..serve.server import ServerOptions, VoiceServer
+    from ..serve.session import ServeLog
 
     if args.stats_s is not None and not args.stats_s > 0:
         raise UserError("--stats-s must be positive")

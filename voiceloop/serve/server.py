@@ -5,12 +5,12 @@ answer back. Each peer gets its own pipeline (``WebRtcSource → vad → asr →
 WebRtcSink``) built by :func:`voiceloop.loop.build_pipeline`, all sharing one :class:`Engines` (models
 load once per process). Pipeline events go to the client's ``events`` data channel, one JSON object
 per message (:func:`voiceloop.io.events.event_record`); the page sends typed text to speak and voice
-changes back on the same channel (:mod:`voiceloop.io.webrtc_session` has the message formats).
-``GET /`` is the page (``voiceloop/io/web/``: plain HTML + JS, no build step), ``GET /voices`` what the
+changes back on the same channel (:mod:`voiceloop.serve.session` has the message formats).
+``GET /`` is the page (``voiceloop/serve/web/``: plain HTML + JS, no build step), ``GET /voices`` what the
 TTS engine offers.
 
 Defaults are for a machine you trust: bind 127.0.0.1, no STUN/TURN (``iceServers=[]``; aiortc would
-otherwise contact Google's STUN server). :mod:`voiceloop.io.webrtc_guard` checks every request first
+otherwise contact Google's STUN server). :mod:`voiceloop.serve.guard` checks every request first
 (Host, Origin, bearer token, offers per client address, the offer's body; docs/serve-security.md);
 exposing the server needs a token or ``insecure_open``, and sessions are bounded (503). A peer is dropped
 when its connection fails or closes, its data channel closes (tab closed), it never connects, or its
@@ -30,11 +30,11 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from ..errors import UserError
+from ..io.webrtc import WebRtcSink, WebRtcSource
 from ..loop import Engines, LoopOptions, build_pipeline
 from ..pipeline import Pipeline
-from .webrtc import WebRtcSink, WebRtcSource
-from .webrtc_guard import Guard, RateLimiter, Refused, check_options, is_loopback
-from .webrtc_session import Session, voice_catalog
+from .guard import Guard, RateLimiter, Refused, check_options, is_loopback
+from .session import Session, voice_catalog
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +48,8 @@ PAGE_HEADERS = {
 
 
 def web_file(name: str) -> str:
-    """A file of the bundled page (``voiceloop/io/web/``)."""
-    return (resources.files("voiceloop.io") / "web" / name).read_text(encoding="utf-8")
+    """A file of the bundled page (``voiceloop/serve/web/``)."""
+    return (resources.files("voiceloop.serve") / "web" / name).read_text(encoding="utf-8")
 
 
 class SessionObserver(Protocol):
@@ -89,7 +89,7 @@ class ServerOptions:
     max_body_bytes: int = 64 * 1024  # an SDP offer is a few KiB
     #: STUN/TURN servers for the peer connections: urls ("stun:host:port") or aiortc RTCIceServer
     ice_servers: list[Any] = field(default_factory=list)
-    page: str | None = None  # what GET / returns; None: the bundled page (voiceloop/io/web/index.html)
+    page: str | None = None  # what GET / returns; None: the bundled page (voiceloop/serve/web/index.html)
     #: a peer that is not connected this long after its offer is dropped (it vanished mid-handshake)
     connect_timeout_s: float = 20.0
     #: a connected peer whose microphone sends nothing this long is dropped (tab crashed, network

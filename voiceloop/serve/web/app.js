@@ -1,5 +1,5 @@
 // voiceloop's browser page: microphone → WebRTC → the bot, its voice back, its events as a live view.
-// Plain JS, no build step. Message formats: voiceloop/io/webrtc_session.py. A bearer token, when the
+// Plain JS, no build step. Message formats: voiceloop/serve/session.py. A bearer token, when the
 // server wants one, comes from the page address after the #: http://host:port/#token=TOKEN. A fragment
 // never reaches the server (no access logs) nor a Referer; the page keeps it for the tab
 // (sessionStorage, so a reload works) and takes it out of the address bar.

@@ -33,12 +33,12 @@ from typing import IO, Any
 from ..clock import now
 from ..dialogue import DialogueStage
 from ..frames import Frame, TurnError, TurnMetrics
+from ..io.events import event_record, pipeline_counters
+from ..io.webrtc import WebRtcSink, WebRtcSource
 from ..pipeline import Pipeline
 from ..timeline import Metrics
 from ..tts import TtsStage
 from ..tts.base import TtsEngine
-from .events import event_record, pipeline_counters
-from .webrtc import WebRtcSink, WebRtcSource
 
 log = logging.getLogger(__name__)
 
