@@ -322,7 +322,8 @@ def test_gate_options_are_checked():
 
 # -- modes and the stage -------------------------------------------------------------------------
 def test_modes_and_fallback(monkeypatch, bot24):
-    assert resolve_mode("off") == "off" and resolve_mode(None) in ("aec", "gate")
+    assert resolve_mode("off") == "off" and resolve_mode(None) == resolve_mode("auto")
+    assert resolve_mode("auto") == ("aec+gate" if aec_available() else "gate")  # one "auto", CLI and library
     with pytest.raises(EchoModeError, match="echo mode") as info:
         resolve_mode("loud")
     assert isinstance(info.value, UserError) and isinstance(info.value, ValueError)

@@ -17,28 +17,41 @@ from pathlib import Path
 from typing import Any
 
 from .asr.base import DEFAULT_MODEL as DEFAULT_ASR
+from .asr.base import AsrEngine
 from .compute import ComputeLane, share_cores
 from .dialogue import DialogueOptions, DialogueStage, echo
+from .engines import EngineSettings, parse_spec
+from .engines import load as load_engine
 from .errors import UserError
+from .model_options import PRECISIONS
 from .pipeline import BargeInOptions, Pipeline, Stage
 from .timeline import Metrics
+from .tts.base import TtsEngine
 from .vad import TurnOptions, VadOptions, VadStage
 
 DEFAULT_TTS = "2Noise/ChatTTS"
-PRECISIONS = ("auto", "fp32", "int8", "bf16", "fp16")
 
 
 @dataclass
 class LoopOptions:
     """Everything a conversation loop is built from; defaults are the real models from the hub."""
 
-    asr: str = DEFAULT_ASR  # hub id or local directory
-    asr_backend: str = "torch"  # torch | onnx
+    #: ``ENGINE:MODEL``, or a model of the default engine (wav2vec2 / chattts): a hub id or a local
+    #: directory; ``espeak`` alone is the offline espeak-ng voice (see :mod:`voiceloop.engines`)
+    asr: str = DEFAULT_ASR
     tts: str = DEFAULT_TTS
-    tts_backend: str = "auto"  # the GPT's: auto (onnxruntime on CPUs when installed) | torch | onnx
-    #: fast: each reply's audio as soon as it is decoded; smooth: its start waits until the rest
-    #: can follow without gaps (ChatTtsOptions.start; worth it below ~2x real-time synthesis)
-    tts_start: str = "fast"
+    #: engine options by name, for the default engines (None: the engine's default). wav2vec2:
+    #: backend torch | onnx; chattts: backend (the GPT's runtime) auto | torch | onnx, start fast |
+    #: smooth (smooth: a reply's start waits until the rest can follow without gaps; worth it below
+    #: ~2x real-time synthesis), max_seconds per sentence
+    asr_backend: str | None = None
+    tts_backend: str | None = None
+    tts_start: str | None = None
+    tts_max_seconds: float | None = None
+    #: an engine's own options object (``ChatTtsOptions``, ``EspeakOptions``, ...) instead of the
+    #: named fields above; it travels to the engine's loader as it is
+    asr_options: Any = None
+    tts_options: Any = None
     voice: str | None = None  # seed:N | name | speaker string | file; None: one random voice per session
     precision: str = "auto"  # auto: int8 on CPU (the only way near real time there); CUDA: AUTO_PRECISION
     device: str = "auto"
@@ -66,68 +79,64 @@ class LoopOptions:
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
-        if self.asr_backend not in ("torch", "onnx"):
+        if self.asr_backend not in (None, "torch", "onnx"):
             raise ValueError(f"asr_backend must be torch or onnx, got {self.asr_backend!r}")
-        if self.tts_backend not in ("auto", "torch", "onnx"):
+        if self.tts_backend not in (None, "auto", "torch", "onnx"):
             raise ValueError(f"tts_backend must be auto, torch or onnx, got {self.tts_backend!r}")
-        if self.tts_start not in ("fast", "smooth"):
+        if self.tts_start not in (None, "fast", "smooth"):
             raise ValueError(f"tts_start must be fast or smooth, got {self.tts_start!r}")
+        if self.tts_max_seconds is not None and not self.tts_max_seconds > 0:
+            raise ValueError(f"tts_max_seconds must be positive, got {self.tts_max_seconds!r}")
+        self.asr_spec = parse_spec(self.asr, "asr")  # an unknown engine name fails here, before loading
+        self.tts_spec = parse_spec(self.tts, "tts")
         if self.turn_model is not None:
             self.turn.check_frames(self.vad.end_silence_ms)  # refused before any model loads, not after
 
-
-#: precision="auto" per engine and device. CUDA (benchmarks/gpu.sh: results/*-cuda.json): the ASR's
-#: steps are faster in fp16 than in fp32; the TTS's GPT steps are launch-bound (one token at a time)
-#: and slower in fp16 (more kernels per step), so the TTS stays fp32.
-AUTO_PRECISION = {
-    ("asr", "cpu"): "int8",
-    ("tts", "cpu"): "int8",
-    ("asr", "cuda"): "fp16",
-    ("tts", "cuda"): "fp32",
-}
-
-
-def model_options(device: str, precision: str, threads: int | None, engine: str = "asr"):
-    """The ``ModelOptions`` for a precision choice (auto: :data:`AUTO_PRECISION`, fp32 elsewhere)."""
-    from .compute import ModelOptions
-
-    base = ModelOptions(device=device, threads=threads)
-    resolved = base.resolve_device().type
-    if precision == "auto":
-        precision = AUTO_PRECISION.get((engine, resolved), "fp32")
-    if precision == "int8":
-        return ModelOptions(device="cpu", quantize="int8", threads=threads)
-    return ModelOptions(device=device, dtype=precision, threads=threads)
+    def engine_settings(self, kind: str) -> EngineSettings:
+        """What the ``kind`` ("asr" | "tts") engine is loaded with: device, precision, threads and
+        its options (the own object, or the named fields that were set)."""
+        if kind == "asr":
+            own, threads, named = self.asr_options, self.asr_threads, {"backend": self.asr_backend}
+        else:
+            own, threads = self.tts_options, self.tts_threads
+            named = {
+                "backend": self.tts_backend,
+                "start": self.tts_start,
+                "max_seconds": self.tts_max_seconds,
+            }
+        given = {name: value for name, value in named.items() if value is not None}
+        if own is not None and given:
+            raise UserError(
+                f"give the {kind} engine's options as {kind}_options or as named fields, not both"
+            )
+        return EngineSettings(self.device, self.precision, threads, own if own is not None else given)
 
 
 @dataclass
 class Engines:
-    """The loaded models: load once, share across every pipeline (sessions) of the process."""
+    """The loaded models: load once, share across every pipeline (sessions) of the process. The
+    loop knows them only through the engine ABCs (:class:`AsrEngine`, :class:`TtsEngine`)."""
 
-    asr: Any
-    tts: Any
+    asr: AsrEngine
+    tts: TtsEngine
     turn: Any = None  # a voiceloop.vad.TurnModel, or None
 
     def warm_up(self) -> None:
         """Pay first-inference costs now, not during the first turn (which would then drop audio)."""
         import numpy as np
 
-        self.asr.lane.call(self.asr.transcribe, np.zeros(16_000, np.int16))
+        self.asr.warm_up()
         self.tts.warm_up()
         if self.turn is not None:
             self.turn.probability(np.zeros(16_000, np.int16))
 
     @property
     def on_cpu(self) -> bool:
-        asr_device = str(getattr(self.asr.checkpoint, "device", "cpu"))  # ONNX checkpoints: CPU
-        tts_device = getattr(self.tts, "device", None) or self.tts.gpt.device  # engines without a GPT say it
-        return asr_device.startswith("cpu") and str(tts_device).startswith("cpu")
+        return all(str(engine.device).startswith("cpu") for engine in (self.asr, self.tts))
 
     def close(self) -> None:
         for engine in (self.asr, self.tts):
-            lane = getattr(engine, "lane", None)
-            if lane is not None:
-                lane.close()
+            engine.close()
 
 
 def load_engines(options: LoopOptions) -> Engines:
@@ -137,9 +146,14 @@ def load_engines(options: LoopOptions) -> Engines:
     (``share_cores``): torch ops from a second thread — even just loading — slow small ops down.
     """
     compute = ComputeLane("compute")
-    engines = compute.call(_load_engines, options)
-    if options.share_cores and engines.on_cpu:
-        share_cores(compute, engines.asr.lane, engines.tts.lane)
+    try:
+        engines = compute.call(_load_engines, options)
+    except BaseException:
+        compute.close()
+        raise
+    lanes = [*engines.asr.lanes, *engines.tts.lanes]
+    if options.share_cores and engines.on_cpu and lanes:
+        share_cores(compute, *lanes)
     else:
         compute.close()
     engines.warm_up()
@@ -147,31 +161,15 @@ def load_engines(options: LoopOptions) -> Engines:
 
 
 def _load_engines(options: LoopOptions) -> Engines:
-    from .asr.streaming import Wav2Vec2Engine
-    from .tts.chattts.engine import ChatTts, ChatTtsOptions
-    from .tts.chattts.play_through import SMOOTH_SCHEDULE
-
     turn = None
     if options.turn_model is not None:  # first: small, and a wrong path should not wait for the big models
         from .vad import SmartTurnModel
 
         turn = SmartTurnModel.from_pretrained(options.turn_model)
-
-    if options.asr_backend == "onnx":
-        from .asr.onnx import OnnxCheckpoint
-
-        checkpoint = OnnxCheckpoint.from_directory(options.asr, threads=options.asr_threads)
-        asr = Wav2Vec2Engine(checkpoint)
-    else:
-        asr_model = model_options(options.device, options.precision, options.asr_threads)
-        asr = Wav2Vec2Engine.from_pretrained(options.asr, asr_model)
-    tts_model = model_options(options.device, options.precision, options.tts_threads, engine="tts")
-    tts_options = ChatTtsOptions(model=tts_model, gpt_backend=options.tts_backend)
-    if options.tts_start == "smooth":  # the gate, and pieces that grow slowly enough to need little hold
-        tts_options = replace(tts_options, start="smooth", stream=SMOOTH_SCHEDULE)
-    tts = ChatTts.from_pretrained(options.tts, tts_options)
+    asr = load_engine(options.asr_spec, "asr", options.engine_settings("asr"))
+    tts = load_engine(options.tts_spec, "tts", options.engine_settings("tts"))
     if options.voice is not None:
-        tts.speaker(options.voice)  # fail now, not at the first reply
+        tts.check_voice(options.voice)  # fail now, not at the first reply
     return Engines(asr, tts, turn)
 
 

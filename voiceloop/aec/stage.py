@@ -53,8 +53,10 @@ class EchoModeError(UserError, ValueError):
 
 
 def default_mode() -> str:
-    """The default mode: "aec" when the AEC engine is installed, else "gate"."""
-    return "aec" if aec_available() else "gate"
+    """What "auto" means everywhere (CLI, library): AEC3 and the energy gate judging what it
+    leaves ("aec+gate") when the AEC engine is installed, else the gate alone. The gate catches
+    what the canceller misses while it converges or when play-time estimates are off."""
+    return "aec+gate" if aec_available() else "gate"
 
 
 def resolve_mode(mode: str | None) -> str:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -68,11 +70,45 @@ async def _unsupported() -> None:
     return None
 
 
+@dataclass(frozen=True)
+class AsrCapabilities:
+    """What an engine can do, for the stage and the CLI."""
+
+    streaming_partials: bool = True  # PartialTranscripts while the user speaks
+    preview_final: bool = False  # AsrSession.finalize_preview works (preemptive replies, turn checks)
+
+
 class AsrEngine(ABC):
-    """A loaded recognition model; ``session()`` is cheap and may be called per pipeline."""
+    """A loaded recognition model; ``session()`` is cheap and may be called per pipeline.
+
+    Everything the loop needs is declared here: the input ``sample_rate``, the compute ``device``,
+    ``capabilities``, ``warm_up()`` before the first turn and ``close()`` at the end. An engine is
+    registered by name in the ``voiceloop.asr_engines`` entry-point group (:mod:`voiceloop.engines`).
+    """
 
     sample_rate: int = 16_000
 
     @abstractmethod
     def session(self) -> AsrSession:
         """A new independent stream on this model."""
+
+    @property
+    def device(self) -> str:
+        """Where the engine computes ("cpu", "cuda:0", ...): the loop shares the cores on a CPU."""
+        return "cpu"
+
+    @property
+    def capabilities(self) -> AsrCapabilities:
+        return AsrCapabilities()
+
+    def warm_up(self) -> None:
+        """Pay first-inference costs now (blocking), not during the first turn (it would drop audio)."""
+
+    @property
+    def lanes(self) -> list[Any]:
+        """The :class:`~voiceloop.compute.ComputeLane` threads it computes on (none: off-process or
+        trivial work); on a CPU the loop has every engine's lanes take turns (``share_cores``)."""
+        return []
+
+    def close(self) -> None:
+        """Release the engine's threads; no sessions after this."""

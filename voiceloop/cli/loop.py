@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -22,24 +21,35 @@ def add_loop_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("--handler", help="module:function or file.py:function (default: echo)")
     parser.add_argument(
-        "--asr", default=DEFAULT_ASR, help="ASR hub id or local directory (default: %(default)s)"
+        "--asr",
+        default=DEFAULT_ASR,
+        metavar="[ENGINE:]MODEL",
+        help="speech recognition: ENGINE:MODEL, or a hub id / local directory of the default wav2vec2 "
+        "engine (default: %(default)s)",
     )
-    parser.add_argument("--asr-backend", choices=("torch", "onnx"), default="torch")
     parser.add_argument(
-        "--tts", default=DEFAULT_TTS, help="ChatTTS hub id or local directory (default: %(default)s)"
+        "--asr-backend", choices=("torch", "onnx"), default=None, help="wav2vec2: torch (default) | onnx"
+    )
+    parser.add_argument(
+        "--tts",
+        default=DEFAULT_TTS,
+        metavar="[ENGINE:]MODEL",
+        help="speech synthesis: chattts:HUB_ID|DIR (the default engine: a bare hub id or directory "
+        "means chattts), espeak[:VOICE] (offline, espeak-ng), or a plugin's ENGINE:MODEL "
+        "(default: %(default)s)",
     )
     parser.add_argument(
         "--tts-backend",
         choices=("auto", "torch", "onnx"),
-        default="auto",
-        help="the TTS GPT's runtime; auto (default): onnxruntime on CPUs (1.5x faster steps), else torch",
+        default=None,
+        help="chattts: the GPT's runtime; auto (default): onnxruntime on CPUs (faster steps), else torch",
     )
     parser.add_argument(
         "--tts-start",
         choices=("fast", "smooth"),
-        default="fast",
-        help="fast (default): a reply plays as soon as its first audio is decoded; smooth: it waits "
-        "until the rest can follow without gaps (for CPUs that synthesize below ~2x real time)",
+        default=None,
+        help="chattts: fast (default): a reply plays as soon as its first audio is decoded; smooth: it "
+        "waits until the rest can follow without gaps (for CPUs that synthesize below ~2x real time)",
     )
     parser.add_argument("--voice", help="seed:N | a saved voice name | a speaker string | a file holding one")
     parser.add_argument(
@@ -101,6 +111,7 @@ def loop_options(args: argparse.Namespace):
         tts=args.tts,
         tts_backend=args.tts_backend,
         tts_start=args.tts_start,
+        tts_max_seconds=args.tts_max_seconds,
         voice=args.voice,
         precision=args.precision,
         device=args.device,
@@ -118,16 +129,7 @@ def engines_for(args: argparse.Namespace, options):
     from ..loop import load_engines
 
     with no_progress_bars() if args.quiet else contextlib.nullcontext():  # --quiet: errors only
-        engines = load_engines(options)
-    if args.tts_max_seconds is not None:
-        if args.tts_max_seconds <= 0:
-            raise UserError("--tts-max-seconds must be positive")
-        tts = engines.tts
-        from ..tts.chattts.engine import STEPS_PER_SECOND
-
-        steps = max(1, math.ceil(args.tts_max_seconds * STEPS_PER_SECOND))
-        tts.options.sampling = replace(tts.options.sampling, max_new_tokens=steps)
-    return engines
+        return load_engines(options)
 
 
 def _view(args: argparse.Namespace):
@@ -214,14 +216,11 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
 
 def echo_stage(mode: str):
-    """The echo stage for ``--echo`` (None for "off"); "auto": AEC3 + energy gate when livekit is
-    installed (the gate catches what AEC misses when play-time estimates are off), else the gate."""
+    """The echo stage for ``--echo`` (None for "off"); "auto" is :func:`voiceloop.aec.default_mode`."""
     if mode == "off":
         return None
-    from ..aec import EchoReference, EchoStage, aec_available
+    from ..aec import EchoReference, EchoStage
 
-    if mode == "auto":
-        mode = "aec+gate" if aec_available() else "gate"
     return EchoStage(EchoReference(), mode)
 
 

@@ -68,11 +68,11 @@ def _voice(engine: ChatTts, spec: str | None, save_as: str | None):
     """The speaker vector for ``--voice``; without one, a fresh random voice (printed, so it can be kept)."""
     from ..tts.chattts.speaker import resolve_voice
 
-    speaker = resolve_voice(spec, engine.stats, engine.voices) if spec else engine.random_voice()
+    speaker = resolve_voice(spec, engine.stats, engine.voice_store) if spec else engine.random_voice()
     if save_as:
         if speaker is None:
             raise UserError("--save-voice needs a voice: these assets have no spk_stat to sample one from")
-        print(f"saved voice {save_as!r} to {engine.voices.save(save_as, speaker)}", file=sys.stderr)
+        print(f"saved voice {save_as!r} to {engine.voice_store.save(save_as, speaker)}", file=sys.stderr)
     return None if speaker is None else engine.speaker(speaker)
 
 

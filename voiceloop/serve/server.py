@@ -265,7 +265,6 @@ class VoiceServer:
             pipeline,
             catalog=self.voices(),
             max_say_chars=self.options.max_say_chars,
-            spawn=self._spawn,
         )
         pipeline.add_observer(session.send_event)
         self._wire(session)
@@ -369,8 +368,7 @@ class VoiceServer:
         if task is not None and not task.done() and task is not asyncio.current_task():
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
-        await session.pc.close()
-        await session.aclose()
+        await session.pc.close()  # the pipeline's stages closed their engine sessions as it ended
         if self._sessions.pop(session.id, None) is not None and self.observer is not None:
             try:
                 self.observer.session_ended(session.id, session.pipeline)

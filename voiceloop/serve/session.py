@@ -27,7 +27,6 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from collections.abc import Callable
 from typing import IO, Any
 
 from ..clock import now
@@ -101,7 +100,6 @@ class Session:
         *,
         catalog: dict[str, Any],
         max_say_chars: int = 500,
-        spawn: Callable[[Any], None] | None = None,
     ) -> None:
         self.id = sid
         self.pc = pc
@@ -117,8 +115,6 @@ class Session:
         self.backlog: list[str] = []
         self.closing = False
         self.watchdog: Any = None
-        self._spawn = spawn
-        self._retired: list[Any] = []  # TTS sessions replaced by a voice change, closed when idle
         self.send({"type": "session", "session": sid, "voice": self.tts.voice})
 
     # -- server → page ---------------------------------------------------------------------
@@ -191,34 +187,12 @@ class Session:
     def set_voice(self, spec: Any) -> None:
         """Switch this session's TTS voice (validated; applies from the next piece)."""
         voice = self._voice(spec)
-        tts = self.tts
-        if tts.session is not None:  # running: a new engine session with the voice replaces it
-            replacement = tts.engine.session(voice)  # the engine's own error for a broken voice
-            self._retired.append(tts.session)
-            tts.session = replacement
-        tts.voice = voice
-        if not self.pipeline.bot_active():
-            self._close_retired()
+        self.tts.set_voice(voice)  # the engine's own error for a broken voice
         self.send({"type": "voice", "voice": voice})
 
     def _voice(self, spec: Any) -> str | None:
         checked = check_voice(spec, self.catalog)
         return checked if checked is not None else self.catalog["default"]
-
-    def _close_retired(self) -> None:
-        retired, self._retired = self._retired, []
-        for session in retired:
-            if self._spawn is not None:
-                self._spawn(session.aclose())
-
-    async def aclose(self) -> None:
-        """Release what the session holds beyond its pipeline (replaced TTS sessions)."""
-        retired, self._retired = self._retired, []
-        for session in retired:
-            try:
-                await session.aclose()
-            except Exception:
-                log.warning("session %s: closing a TTS session failed", self.id, exc_info=True)
 
 
 class ServeLog:

@@ -28,8 +28,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..clock import thread_work
+from ..engines import EngineSettings, take_options
 from ..errors import UserError
-from .base import TtsEngine, TtsSession
+from .base import TtsCapabilities, TtsEngine, TtsSession
 
 log = logging.getLogger(__name__)
 
@@ -56,15 +57,6 @@ class UnknownVoiceError(UserError):
 
 class EspeakError(RuntimeError):
     """espeak-ng failed or wrote something that is not 16-bit mono PCM WAV."""
-
-
-@dataclass(frozen=True)
-class TtsCapabilities:
-    """What an engine can do, for callers that pick options per engine."""
-
-    streaming: bool  # audio arrives while the piece is still being synthesized
-    voices: bool  # session(voice=...) selects among several voices
-    seed_voices: bool  # session(voice="seed:N") gives a reproducible voice per N
 
 
 @dataclass(frozen=True)
@@ -386,3 +378,10 @@ def _kill(process: asyncio.subprocess.Process) -> None:
     if process.returncode is None:
         with contextlib.suppress(ProcessLookupError):  # exited, not yet reaped
             process.kill()
+
+
+def load(model: str | None, settings: EngineSettings) -> EspeakTts:
+    """The plugin entry (``--tts espeak[:VOICE]``): named options are :class:`EspeakOptions` fields."""
+    return EspeakTts.from_pretrained(
+        model, take_options("espeak", settings.options, EspeakOptions, EspeakOptions)
+    )

@@ -25,11 +25,28 @@ class TtsStage(Stage):
         self.engine = engine
         self.voice = voice
         self.session: TtsSession | None = None
+        self._retired: list[TtsSession] = []  # replaced by a voice change; closed once idle
 
     async def start(self) -> None:
         self.session = self.engine.session(self.voice)
 
+    def set_voice(self, voice: str | None) -> None:
+        """Speak with ``voice`` from the next piece on (a piece being spoken finishes in the old
+        one). The engine checks the voice now: a bad one raises and nothing changes."""
+        if self.session is not None:
+            replacement = self.engine.session(voice)
+            self._retired.append(self.session)
+            self.session = replacement
+        self.voice = voice
+
+    async def _close_retired(self) -> None:
+        retired, self._retired = self._retired, []
+        for session in retired:
+            await session.aclose()
+
     async def process(self, frame: Frame) -> None:
+        if self._retired:
+            await self._close_retired()
         if not isinstance(frame, ReplyText):
             await self.forward(frame)
             return
@@ -50,5 +67,6 @@ class TtsStage(Stage):
             self.session.cancel()
 
     async def stop(self) -> None:
+        await self._close_retired()
         if self.session is not None:
             await self.session.aclose()

@@ -114,7 +114,7 @@ class ChatTts(TtsEngine):
         self.code_decoder = code_decoder
         self.stats = stats
         self.options = options
-        self.voices = voices or VoiceStore()
+        self.voice_store = voices or VoiceStore()
         if next(vocos.parameters()).device.type == "cpu":
             tune_for_inference()  # per-step buffers stay in the heap (see voiceloop.allocator)
         threads = options.model.threads
@@ -186,7 +186,7 @@ class ChatTts(TtsEngine):
 
     def speaker(self, voice: str | None) -> torch.Tensor | None:
         """A voice spec (``seed:N``, a saved name, a speaker string or file) → speaker vector."""
-        spk = resolve_voice(voice, self.stats, self.voices)
+        spk = resolve_voice(voice, self.stats, self.voice_store)
         return None if spk is None else decode_speaker(spk)
 
     def random_voice(self) -> str | None:
@@ -324,8 +324,22 @@ class ChatTts(TtsEngine):
     def session(self, voice: str | None = None) -> ChatTtsSession:
         return ChatTtsSession(self, voice)
 
+    @property
+    def device(self) -> str:
+        return str(self.gpt.device)
+
+    @property
+    def lanes(self) -> list[ComputeLane]:
+        return [self.lane]
+
+    def check_voice(self, voice: str) -> None:
+        self.speaker(voice)
+
+    def close(self) -> None:
+        self.lane.close()
+
     def voice_names(self) -> list[str]:
-        return self.voices.names()
+        return self.voice_store.names()
 
     @property
     def seed_voices(self) -> bool:
