@@ -7,8 +7,9 @@ layout (``benchmarks/tts.py``'s assets: 20 layers, hidden 768) cost what the rel
 
 Per precision (fp32, int8) three steppers on the same weights, loaded the way the engine loads them
 (``ChatTtsGpt.load``): ``LlamaModel`` (``lean=False``), ``LeanLlama`` (the torch backend) and
-``OrtLlama`` (the onnx backend). Each repetition runs every stepper once, in rotating order, on a
-fresh cache: one prompt pass (``--prompt`` positions), then ``--steps`` one-token steps, each timed.
+``OrtLlama`` (the onnx backend). Each repetition gives every stepper a fresh cache and one prompt
+pass (``--prompt`` positions), then ``--steps`` one-token steps, the steppers taking turns step by
+step (the order rotating), so a busy moment of the machine hits all of them alike.
 ``stack``: the transformer alone (the step API); ``generate``: a whole ``ChatTtsGpt.generate`` step
 (stack, code heads, sampling). Rows (int8): N sequences one position each, as N concurrent sessions
 step — torch's ``forward_rows`` (one pass; what ``OrtLlama.forward_rows`` sends 2+ rows to) against
@@ -18,7 +19,9 @@ repetition's median step.
     python benchmarks/gpt_step.py [--threads 2] [--reps 5] [--steps 24] [--prompt 45] [--rows 1,2,4,8]
 
 Prints tables and writes ``benchmarks/results/gpt_step.json`` (with the load average: on a shared
-machine the ratios measured side by side are what holds).
+machine the ratios measured side by side are what holds). Where other jobs hold a core, torch's
+OpenMP barriers wait on descheduled threads and multi-threaded torch steps grow many times over
+(onnxruntime's far less): compare backends there with ``--threads 1``.
 """
 
 from __future__ import annotations
