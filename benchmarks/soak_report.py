@@ -127,6 +127,7 @@ def analyse(raw: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
         "idle": idle,
         "sessions": {
             "opened": opened,
+            "opened_per_peer": [r["sessions"] for r in peers],
             "reconnects": opened - sum(1 for r in peers if r["sessions"]),
             "lost": len(lost),
             "lost_detail": lost,

@@ -32,7 +32,7 @@ async def test_one_minute_soak_loses_no_session_and_leaks_no_fd_or_task(chattts_
     assert sessions["lost"] == 0, sessions["lost_detail"]
     assert all(n > 0 for n in turns["answered_per_peer"]), turns
     assert len(turns["answered_per_peer"]) == 4
-    assert sessions["reconnects"] >= 4, sessions  # each peer reconnected at least once
+    assert all(n >= 2 for n in sessions["opened_per_peer"]), sessions  # every peer reconnected
     assert turns["barge_ins"] > 0 and turns["interruptions"] > 0, turns
     assert result["server"]["exit_code"] == 0 and result["server"]["tracebacks"] == 0, result["server"]
     assert turns["server_turn_errors"] == 0
