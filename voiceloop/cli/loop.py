@@ -10,10 +10,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from ..allocator import frozen_heap
 from ..errors import UserError
-
-SPEAKER_BARGE_IN_MS = 300  # chat with echo handling: speech needed before a barge-in (see cmd_chat)
 
 
 def add_loop_arguments(parser: argparse.ArgumentParser) -> None:
@@ -124,95 +121,71 @@ def loop_options(args: argparse.Namespace):
     )
 
 
-def engines_for(args: argparse.Namespace, options):
-    from ..hub import no_progress_bars
-    from ..loop import load_engines
-
-    with no_progress_bars() if args.quiet else contextlib.nullcontext():  # --quiet: errors only
-        return load_engines(options)
-
-
 def _view(args: argparse.Namespace):
     from ..io.console import make_view
 
     return make_view("json" if args.json else "quiet" if args.quiet else "live")
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    """The whole loop on a file: a time-aligned recording of the bot side + the latency timeline."""
-    from ..clock import run
-    from ..io.files import FileSource, WavSink
-    from ..loop import build_pipeline, load_handler
-    from ..timeline import Metrics
+def agent_for(args: argparse.Namespace, options=None, *, echo: str = "off"):
+    """The :class:`voiceloop.Agent` the flags describe, its engines loaded (quietly with --quiet)."""
+    from ..agent import Agent
+    from ..hub import no_progress_bars
 
-    if not Path(args.input).is_file():
-        raise UserError(f"input file {args.input!r} does not exist")
-    options = loop_options(args)
-    handler = load_handler(args.handler)
-    # Trailing silence lets the last utterance reach its end of speech and its reply play out.
-    # Paced like a microphone; without --realtime the clock skips idle waits (compute still takes
-    # real time, so the latencies stay honest) and a file runs faster than it lasts.
-    source = FileSource(args.input, pace=True, tail_silence_s=args.tail_s)
-    engines = engines_for(args, options)
-    metrics = Metrics.to_file(args.metrics_out) if args.metrics_out else Metrics()
-    sink = WavSink(args.output, engines.tts.sample_rate)
-    pipeline = build_pipeline(source, sink, engines, handler, options, metrics=metrics)
-    view = _view(args)
-    view.attach(pipeline)
-    try:
-        with view, frozen_heap():
-            run(pipeline.run(), clock="real" if args.realtime else "fast")
-    finally:
-        summary = metrics.close()
-        engines.close()
+    agent = Agent(args.handler, echo=echo, options=options or loop_options(args))
+    with no_progress_bars() if args.quiet else contextlib.nullcontext():  # --quiet: errors only
+        return agent.load()
+
+
+def _finish(args: argparse.Namespace, summary: dict, done: str | None = None) -> int:
     if args.json:
         print(json.dumps({"type": "summary", **summary}, ensure_ascii=False), flush=True)
-    elif not args.quiet:
+    elif done is not None and not args.quiet:
         v2v = summary.get("durations", {}).get("voice_to_voice")
-        turns = summary.get("turns", len(metrics.finished))
         latency = f", voice-to-voice p50 {v2v['p50']:.3f} s" if v2v else ""
-        print(f"wrote {args.output}: {turns} turn(s){latency}", file=sys.stderr)
+        print(f"{done}: {summary.get('turns', 0)} turn(s){latency}", file=sys.stderr)
     return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """The whole loop on a file: a time-aligned recording of the bot side + the latency timeline."""
+    if not Path(args.input).is_file():
+        raise UserError(f"input file {args.input!r} does not exist")
+    options = loop_options(args)  # bad flags fail before any model loads
+    with agent_for(args, options) as agent:
+        view = _view(args)
+        summary = agent.run_file(
+            args.input,
+            args.output,
+            realtime=args.realtime,
+            tail_s=args.tail_s,
+            metrics_out=args.metrics_out,
+            on_pipeline=lambda pipeline: (view.attach(pipeline), view)[1],
+        )
+    return _finish(args, summary, f"wrote {args.output}")
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
     """The live loop on the desktop: microphone → … → speaker, until Ctrl-C."""
-    from ..clock import run
-    from ..io.devices import MicSource, SpeakerSink, pick_device
-    from ..loop import build_pipeline, load_handler
-    from ..timeline import Metrics
+    from ..agent import SPEAKER_BARGE_IN_MS
+    from ..io.devices import pick_device
 
     options = loop_options(args)
-    handler = load_handler(args.handler)
-    # Devices first: a missing microphone should not cost a model download.
-    mic_index = pick_device(args.input_device, "input")
-    speaker_index = pick_device(args.output_device, "output")
-    engines = engines_for(args, options)
-    metrics = Metrics.to_file(args.metrics_out) if args.metrics_out else Metrics()
     if args.duration is not None and args.duration <= 0:
         raise UserError("--duration must be positive")
-    source = MicSource(mic_index, max_seconds=args.duration)
-    sink = SpeakerSink(speaker_index, sample_rate=engines.tts.sample_rate)
-    echo = echo_stage(args.echo)
-    if echo is not None and args.barge_in_ms is None:
-        # On speakers a leak of the bot's own voice past the canceller is short; asking for 300 ms of
-        # speech before a barge-in counts rejects it (measured: 2 self-interruptions in 12 loopback runs
-        # without this, on a full-level digital echo).
-        options.barge_in = replace(options.barge_in, min_speech_ms=SPEAKER_BARGE_IN_MS)
-    pipeline = build_pipeline(source, sink, engines, handler, options, metrics=metrics, echo=echo)
-    view = _view(args)
-    view.attach(pipeline)
-    try:
-        with view, frozen_heap():
-            run(pipeline.run(), clock="real")
-    except KeyboardInterrupt:
-        pass  # Ctrl-C is how a chat ends
-    finally:
-        summary = metrics.close()
-        engines.close()
-    if args.json:
-        print(json.dumps({"type": "summary", **summary}, ensure_ascii=False), flush=True)
-    return 0
+    pick_device(args.input_device, "input")  # devices first: a missing microphone costs no model load
+    pick_device(args.output_device, "output")
+    with agent_for(args, options, echo=args.echo) as agent:
+        view = _view(args)
+        summary = agent.chat(
+            input_device=args.input_device,
+            output_device=args.output_device,
+            duration=args.duration,
+            metrics_out=args.metrics_out,
+            on_pipeline=lambda pipeline: (view.attach(pipeline), view)[1],
+            speaker_barge_in_ms=None if args.barge_in_ms is not None else SPEAKER_BARGE_IN_MS,
+        )
+    return _finish(args, summary)
 
 
 def echo_stage(mode: str):

@@ -6,16 +6,14 @@ checks in :mod:`voiceloop.serve.guard`.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import sys
 from pathlib import Path
 from typing import Any
 
-from ..allocator import frozen_heap
 from ..errors import UserError
-from .loop import add_loop_arguments, engines_for, loop_options
+from .loop import add_loop_arguments, agent_for, loop_options
 
 TOKEN_ENV = "VOICELOOP_TOKEN"
 
@@ -102,10 +100,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     Runs until Ctrl-C or SIGTERM, then prints (``--json``) or writes the summary over all sessions.
     """
     import asyncio
-    import signal
 
-    from ..loop import load_handler
-    from ..serve.server import ServerOptions, VoiceServer
+    from ..serve import ServerOptions
     from ..serve.session import ServeLog
 
     if args.stats_s is not None and not args.stats_s > 0:
@@ -118,41 +114,29 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_sessions=args.max_sessions,
         ice_servers=list(args.ice_server or []),
     )
-    handler = load_handler(args.handler)
-    engines = engines_for(args, options)
+    agent = agent_for(args, options)
     metrics = open(args.metrics_out, "w", encoding="utf-8") if args.metrics_out else None  # noqa: SIM115
     log = ServeLog("json" if args.json else "quiet" if args.quiet else "plain", metrics=metrics)
 
-    async def main() -> None:
-        server = VoiceServer(engines, handler, options, server_options, observer=log)
-        await server.start()
+    def listening(server) -> None:
         page = server_options.public_url or server.url
         if args.json:
             print(json.dumps({"type": "listening", "url": server.url, "page": page}), flush=True)
         elif not args.quiet:
             hint = f" (open {page}#token=TOKEN)" if server_options.token else ""
             print(f"voiceloop serve: listening on {server.url}{hint}", file=sys.stderr, flush=True)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        with contextlib.suppress(NotImplementedError, RuntimeError):  # not on Windows / a thread
-            loop.add_signal_handler(signal.SIGTERM, stop.set)
-        stats = loop.create_task(_serve_stats(server, args)) if args.stats_s else None
-        try:
-            await stop.wait()
-        finally:
-            if stats is not None:
-                stats.cancel()
-            await server.stop()
+        if args.stats_s:  # ends with the server's event loop
+            _tasks.add(asyncio.get_running_loop().create_task(_serve_stats(server, args)))
 
     try:
-        with frozen_heap():
-            asyncio.run(main())
-    except KeyboardInterrupt:
-        pass  # Ctrl-C is how a server ends
+        agent.serve(server=server_options, observer=log, on_start=listening)
     finally:
         log.close()
-        engines.close()
+        agent.close()
     return 0
+
+
+_tasks: set = set()  # the stats task, referenced while it runs
 
 
 async def _serve_stats(server, args: argparse.Namespace) -> None:
