@@ -2,9 +2,8 @@
 
 Why this engine: AEC3 is the canceller every browser call uses; ``livekit`` ships it prebuilt
 (manylinux/macOS/Windows wheels, no compiler; numpy and protobuf are its dependencies) and keeps
-it current. ``benchmarks/echo.py`` (40 synthetic rooms: 40-120 ms delay, reverberation, -12..+3
-dB echo, loudspeaker overdrive): echo-return-loss enhancement median 41 dB, worst room 16 dB; no
-false and no missed barge-in with the gate. It needs the play times right to within a window about
+it current. ``benchmarks/echo.py`` measures its echo-return-loss enhancement and the barge-ins it
+gets right on 40 synthetic rooms (delay, reverberation, echo level, loudspeaker overdrive). It needs the play times right to within a window about
 150 ms wide, placed by ``AecOptions.lead_ms`` (-100..+50 ms with the default lead): with echo ahead
 of its reference, or too far behind it, it cancels nothing — so the echo's real delay is tracked.
 
@@ -15,7 +14,7 @@ Binding facts this module relies on (livekit 1.2.1, checked by the tests):
   a Rust ``assert!`` that **aborts the Python process**, so lengths are checked here first.
 * ``set_stream_delay_ms`` accepts 0..500 ms and raises outside it. AEC3 estimates the delay
   itself; the hint is passed because the APM contract asks for it.
-* The capture frame is processed in place; a 20 ms frame costs 0.1-0.3 ms with the reference.
+* The capture frame is processed in place (its CPU cost per frame: ``benchmarks/echo.py``).
 """
 
 from __future__ import annotations
@@ -64,9 +63,8 @@ def _load_rtc() -> Any:
     return _rtc
 
 
-#: AEC3 cancels echo that follows its far-end block by 0 .. about this much: benchmarks/echo.py's
-#: sweep (8 rooms x 6 replies, fixed lead 40) cancelled 180-260 ms but not 280-360 ms (a single
-#: reply held up to 480 ms), and echo ahead of its far end not at all
+#: AEC3 cancels echo that follows its far-end block by 0 .. about this much, and echo ahead of its
+#: far end not at all (benchmarks/echo.py's play-time sweep)
 WORKABLE_S = 0.25
 
 
@@ -76,19 +74,16 @@ class AecOptions:
 
     ``lead_ms``: the reference handed to AEC3 with a mic block is the one played this long
     *after* the block's capture time. AEC3 cannot cancel echo that reaches it before its
-    reference (measured: ERLE fell from 30 dB to 7 dB when the reference came 40 ms late), but
-    copes with extra delay (0-200 ms lead: same ERLE after 0.5 s). The lead absorbs play times
-    reported later than played, up to about its length; ``benchmarks/echo.py``'s sweep (8 rooms,
-    fixed lead) cancelled play-time errors of -100..+50 ms at 40, -50..+100 at 80 and 0..+150 at
-    120 (+: reported later). Errors outside the window are handled by delay tracking
+    reference, but copes with extra delay. The lead absorbs play times reported later than
+    played, up to about its length (``benchmarks/echo.py``'s play-time sweep per lead). Errors outside the window are handled by delay tracking
     (:class:`~voiceloop.aec.delay.EchoDelayEstimator`, on by default in
     :class:`~voiceloop.aec.stage.EchoProcessor`): an echo measured outside it moves the lead onto
     the measured delay (``tracked_lead_ms``), once, with a fresh AEC3. So the lead is 40, not 80:
     each mic block waits until the speaker has written the far end it reads (see
-    :class:`~voiceloop.aec.stage.EchoStage`), and on PulseAudio that wait was 18 ms median, 40 ms
-    p90 at 80 against 0 / 4-17 ms at 40 — latency added to every turn's endpoint.
-    (Self-interruptions on a PulseAudio loopback, once blamed on play times, came from reading
-    far end not yet written: AEC3 fed a far end with holes lost the echo path, ERLE 63 -> 0-20 dB.)
+    :class:`~voiceloop.aec.stage.EchoStage`), and a longer lead makes that wait, added to every
+    turn's endpoint, longer. (Self-interruptions on a PulseAudio loopback, once blamed on play
+    times, came from reading far end not yet written: AEC3 fed a far end with holes loses the
+    echo path.)
     ``noise_suppression`` / ``auto_gain_control``: off, because they change what the VAD and the
     ASR were tuned on. ``high_pass_filter``: on; AEC3 enables it anyway.
     """
@@ -96,7 +91,7 @@ class AecOptions:
     lead_ms: int = 40
     #: the lead placed on a measured echo delay when the reported play times put the echo outside
     #: AEC3's window: only the measurement's error and a device gap shifting the echo later
-    #: (~10 ms measured on PulseAudio) need absorbing
+    #: (a few ms on PulseAudio) need absorbing
     tracked_lead_ms: int = 40
     noise_suppression: bool = False
     auto_gain_control: bool = False

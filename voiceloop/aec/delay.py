@@ -31,8 +31,8 @@ RAW_HISTORY_S = 3.0
 class DelayOptions:
     """How the echo delay is tracked (all times in ms; lags: + means echo after its play time).
 
-    Defaults: a 600 ms window every 120 ms finds the echo about 0.4 s into the first reply and
-    costs ~2 ms per estimate (three 64k-point FFTs). Lags from -400 ms (play times reported
+    Defaults: a 600 ms window every 120 ms finds the echo within the first syllables of the first
+    reply (tests/test_echo_delay.py) for three 64k-point FFTs per estimate. Lags from -400 ms (play times reported
     late) to +600 ms (buffering the reports missed, plus the acoustic path). Three agreeing
     estimates, because synthetic voices repeat whole waveform segments: espeak-ng speech gave
     2-3 confident peaks in a row at a wrong lag when the true one lay outside the range.
@@ -48,7 +48,7 @@ class DelayOptions:
     settle: int = 3
     #: ... and before a known delay moves: a reply that repeats an earlier one (same clip, or a
     #: TTS saying the same words the same way) correlates with its own past at a wrong lag for
-    #: up to ~0.5 s around the reply boundary (measured: 4 agreeing estimates in a row)
+    #: up to about half a second around the reply boundary (several agreeing estimates in a row)
     settle_move: int = 8
     tolerance_ms: float = 8.0
     #: reference or mic quieter than this (mean over the window, dBFS) gives no estimate

@@ -117,7 +117,7 @@ class EchoPowerModel:
 
     Ridge least squares over the most recent ``history`` training blocks, clipped to
     non-negative taps. The normal equations are kept up to date block by block, so a refit is
-    one small solve (a fresh ``X.T @ X`` took 25 ms here: BLAS threads on a busy machine).
+    one small solve (a fresh ``X.T @ X`` wakes BLAS threads, which is slow on a busy machine).
     """
 
     REFIT_BLOCKS = 50  # refit every 0.5 s of training audio

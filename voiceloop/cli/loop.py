@@ -53,7 +53,7 @@ def add_loop_arguments(parser: argparse.ArgumentParser) -> None:
         "--precision",
         choices=PRECISIONS,
         default="auto",
-        help="auto (default): int8 on CPU; on CUDA fp16 ASR + fp32 TTS (measured fastest)",
+        help="auto (default): int8 on CPU; on CUDA fp16 ASR + fp32 TTS (the fastest in benchmarks/gpu.sh)",
     )
     parser.add_argument("--device", default="auto", help="compute device: auto | cpu | cuda | mps")
     parser.add_argument("--tts-threads", type=int, default=None, help="torch threads for TTS (default: all)")
