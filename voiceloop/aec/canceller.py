@@ -3,9 +3,10 @@
 Why this engine: AEC3 is the canceller every browser call uses; ``livekit`` ships it prebuilt
 (manylinux/macOS/Windows wheels, no compiler; numpy and protobuf are its dependencies) and keeps
 it current. ``benchmarks/echo.py`` measures its echo-return-loss enhancement and the barge-ins it
-gets right on 40 synthetic rooms (delay, reverberation, echo level, loudspeaker overdrive). It needs the play times right to within a window about
-150 ms wide, placed by ``AecOptions.lead_ms`` (-100..+50 ms with the default lead): with echo ahead
-of its reference, or too far behind it, it cancels nothing — so the echo's real delay is tracked.
+gets right on 40 synthetic rooms (delay, reverberation, echo level, loudspeaker overdrive). It needs
+the play times right to within a window about 150 ms wide, placed by ``AecOptions.lead_ms``
+(-100..+50 ms with the default lead): with echo ahead of its reference, or too far behind it, it
+cancels nothing — so the echo's real delay is tracked.
 
 Binding facts this module relies on (livekit 1.2.1, checked by the tests):
 
@@ -74,12 +75,12 @@ class AecOptions:
 
     ``lead_ms``: the reference handed to AEC3 with a mic block is the one played this long
     *after* the block's capture time. AEC3 cannot cancel echo that reaches it before its
-    reference, but copes with extra delay. The lead absorbs play times reported later than
-    played, up to about its length (``benchmarks/echo.py``'s play-time sweep per lead). Errors outside the window are handled by delay tracking
-    (:class:`~voiceloop.aec.delay.EchoDelayEstimator`, on by default in
-    :class:`~voiceloop.aec.stage.EchoProcessor`): an echo measured outside it moves the lead onto
-    the measured delay (``tracked_lead_ms``), once, with a fresh AEC3. So the lead is 40, not 80:
-    each mic block waits until the speaker has written the far end it reads (see
+    reference, but copes with extra delay. The lead absorbs play times reported later than played,
+    up to about its length (``benchmarks/echo.py``'s play-time sweep per lead). Errors outside the
+    window are handled by delay tracking (:class:`~voiceloop.aec.delay.EchoDelayEstimator`, on by
+    default in :class:`~voiceloop.aec.stage.EchoProcessor`): an echo measured outside it moves the
+    lead onto the measured delay (``tracked_lead_ms``), once, with a fresh AEC3. So the lead is
+    40, not 80: each mic block waits until the speaker has written the far end it reads (see
     :class:`~voiceloop.aec.stage.EchoStage`), and a longer lead makes that wait, added to every
     turn's endpoint, longer. (Self-interruptions on a PulseAudio loopback, once blamed on play
     times, came from reading far end not yet written: AEC3 fed a far end with holes loses the

@@ -32,10 +32,10 @@ class DelayOptions:
     """How the echo delay is tracked (all times in ms; lags: + means echo after its play time).
 
     Defaults: a 600 ms window every 120 ms finds the echo within the first syllables of the first
-    reply (tests/test_echo_delay.py) for three 64k-point FFTs per estimate. Lags from -400 ms (play times reported
-    late) to +600 ms (buffering the reports missed, plus the acoustic path). Three agreeing
-    estimates, because synthetic voices repeat whole waveform segments: espeak-ng speech gave
-    2-3 confident peaks in a row at a wrong lag when the true one lay outside the range.
+    reply (tests/test_echo_delay.py) for three 64k-point FFTs per estimate. Lags from -400 ms (play
+    times reported late) to +600 ms (buffering the reports missed, plus the acoustic path). Three
+    agreeing estimates, because synthetic voices repeat whole waveform segments: espeak-ng speech
+    gave 2-3 confident peaks in a row at a wrong lag when the true one lay outside the range.
     """
 
     window_ms: int = 600

@@ -34,7 +34,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--int8-conv",
         action="store_true",
-        help="with --int8 (implied): the conv feature encoder in int8 too (faster, slightly less exact: benchmarks/asr_streaming.py)",
+        help="with --int8 (implied): the conv feature encoder in int8 too (faster, slightly less exact: "
+        "benchmarks/asr_streaming.py)",
     )
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads for the ASR model")
     parser.add_argument("--chunk-s", type=float, default=DEFAULT_WINDOW["chunk_s"], help="streaming chunk C")
