@@ -15,6 +15,7 @@ ROOT = Path(__file__).parents[1]
 def test_ci_runs_the_readme_test_command() -> None:
     readme = (ROOT / "README.md").read_text()
     block = re.search(r"```bash\n(.*?)```", readme, re.S).group(1)  # type: ignore[union-attr]
+    block = re.sub(r"\\\n\s*", "", block)  # a command continued over lines is one command
     commands = [line for line in block.splitlines() if line and not line.startswith("#")]
     assert len(commands) == 2, "README opens with two commands: main job, tests"
     test_command = commands[1].split("&&")[-1].strip()
