@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from .assets import VOCOS, AssetError, load_strict
-from .decoder import ConvNeXtBlock, DecodeInputError, MelFeatures, _Buffers, _read, _shape
+from .mel_blocks import ConvNeXtBlock, DecodeInputError, MelFeatures, _Buffers, _read, _shape
 
 CHARACTR_VOCOS = "charactr/vocos-mel-24khz"
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
