@@ -5,6 +5,9 @@ audio); *text mode* is the refinement pass that rewrites text with prosody tags.
 specific parts (text/code embeddings, weight-normed heads) live in ``Embed``; the transformer is
 the stock transformers ``LlamaModel``. Sampling follows the reference order exactly (temperature →
 windowed repetition penalty → top-p → top-k → EOS mask → multinomial) so seeded outputs match it.
+
+The embeddings and heads are in :mod:`.gpt_embed`; the sampling options and the step/result types
+in :mod:`.gpt_sampling` (re-exported here, where callers import them from).
 """
 
 from __future__ import annotations
@@ -13,15 +16,13 @@ import inspect
 import json
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
-from torch.nn.utils import parametrize
-from torch.nn.utils.parametrizations import weight_norm
 from transformers import DynamicCache, LlamaConfig, LlamaModel
 from transformers.generation import TopKLogitsWarper, TopPLogitsWarper
 
@@ -29,74 +30,13 @@ from ...compute import CancelToken, ModelOptions
 from ...quantize import int8_linears
 from . import assets
 from .assets import AssetError, check_keys, load_strict
+from .gpt_embed import NUM_VQ, Embed
 from .gpt_onnx import OrtHeads, OrtLlama
+from .gpt_sampling import REFINE_SAMPLING, GenerationResult, SamplingOptions, Step, _penalize
 from .llama import KvCache, LeanLlama
 
-NUM_VQ = 4
 # transformers 5.x renamed LlamaModel's `past_key_values` to `cache` (the old name goes in 5.40).
 _CACHE_KW = "cache" if "cache" in inspect.signature(LlamaModel.forward).parameters else "past_key_values"
-
-
-@dataclass
-class SamplingOptions:
-    """Per-request sampling; defaults are ChatTTS's code-generation defaults."""
-
-    temperature: float | tuple[float, ...] = 0.3  # one value, or one per codebook
-    top_p: float | None = 0.7
-    top_k: int | None = 20
-    repetition_penalty: float = 1.05
-    penalty_window: int = 16  # generated tokens the penalty looks back over
-    max_new_tokens: int = 2048  # 2048 steps ≈ 43.7 s of audio
-    min_new_tokens: int = 0
-    seed: int | None = None  # None: fresh entropy per request (never the global torch RNG)
-    reseed_every_step: bool = False  # the reference's manual_seed behaviour; only for bit parity
-
-    def __post_init__(self) -> None:
-        temps = self.temperature if isinstance(self.temperature, tuple) else (self.temperature,)
-        if not temps or any(t <= 0 for t in temps):
-            raise ValueError(f"temperature must be > 0, got {self.temperature!r}")
-        if self.top_p is not None and not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
-        if self.top_k is not None and self.top_k < 1:
-            raise ValueError(f"top_k must be >= 1, got {self.top_k!r}")
-        if self.repetition_penalty <= 0 or self.penalty_window < 1:
-            raise ValueError("repetition_penalty must be > 0 and penalty_window >= 1")
-        if not 0 <= self.min_new_tokens <= self.max_new_tokens or self.max_new_tokens < 1:
-            raise ValueError("need 0 <= min_new_tokens <= max_new_tokens and max_new_tokens >= 1")
-
-
-# ChatTTS's refinement defaults: livelier sampling, no repetition penalty, up to 384 tokens.
-REFINE_SAMPLING = SamplingOptions(
-    temperature=0.7, top_p=0.7, top_k=20, repetition_penalty=1.0, max_new_tokens=384
-)
-
-
-class Embed(nn.Module):
-    """Text and code embeddings plus output heads; key names match ``asset/Embed.safetensors``."""
-
-    def __init__(
-        self, hidden: int, num_audio_tokens: int, num_text_tokens: int, num_vq: int = NUM_VQ
-    ) -> None:
-        super().__init__()
-        self.emb_code = nn.ModuleList(nn.Embedding(num_audio_tokens, hidden) for _ in range(num_vq))
-        self.emb_text = nn.Embedding(num_text_tokens, hidden)
-        self.head_text = weight_norm(nn.Linear(hidden, num_text_tokens, bias=False))
-        self.head_code = nn.ModuleList(
-            weight_norm(nn.Linear(hidden, num_audio_tokens, bias=False)) for _ in range(num_vq)
-        )
-
-    def bake(self) -> None:
-        """Fold the weight-norm parametrisation into plain weights (computed once, not per step)."""
-        for head in (self.head_text, *self.head_code):
-            parametrize.remove_parametrizations(head, "weight", leave_parametrized=True)
-
-    def codes(self, codes: torch.Tensor) -> torch.Tensor:
-        """``[..., num_vq]`` code ids → summed embeddings ``[..., hidden]``."""
-        return sum(emb(codes[..., q]) for q, emb in enumerate(self.emb_code))
-
-    def code_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """``[B, hidden]`` → ``[B, num_vq, num_audio_tokens]``."""
-        return torch.stack([head(hidden) for head in self.head_code], 1)
 
 
 @dataclass
@@ -106,22 +46,6 @@ class Prompt:
     ids: torch.Tensor  # [B, T, num_vq] (text ids repeated over codebooks)
     mask: torch.Tensor  # [B, T] bool, False on left padding
     embeds: torch.Tensor  # [B, T, hidden] float32
-
-
-@dataclass
-class Step:
-    """One generation step for the whole batch."""
-
-    tokens: torch.Tensor  # code mode [B, num_vq]; text mode [B]
-    hidden: torch.Tensor  # [B, hidden] float32: the state that produced ``tokens``
-    alive: torch.Tensor  # [B] bool: False once a row has produced EOS (this step included)
-
-
-@dataclass
-class GenerationResult:
-    tokens: list[torch.Tensor] = field(default_factory=list)  # per row, EOS excluded
-    hiddens: list[torch.Tensor] = field(default_factory=list)
-    finished: list[bool] = field(default_factory=list)  # False: hit max_new_tokens or was cancelled
 
 
 class ChatTtsGpt:
@@ -390,13 +314,6 @@ class ChatTtsGpt:
 
 #: (embeds [B, T, hidden], positions [B, T], cache, valid or None) -> last hidden states [B, T, hidden]
 LeanForward = Callable[[torch.Tensor, torch.Tensor, KvCache, torch.Tensor | None], torch.Tensor]
-
-
-def _penalize(logits: torch.Tensor, window: torch.Tensor, penalty: float) -> torch.Tensor:
-    """Scale each logit by penalty^(count in the window): down for positive, further down for negative."""
-    counts = F.one_hot(window, logits.shape[-1]).sum(1)
-    alpha = torch.pow(penalty, counts)
-    return torch.where(logits < 0, logits * alpha, logits / alpha)
 
 
 def _empty_tokens(text: bool, gpt: ChatTtsGpt) -> torch.Tensor:
