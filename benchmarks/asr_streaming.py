@@ -481,7 +481,7 @@ def window_costs(
 # -- trained tiny model: transcripts -------------------------------------------------------------------
 def render(item: dict[str, Any]) -> np.ndarray:
     """Re-synthesise one held-out utterance from its recorded espeak and noise parameters."""
-    from speech import espeak, mix_scene
+    from helpers.speech import espeak, mix_scene
 
     clip = espeak(item["text"], voice=item["voice"], speed=item["speed"], pitch=item["pitch"])
     audio, _ = mix_scene(

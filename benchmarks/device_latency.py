@@ -41,8 +41,8 @@ import numpy as np
 ROOT = Path(__file__).parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
+from helpers.pulse import Pulse, PulseServer, missing, use_server  # noqa: E402
 from machine import finish, machine_info, print_table  # noqa: E402
-from pulse import Pulse, PulseServer, missing, use_server  # noqa: E402
 
 RATE = 24_000  # the TTS rate the speaker is opened at
 

@@ -44,8 +44,8 @@ import soxr
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
+from helpers.speech import RATE, espeak, trim_bounds  # noqa: E402
 from machine import finish, machine_info, print_table  # noqa: E402
-from speech import RATE, espeak, trim_bounds  # noqa: E402
 
 from voiceloop.aec import EchoProcessor, EchoReference, GateOptions, aec_available  # noqa: E402
 from voiceloop.aec.room import EchoPath, run_frames, scale_to_dbfs  # noqa: E402

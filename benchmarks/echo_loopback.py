@@ -31,9 +31,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from helpers.pulse import Pulse, PulseServer, missing, use_server  # noqa: E402
+from helpers.speech import espeak  # noqa: E402
 from machine import finish, machine_info, print_table  # noqa: E402
-from pulse import Pulse, PulseServer, missing, use_server  # noqa: E402
-from speech import espeak  # noqa: E402
 
 TINY_ASR = ROOT / "tests" / "fixtures" / "tiny-zh-asr"
 REPLY = "今天天气很好。" * 3

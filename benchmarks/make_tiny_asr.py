@@ -42,7 +42,7 @@ import soundfile as sf
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from speech import RATE, espeak, mix_scene  # noqa: E402
+from helpers.speech import RATE, espeak, mix_scene  # noqa: E402
 
 from voiceloop.asr.corpus import char_error_rate  # noqa: E402
 from voiceloop.asr.finetune import FinetuneOptions, finetune  # noqa: E402

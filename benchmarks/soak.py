@@ -179,7 +179,7 @@ def loopback_ice():
 def clips() -> list[tuple[Any, int]]:
     """The peers' utterances (espeak-ng Mandarin, the tiny ASR's voice) and where each one's speech ends."""
     import numpy as np
-    from speech import espeak
+    from helpers.speech import espeak
     from voice_to_voice import UTTERANCES
 
     out = []
@@ -192,7 +192,7 @@ def clips() -> list[tuple[Any, int]]:
 
 def tiny_tts(cache: Path) -> Path:
     """Random ChatTTS assets with a 2-layer GPT (written once; webrtc_sessions.py shares them)."""
-    from chattts_fixtures import write_random_assets
+    from helpers.chattts_fixtures import write_random_assets
 
     root = cache / "chattts-random-tiny"
     if not (root / "asset" / "Vocos.safetensors").is_file():

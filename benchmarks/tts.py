@@ -27,7 +27,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 
-from chattts_fixtures import write_random_assets  # noqa: E402
+from helpers.chattts_fixtures import write_random_assets  # noqa: E402
 from machine import finish, machine_info, print_table  # noqa: E402
 
 from voiceloop.compute import ModelOptions  # noqa: E402

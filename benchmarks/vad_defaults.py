@@ -27,8 +27,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
+from helpers.speech import RATE, espeak, make_noise, mix_scene, trim_bounds  # noqa: E402
 from machine import finish, machine_info, print_table  # noqa: E402
-from speech import RATE, espeak, make_noise, mix_scene, trim_bounds  # noqa: E402
 
 from voiceloop.frames import FRAME_SAMPLES, AudioFrame, SpeechEnded, SpeechStarted  # noqa: E402
 from voiceloop.vad import Endpointer, VadOptions, WebRtcVad  # noqa: E402

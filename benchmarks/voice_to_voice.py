@@ -40,10 +40,10 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 
-from asr_fixtures import make_tiny_checkpoint  # noqa: E402
-from chattts_fixtures import write_random_assets  # noqa: E402
+from helpers.asr_fixtures import make_tiny_checkpoint  # noqa: E402
+from helpers.chattts_fixtures import write_random_assets  # noqa: E402
+from helpers.speech import espeak  # noqa: E402
 from machine import finish, machine_info, print_table  # noqa: E402
-from speech import espeak  # noqa: E402
 
 from voiceloop.cli.loop import echo_stage  # noqa: E402
 from voiceloop.clock import run  # noqa: E402
@@ -140,7 +140,12 @@ def run_pulse(
     """Play the conversation into the virtual mic of a private PulseAudio server; the bot plays out.
     ``echo``: the chat's echo handling (``--echo``) between the mic and the VAD; no loopback, so it
     only costs (its mic frames wait for the far end they are compared with)."""
-    from pulse import Pulse, PulseServer, missing, use_server  # the test harness, usable outside pytest
+    from helpers.pulse import (  # the test harness, usable outside pytest
+        Pulse,
+        PulseServer,
+        missing,
+        use_server,
+    )
 
     reason = missing()
     if reason:

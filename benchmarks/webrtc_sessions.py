@@ -42,8 +42,8 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
+from helpers.speech import espeak  # noqa: E402
 from machine import finish, machine_info, print_table  # noqa: E402
-from speech import espeak  # noqa: E402
 from voice_to_voice import FALLBACK_REPLY, UTTERANCES, random_asr, random_tts  # noqa: E402
 
 STAGES = ["endpointing", "asr_finalisation", "handler_first_text", "tts_first_audio", "output_queue"]
@@ -258,7 +258,7 @@ def load(kind: str, args: argparse.Namespace) -> tuple[Any, Any]:
     from voiceloop.loop import LoopOptions, load_engines
 
     if kind == "tiny":
-        from chattts_fixtures import write_random_assets
+        from helpers.chattts_fixtures import write_random_assets
 
         asr = ROOT / "tests" / "fixtures" / "tiny-zh-asr"
         tts = args.cache / "chattts-random-tiny"

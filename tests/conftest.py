@@ -1,8 +1,4 @@
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).parent))
-
+"""Shared fixtures; the test helpers are the ``helpers`` package beside this file."""
 
 import pytest
 
@@ -28,7 +24,7 @@ def one_thread():
 @pytest.fixture(scope="session")
 def chattts_root(tmp_path_factory):
     """Random ChatTTS assets (2-layer GPT, official widths, synthesized tokenizer), written once."""
-    from chattts_fixtures import write_random_assets
+    from helpers.chattts_fixtures import write_random_assets
 
     return write_random_assets(
         tmp_path_factory.mktemp("chattts"), gpt_layers=2, seed=0, official_tokenizer=None

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile
+from helpers.speech import espeak, require_espeak
 from huggingface_hub.utils import are_progress_bars_disabled
-from speech import espeak, require_espeak
 from transformers.utils.logging import is_progress_bar_enabled
 
 from voiceloop.cli import main

@@ -8,8 +8,8 @@ import subprocess
 import sys
 
 import soundfile
-from asr_fixtures import make_tiny_checkpoint
-from speech import espeak
+from helpers.asr_fixtures import make_tiny_checkpoint
+from helpers.speech import espeak
 
 
 def voiceloop(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from asr_fixtures import make_tiny_checkpoint
+from helpers.asr_fixtures import make_tiny_checkpoint
 
 from voiceloop.asr import encoder as encoder_module
 from voiceloop.asr.encoder import EncoderStep, KeyValues

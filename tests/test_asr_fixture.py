@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from speech import RATE, espeak, mix_scene, require_espeak
+from helpers.speech import RATE, espeak, mix_scene, require_espeak
 
 from voiceloop.asr.corpus import char_error_rate
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from asr_fixtures import make_tiny_checkpoint, tiny_vocab
+from helpers.asr_fixtures import make_tiny_checkpoint, tiny_vocab
 from transformers import Wav2Vec2CTCTokenizer, Wav2Vec2FeatureExtractor
 
 from voiceloop.asr.model import (

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from asr_fixtures import make_tiny_checkpoint
+from helpers.asr_fixtures import make_tiny_checkpoint
 
 from voiceloop.asr.ctc import greedy_decode
 from voiceloop.asr.model import Wav2Vec2Checkpoint

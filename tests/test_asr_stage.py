@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from asr_fixtures import make_tiny_checkpoint
-from fakes import Collect
-from speech import espeak, mix_scene
+from helpers.asr_fixtures import make_tiny_checkpoint
+from helpers.fakes import Collect
+from helpers.speech import espeak, mix_scene
 
 from voiceloop.asr import AsrStage
 from voiceloop.asr.streaming import Wav2Vec2Engine

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from asr_fixtures import make_tiny_checkpoint
+from helpers.asr_fixtures import make_tiny_checkpoint
 
 from voiceloop.asr.streaming import StreamingOptions, Wav2Vec2Engine
 from voiceloop.cli.asr import DEFAULT_WINDOW

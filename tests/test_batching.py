@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from asr_fixtures import make_tiny_checkpoint
+from helpers.asr_fixtures import make_tiny_checkpoint
 
 from voiceloop.asr.streaming import StreamingOptions, StreamState, Wav2Vec2Engine
 from voiceloop.compute import ComputeLane

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from asr_fixtures import make_tiny_checkpoint
+from helpers.asr_fixtures import make_tiny_checkpoint
 
 from voiceloop.asr.streaming import Wav2Vec2Engine
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from pulse import Pulse, PulseServer, pulse_fixture  # noqa: F401  (the fixture)
-from speech import espeak, require_espeak
+from helpers.pulse import Pulse, PulseServer, pulse_fixture  # noqa: F401  (the fixture)
+from helpers.speech import espeak, require_espeak
 
 from voiceloop.cli import main
 

@@ -8,7 +8,7 @@ import threading
 
 import numpy as np
 import pytest
-from fakes import FakeAsr, FakeTts, ScriptedVoice, frames_of
+from helpers.fakes import FakeAsr, FakeTts, ScriptedVoice, frames_of
 
 from voiceloop.asr import AsrStage
 from voiceloop.clock import run

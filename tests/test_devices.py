@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fakes import Collect
-from pulse import Pulse, missing, pulse_fixture  # noqa: F401  (registers the `pulse` fixture)
+from helpers.fakes import Collect
+from helpers.pulse import Pulse, missing, pulse_fixture  # noqa: F401  (registers the `pulse` fixture)
 
 from voiceloop.errors import UserError
 from voiceloop.frames import FRAME_SAMPLES, INPUT_RATE, AudioChunk, AudioFrame, EndOfStream, ReplyEnd
@@ -343,13 +343,13 @@ def test_missing_portaudio_is_a_clear_device_error(tmp_path: Path) -> None:
 
 LOSE_DEVICE = """
     import asyncio
-    from pulse import PulseServer, use_server
+    from helpers.pulse import PulseServer, use_server
 
     server = PulseServer()
     server.start()
     use_server(server)  # before sounddevice is imported
     import numpy as np
-    from fakes import Collect
+    from helpers.fakes import Collect
     from voiceloop.io.devices import DeviceError, MicSource, SpeakerSink
     from voiceloop.pipeline import Pipeline, StageError
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from aiohttp import web
-from fakes import Collect
+from helpers.fakes import Collect
 
 from voiceloop.clock import run
 from voiceloop.dialogue import DialogueStage, Message, TurnContext, call_handler

@@ -10,8 +10,8 @@ import threading
 import numpy as np
 import pytest
 import soxr
-from fakes import Collect
-from speech import RATE, espeak, trim_bounds
+from helpers.fakes import Collect
+from helpers.speech import RATE, espeak, trim_bounds
 
 from voiceloop.aec import (
     AecOptions,

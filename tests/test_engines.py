@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile
-from speech import espeak, require_espeak
+from helpers.speech import espeak, require_espeak
 
 from voiceloop.engines import EngineError, EngineSettings, load, parse_spec, registered
 from voiceloop.errors import UserError

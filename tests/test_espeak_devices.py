@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soxr
-from pulse import pulse_fixture  # noqa: F401  (the fixture)
-from speech import espeak, require_espeak
+from helpers.pulse import pulse_fixture  # noqa: F401  (the fixture)
+from helpers.speech import espeak, require_espeak
 
 from voiceloop.asr.corpus import char_error_rate
 from voiceloop.cli import main

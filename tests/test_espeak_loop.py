@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import soundfile
 import soxr
-from speech import espeak, require_espeak
+from helpers.speech import espeak, require_espeak
 
 from voiceloop.asr.corpus import char_error_rate
 from voiceloop.clock import run

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import soxr
 from aiortc.mediastreams import MediaStreamError
-from speech import espeak, require_espeak
+from helpers.speech import espeak, require_espeak
 from test_webrtc import Client
 
 from voiceloop.asr.corpus import char_error_rate

@@ -16,8 +16,8 @@ import pytest
 import soundfile as sf
 import soxr
 import torch
-from asr_fixtures import make_tiny_checkpoint, tiny_vocab
-from speech import RATE, espeak, require_espeak
+from helpers.asr_fixtures import make_tiny_checkpoint, tiny_vocab
+from helpers.speech import RATE, espeak, require_espeak
 
 from voiceloop.asr.corpus import char_error_rate, read_manifest
 from voiceloop.asr.finetune import FinetuneOptions, add_parser, finetune
@@ -146,7 +146,7 @@ def test_resume_loads_the_training_state_weights_only(corpus: Path, tmp_path: Pa
 @pytest.mark.slow  # fine-tuning: seconds of training
 def test_random_init_from_config_and_cli(corpus: Path, tmp_path: Path) -> None:
     """``--init-config``: random weights, the vocabulary built from the training text in the hub format."""
-    from asr_fixtures import tiny_config
+    from helpers.asr_fixtures import tiny_config
 
     config = tmp_path / "config.json"
     config.write_text(tiny_config(10).to_json_string())

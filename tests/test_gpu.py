@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import soundfile
 import torch
-from speech import espeak
+from helpers.speech import espeak
 from test_asr_fixture import FIXTURE, heldout, render
 
 from voiceloop.asr.model import Wav2Vec2Checkpoint

@@ -7,7 +7,7 @@ import logging
 
 import numpy as np
 import pytest
-from fakes import Collect
+from helpers.fakes import Collect
 
 from voiceloop.clock import run
 from voiceloop.frames import AudioFrame, EndOfStream, Frame

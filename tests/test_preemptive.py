@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from fakes import FakeAsr, FakeTts, ScriptedVoice, frames_of
+from helpers.fakes import FakeAsr, FakeTts, ScriptedVoice, frames_of
 
 from voiceloop.asr import AsrStage
 from voiceloop.cli.loop import loop_options

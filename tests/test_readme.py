@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import soundfile
-from speech import espeak, require_espeak
+from helpers.speech import espeak, require_espeak
 
 ROOT = Path(__file__).resolve().parents[1]
 

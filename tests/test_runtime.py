@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 import soundfile
-from fakes import Collect
+from helpers.fakes import Collect
 
 from voiceloop.clock import now, run
 from voiceloop.compute import CancelToken, ComputeLane

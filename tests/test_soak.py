@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from speech import require_espeak
+from helpers.speech import require_espeak
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"

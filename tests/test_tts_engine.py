@@ -8,7 +8,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from fakes import Collect
+from helpers.fakes import Collect
 
 from voiceloop.clock import run
 from voiceloop.frames import AudioChunk, EndOfStream, ReplyText
@@ -162,7 +162,7 @@ def test_tts_stage_turns_reply_pieces_into_one_audio_stream(engine):
 
 @pytest.mark.slow
 def test_full_size_random_model_loads_int8_and_speaks(tmp_path):
-    from chattts_fixtures import write_random_assets
+    from helpers.chattts_fixtures import write_random_assets
 
     from voiceloop.compute import ModelOptions
 

@@ -8,7 +8,7 @@ import warnings
 
 import numpy as np
 import pytest
-from fakes import Collect, ScriptedVoice, frames_of
+from helpers.fakes import Collect, ScriptedVoice, frames_of
 
 from voiceloop.clock import run
 from voiceloop.frames import SpeechEnded
@@ -249,7 +249,7 @@ def test_the_cli_flags_reach_the_loop_options() -> None:
 
 
 def conversation_audio() -> np.ndarray:
-    from speech import espeak
+    from helpers.speech import espeak
 
     gap = np.zeros(16_000, np.int16)
     parts = [gap, espeak("今天天气很好，我们一起去公园散步吧。"), gap, espeak("好的。"), gap]
@@ -300,7 +300,7 @@ def test_voiceloop_vad_asks_a_turn_model_from_the_command_line(tmp_path) -> None
 def test_a_preemptive_reply_plays_at_the_models_endpoint(final_delay) -> None:
     """The early final (pause hint at 100 ms) feeds the reply; the model ends the turn at 200 ms and
     the held reply plays then — or, when the early final is slower than that, as soon as it is ready."""
-    from fakes import FakeAsr, FakeTts
+    from helpers.fakes import FakeAsr, FakeTts
 
     from voiceloop.asr import AsrStage
     from voiceloop.dialogue import DialogueStage

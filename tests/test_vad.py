@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from speech import espeak, mix_scene
+from helpers.speech import espeak, mix_scene
 
 from voiceloop.frames import (
     FRAME_SAMPLES,

@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
-from fakes import FakeAsr, FakeTts
-from speech import espeak, require_espeak
+from helpers.fakes import FakeAsr, FakeTts
+from helpers.speech import espeak, require_espeak
 
 from voiceloop.dialogue import echo
 from voiceloop.errors import UserError
@@ -302,7 +302,7 @@ class FrameTrack:
 
 
 async def test_source_resamples_to_canonical_frames_and_ends_with_the_track():
-    from fakes import Collect
+    from helpers.fakes import Collect
 
     source = WebRtcSource(FrameTrack(50))  # 1 s
     collect = Collect()

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile
-from speech import espeak, require_espeak
+from helpers.speech import espeak, require_espeak
 from test_webrtc import engines, loopback_only, pipeline_tasks, until  # noqa: F401 (fixture)
 
 from voiceloop.dialogue import echo
