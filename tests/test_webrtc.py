@@ -517,6 +517,10 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
+# The hang guard covers the waits inside (a model load of up to 120 s, a turn of up to 60 s, the
+# exit of up to 60 s): the module's 90 s cut a loaded machine's run short while it was progressing.
+@pytest.mark.slow
+@pytest.mark.timeout(300)
 async def test_serve_cli_json_and_metrics_out_with_tiny_models(chattts_root, tmp_path):
     """The real engines (tiny ASR, 2-layer random ChatTTS) behind ``voiceloop serve --json``."""
     metrics = tmp_path / "turns.jsonl"
