@@ -10,19 +10,17 @@ as tests/test_espeak_loop.py, through resampling to 48 kHz, the Opus codec and R
 from __future__ import annotations
 
 import asyncio
-import re
 from pathlib import Path
 from typing import Any
 
 import aioice.ice
 import numpy as np
 import pytest
-import soxr
 from aiortc.mediastreams import MediaStreamError
+from helpers.oracle import at_16k, cer_against, speech_only
 from helpers.speech import espeak, require_espeak
 from test_webrtc import Client
 
-from voiceloop.asr.corpus import char_error_rate
 from voiceloop.loop import LoopOptions, load_engines
 from voiceloop.serve.server import ServerOptions, VoiceServer
 
@@ -77,15 +75,6 @@ async def until(predicate, timeout: float = 300.0, why: str = "") -> None:
         await asyncio.sleep(0.05)
 
 
-def speech_only(audio: np.ndarray, rate: int, threshold: int = 100, pad_s: float = 0.3) -> np.ndarray:
-    """``audio`` from its first to its last sample above ``threshold``, with ``pad_s`` of context."""
-    loud = np.flatnonzero(np.abs(audio.astype(np.int32)) > threshold)
-    if not len(loud):
-        return audio[:0]
-    pad = round(pad_s * rate)
-    return audio[max(0, loud[0] - pad) : loud[-1] + pad]
-
-
 async def test_a_webrtc_peer_hears_a_reply_the_tiny_asr_understands(engines):
     silence = np.zeros(8000, np.int16)
     user = np.concatenate([silence, espeak("你好", voice="cmn-latn-pinyin"), silence])
@@ -114,9 +103,6 @@ async def test_a_webrtc_peer_hears_a_reply_the_tiny_asr_understands(engines):
     assert client.rates == {48_000}
     speech = speech_only(np.concatenate(client.heard), 48_000)
     assert len(speech) > 48_000, "the bot's reply reached the peer"
-    at_16k = soxr.resample(speech.astype(np.float32) / 32768.0, 48_000, 16_000)
-    samples = np.clip(np.round(at_16k * 32768.0), -32768, 32767).astype(np.int16)
-    said = engines.asr.transcribe(samples).text.replace(" ", "")
-    expected = re.sub(r"[，。]", "", REPLY)
-    cer = char_error_rate([expected], [said])
-    assert cer <= MAX_CER, f"CER {cer:.1%}: {expected} -> {said}"
+    said = engines.asr.transcribe(at_16k(speech, 48_000)).text
+    cer = cer_against(REPLY, said)
+    assert cer <= MAX_CER, f"CER {cer:.1%}: {REPLY} -> {said}"
