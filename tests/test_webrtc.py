@@ -509,7 +509,8 @@ async def test_serve_log_tags_every_session_and_writes_all_turns(server):
 
 # -- voiceloop serve ------------------------------------------------------------------------------
 SERVE = """
-import sys
+import faulthandler, signal, sys
+faulthandler.register(signal.SIGUSR1)  # the test asks for every thread's stack if the server hangs
 import aioice.ice
 aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: ["127.0.0.1"]  # loopback only
 from voiceloop.cli import main
@@ -556,7 +557,14 @@ async def test_serve_cli_json_and_metrics_out_with_tiny_models(chattts_root, tmp
     finally:
         if proc.returncode is None:
             proc.send_signal(signal.SIGINT)
-        out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
+        try:
+            out, err = await asyncio.wait_for(proc.communicate(), timeout=120)
+        except TimeoutError:  # a hang: say where every thread of the server is, then end it
+            proc.send_signal(signal.SIGUSR1)
+            await asyncio.sleep(2)
+            proc.kill()
+            _, err = await proc.communicate()
+            raise AssertionError("voiceloop serve did not exit on SIGINT:\n" + err.decode()[-6000:]) from None
     assert proc.returncode == 0, err.decode()[-2000:]
     lines = [json.loads(line) for line in out.decode().splitlines()]
     kinds = [line["type"] for line in lines]
