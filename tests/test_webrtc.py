@@ -556,7 +556,9 @@ async def test_serve_cli_json_and_metrics_out_with_tiny_models(chattts_root, tmp
         await client.close()
     finally:
         if proc.returncode is None:
-            proc.send_signal(signal.SIGINT)
+            # SIGTERM, the service manager's stop: a shell's background job has SIGINT ignored (the
+            # server then never saw Ctrl-C, which hung this test under a backgrounded CI script)
+            proc.send_signal(signal.SIGTERM)
         try:
             out, err = await asyncio.wait_for(proc.communicate(), timeout=120)
         except TimeoutError:  # a hang: say where every thread of the server is, then end it
@@ -564,7 +566,8 @@ async def test_serve_cli_json_and_metrics_out_with_tiny_models(chattts_root, tmp
             await asyncio.sleep(2)
             proc.kill()
             _, err = await proc.communicate()
-            raise AssertionError("voiceloop serve did not exit on SIGINT:\n" + err.decode()[-6000:]) from None
+            stacks = err.decode()[-6000:]
+            raise AssertionError("voiceloop serve did not exit on SIGTERM:\n" + stacks) from None
     assert proc.returncode == 0, err.decode()[-2000:]
     lines = [json.loads(line) for line in out.decode().splitlines()]
     kinds = [line["type"] for line in lines]
