@@ -1,0 +1,1 @@
+"""voiceloop past one machine: workers hold calls, a gateway places them, admission by measured capacity."""
