@@ -21,6 +21,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import threading
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -64,11 +65,28 @@ class _Worker:
         self.setups = setups
         self.ident: int | None = None
         self.executor = ThreadPoolExecutor(1, thread_name_prefix=f"voiceloop-{name}", initializer=self._init)
+        #: seconds this thread spent running jobs, and the longest a job waited for it since the
+        #: last :meth:`ComputeLane.take_wait` (written by the thread only): a server's load report
+        self.busy_s = 0.0
+        self.max_wait_s = 0.0
 
     def _init(self) -> None:
         self.ident = threading.get_ident()
         for setup in self.setups:
             setup()
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> concurrent.futures.Future:
+        queued = time.perf_counter()
+
+        def timed() -> Any:
+            start = time.perf_counter()
+            self.max_wait_s = max(self.max_wait_s, start - queued)
+            try:
+                return fn(*args)
+            finally:
+                self.busy_s += time.perf_counter() - start
+
+        return self.executor.submit(timed)
 
 
 class _Coop(greenlet):
@@ -97,6 +115,22 @@ class ComputeLane:
         self._coop_new: list[tuple[Callable[[], None], concurrent.futures.Future, ThreadWork]] = []
         self._coop_ready: list[_Coop] = []  # resumable at the next round (lane thread only)
         self._coop_scheduled = False
+
+    @property
+    def thread(self) -> object:
+        """Who computes: lanes that :func:`share_cores` joined return the same object."""
+        return self._worker
+
+    @property
+    def busy_s(self) -> float:
+        """Seconds this lane's thread has spent computing (all lanes sharing the thread)."""
+        return self._worker.busy_s
+
+    def take_wait(self) -> float:
+        """The longest a job waited for this lane's thread since the last call (then reset):
+        how far compute falls behind what sessions ask of it."""
+        wait, self._worker.max_wait_s = self._worker.max_wait_s, 0.0
+        return wait
 
     def on_lane(self) -> bool:
         """Whether the caller is this lane's worker thread (then calls run inline, never queued)."""
@@ -186,7 +220,7 @@ class ComputeLane:
             finally:
                 work.done()
 
-        future = self._worker.executor.submit(call)
+        future = self._worker.submit(call)
         future.add_done_callback(lambda _: work.done())
         return future
 
@@ -197,7 +231,7 @@ class ComputeLane:
             self._coop_new.append((body, future, ThreadWork()))
             schedule, self._coop_scheduled = not self._coop_scheduled, True
         if schedule:
-            self._worker.executor.submit(self._coop_round)
+            self._worker.submit(self._coop_round)
         return future
 
     def _coop_round(self) -> None:
@@ -230,7 +264,7 @@ class ComputeLane:
             self._coop_scheduled = bool(self._coop_ready or self._coop_new)
             again = self._coop_scheduled
         if again:  # a new job, so jobs queued meanwhile (other lanes' too) run between rounds
-            self._worker.executor.submit(self._coop_round)
+            self._worker.submit(self._coop_round)
 
     async def stream(
         self,
@@ -304,6 +338,30 @@ def share_cores(*lanes: ComputeLane) -> None:
         first._worker.setups.extend(setups)
         for setup in setups:
             first.call(setup)
+
+
+class LaneMeter:
+    """How loaded some lanes' threads are between two :meth:`sample` calls: the busy fraction of the
+    busiest thread (0..1) and the longest a job waited for a thread (lag behind what was asked).
+    A server reports these for admission (voiceloop.cluster); ``clock`` is wall time."""
+
+    def __init__(self, lanes: Sequence[ComputeLane], clock: Callable[[], float] = time.perf_counter) -> None:
+        threads: dict[int, ComputeLane] = {}
+        for lane in lanes:
+            threads.setdefault(id(lane.thread), lane)
+        self.lanes = list(threads.values())  # one lane per distinct thread
+        self.clock = clock
+        self._last = (clock(), [lane.busy_s for lane in self.lanes])
+
+    def sample(self) -> tuple[float, float]:
+        """(busy fraction, max wait in s) since the previous sample."""
+        now, busy = self.clock(), [lane.busy_s for lane in self.lanes]
+        then, before = self._last
+        self._last = (now, busy)
+        span = now - then
+        fractions = [(b - a) / span for a, b in zip(before, busy, strict=True)] if span > 0 else []
+        waits = [lane.take_wait() for lane in self.lanes]
+        return min(1.0, max(fractions, default=0.0)), max(waits, default=0.0)
 
 
 class _Failure:

@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 from ..errors import UserError
+from .history import CALL_ID
 
 log = logging.getLogger(__name__)
 
@@ -261,8 +262,10 @@ class Guard:
                 429, f"too many offers from your address: retry in {retry} s", {"Retry-After": str(retry)}
             )
 
-    async def read_offer(self, request: web.Request) -> str:
-        """The offer's SDP, from a JSON body ``{"sdp": "...", "type": "offer"}`` of bounded size."""
+    async def read_offer(self, request: web.Request) -> tuple[str, str | None]:
+        """The offer's SDP and call id, from a JSON body ``{"sdp": "...", "type": "offer"}`` of
+        bounded size; ``"call"``: the id an earlier answer gave (the page offers again for a lost
+        call), which must look like one (:data:`voiceloop.serve.history.CALL_ID`)."""
         if request.content_type != "application/json":
             raise Refused(415, f"Content-Type must be application/json, got {request.content_type}")
         too_big = Refused(413, f"request body over {self.max_body_bytes} bytes")
@@ -286,7 +289,10 @@ class Guard:
             raise Refused(400, f"{shape}: 'sdp' must be a non-empty string")
         if offer.get("type") != "offer":
             raise Refused(400, f"{shape}: 'type' must be \"offer\"")
-        return sdp
+        call = offer.get("call")
+        if call is not None and not (isinstance(call, str) and CALL_ID.fullmatch(call)):
+            raise Refused(400, "'call' must be the call id an earlier answer gave")
+        return sdp, call
 
     def middleware(self) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
         """Host and Origin on every request; CORS answers for allowed other origins."""

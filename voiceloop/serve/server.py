@@ -19,7 +19,6 @@ microphone sends nothing for ``media_timeout_s`` (a vanished peer, long before I
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -30,11 +29,13 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from ..errors import UserError
-from ..io.webrtc import WebRtcSink, WebRtcSource
-from ..loop import Engines, LoopOptions, build_pipeline
-from ..pipeline import Pipeline
+from ..loop import Engines, LoopOptions
 from .guard import Guard, RateLimiter, Refused, check_options, is_loopback
-from .session import Session, voice_catalog
+from .history import new_call_id
+from .metrics import ServeMetrics
+from .peers import BadOffer, Peers, SessionObserver, loopback_candidates
+
+__all__ = ["Calls", "LocalCalls", "ServerOptions", "SessionObserver", "VoiceServer", "loopback_candidates"]
 
 log = logging.getLogger(__name__)
 
@@ -50,27 +51,6 @@ PAGE_HEADERS = {
 def web_file(name: str) -> str:
     """A file of the bundled page (``voiceloop/serve/web/``)."""
     return (resources.files("voiceloop.serve") / "web" / name).read_text(encoding="utf-8")
-
-
-class SessionObserver(Protocol):
-    """Told when a peer's pipeline is built and when it is gone (``voiceloop serve``'s log)."""
-
-    def session_started(self, sid: int, pipeline: Pipeline) -> None: ...
-
-    def session_ended(self, sid: int, pipeline: Pipeline) -> None: ...
-
-
-def loopback_candidates(sdp: str) -> str:
-    """The SDP without ICE candidates that are not on 127.0.0.1 (tests and single-machine demos)."""
-    lines = sdp.split("\r\n") if "\r\n" in sdp else sdp.split("\n")
-    kept = []
-    for line in lines:
-        if line.startswith("a=candidate:"):
-            fields = line.split()
-            if len(fields) < 5 or fields[4] != "127.0.0.1":
-                continue
-        kept.append(line)
-    return ("\r\n" if "\r\n" in sdp else "\n").join(kept)
 
 
 @dataclass
@@ -99,6 +79,11 @@ class ServerOptions:
     #: with aioice still gathering other interfaces, see tests/test_webrtc.py)
     loopback_candidates_only: bool = False
     max_say_chars: int = 500  # longest text the page may ask the bot to speak
+    #: every session sends {"type": "alive"} this often on its data channel (0: never) ...
+    heartbeat_s: float = 0.5
+    #: ... and the page offers again (same call, earlier turns kept) after this long without one
+    failover_after_s: float = 2.0
+    retry_after_s: int = 2  # what a 503 (no room for the call now) tells the page to wait
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -113,6 +98,10 @@ class ServerOptions:
             raise UserError(f"media timeout must be > 0 s, got {self.media_timeout_s}")
         if not 1 <= self.max_say_chars <= 5000:
             raise UserError(f"max say chars must be in [1, 5000], got {self.max_say_chars}")
+        if self.heartbeat_s < 0 or (self.heartbeat_s and not self.failover_after_s > self.heartbeat_s):
+            raise UserError("heartbeat must be >= 0 s and the failover wait longer than the heartbeat")
+        if self.retry_after_s < 1:
+            raise UserError(f"retry-after must be >= 1 s, got {self.retry_after_s}")
         if self.token is not None and not self.token.strip():
             raise UserError("the bearer token must not be empty")
         if self.offer_rate_per_min < 0 or self.offer_burst < 1:
@@ -122,24 +111,94 @@ class ServerOptions:
         )
 
 
+class Calls(Protocol):
+    """Where the server's calls run: in this process (:class:`LocalCalls`) or on cluster workers
+    (:class:`voiceloop.cluster.ClusterCalls`). The HTTP front is the same for both."""
+
+    @property
+    def sessions(self) -> int: ...
+
+    def voices(self) -> dict[str, Any]: ...
+
+    async def offer(self, sdp: str, call: str | None) -> dict[str, Any]:
+        """The answer (``sdp``, ``type``, ``session``, ``call``); :class:`Refused` when it cannot be
+        placed (503 + Retry-After: no room now) or the offer is bad (400)."""
+        ...
+
+    def collect(self, metrics: ServeMetrics) -> None:
+        """Refresh the gauges that describe the moment (just before a scrape)."""
+        ...
+
+    async def stop(self) -> None: ...
+
+
+class LocalCalls:
+    """Calls in this process, at most ``max_sessions`` at once (503 beyond)."""
+
+    def __init__(self, peers: Peers, options: ServerOptions, metrics: ServeMetrics) -> None:
+        self.peers = peers
+        self.options = options
+        self._pending = 0  # offers being negotiated (count toward the cap)
+        self._observe = metrics.observe_turn
+
+    @property
+    def sessions(self) -> int:
+        return self.peers.sessions
+
+    def voices(self) -> dict[str, Any]:
+        return self.peers.voices()
+
+    async def offer(self, sdp: str, call: str | None) -> dict[str, Any]:
+        if call is not None:  # the page lost this call and offers again: the old session goes first
+            await self.peers.close_call(call, "the call continues on a new connection")
+        if self.peers.sessions + self._pending >= self.options.max_sessions:
+            retry = {"Retry-After": str(self.options.retry_after_s)}
+            raise Refused(503, f"server busy: {self.options.max_sessions} sessions already", retry)
+        self._pending += 1
+        try:
+            answer = await self.peers.open(sdp, call or new_call_id())
+        except BadOffer as exc:
+            raise Refused(400, str(exc)) from None
+        finally:
+            self._pending -= 1
+        session = self.peers.session(answer["session"])
+        if session is not None:
+            session.pipeline.add_observer(self._observe)
+        return answer
+
+    def collect(self, metrics: ServeMetrics) -> None:
+        pass
+
+    async def stop(self) -> None:
+        await self.peers.close_all()
+
+
 class VoiceServer:
-    """HTTP signalling + per-peer pipelines. ``await start()``, then ``await stop()``."""
+    """HTTP signalling in front of calls. ``await start()``, then ``await stop()``.
+
+    ``calls``: where calls run (default: :class:`LocalCalls` on ``engines`` in this process)."""
 
     def __init__(
         self,
-        engines: Engines,
-        handler: Callable[..., Any],
+        engines: Engines | None,
+        handler: Callable[..., Any] | None,
         loop_options: LoopOptions | None = None,
         options: ServerOptions | None = None,
         observer: SessionObserver | None = None,
         clock: Callable[[], float] | None = None,  # the offer rate limit's (tests); time.monotonic
+        calls: Calls | None = None,
     ) -> None:
-        self.engines = engines
-        self.handler = handler
         self.loop_options = loop_options if loop_options is not None else LoopOptions()
         self.options = options if options is not None else ServerOptions()
-        self.observer = observer
         opts = self.options
+        self.metrics = ServeMetrics()
+        self.peers: Peers | None = None
+        if calls is None:
+            if engines is None or handler is None:
+                raise TypeError("VoiceServer needs engines and a handler, or calls")
+            self.peers = Peers(engines, handler, self.loop_options, opts, observer)
+            calls = LocalCalls(self.peers, opts, self.metrics)
+        self.calls = calls
         if opts.token is None and not is_loopback(opts.host):
             log.warning("serving %s with no token: anyone who reaches it can use the bot", opts.host)
         limiter = RateLimiter(opts.offer_rate_per_min, opts.offer_burst, clock or time.monotonic)
@@ -149,10 +208,6 @@ class VoiceServer:
         self._files = {name: web_file(name) for name in WEB_FILES}
         if self.options.page is not None:
             self._files["index.html"] = self.options.page
-        self._sessions: dict[int, Session] = {}
-        self._pending = 0  # offers being negotiated (count toward the cap)
-        self._next_id = 0
-        self._tasks: set[asyncio.Task[Any]] = set()
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
         self.app = web.Application(
@@ -163,16 +218,17 @@ class VoiceServer:
             self.app.router.add_get(f"/{name}", self._page)
         self.app.router.add_get("/voices", self._voices)
         self.app.router.add_get("/config", self._config)
+        self.app.router.add_get("/metrics", self._metrics)
         self.app.router.add_post("/offer", self._offer)
 
     @property
     def sessions(self) -> int:
-        """Live peer sessions."""
-        return len(self._sessions)
+        """Live calls."""
+        return self.calls.sessions
 
-    def session(self, sid: int) -> Session | None:
-        """The live session with this id (the ``session`` field of the offer's answer)."""
-        return self._sessions.get(sid)
+    def session(self, sid: int) -> Any:
+        """The live session with this id (the ``session`` field of the offer's answer; local calls)."""
+        return self.peers.session(sid) if self.peers is not None else None
 
     @property
     def url(self) -> str:
@@ -196,9 +252,7 @@ class VoiceServer:
         self.guard.bind(self.port)
 
     async def stop(self) -> None:
-        await asyncio.gather(*(self._close(s) for s in list(self._sessions.values())))
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.calls.stop()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -211,7 +265,7 @@ class VoiceServer:
 
     def voices(self) -> dict[str, Any]:
         """What the TTS engine offers (``GET /voices``): default, ``seeds`` (``seed:N`` works), names."""
-        return voice_catalog(self.engines.tts, self.loop_options.voice)
+        return self.calls.voices()
 
     async def _voices(self, request: web.Request) -> web.Response:
         self.guard.authorize(request)
@@ -227,169 +281,33 @@ class VoiceServer:
             else:  # an RTCIceServer: TURN needs its credentials on the browser side as well
                 entry = {"urls": server.urls, "username": server.username, "credential": server.credential}
                 ice.append({k: v for k, v in entry.items() if v is not None})
-        body = {"ice_servers": ice, "max_say_chars": self.options.max_say_chars, "voices": self.voices()}
+        opts = self.options
+        body = {
+            "ice_servers": ice,
+            "max_say_chars": opts.max_say_chars,
+            "voices": self.voices(),
+            "heartbeat_s": opts.heartbeat_s,
+            "failover_after_s": opts.failover_after_s if opts.heartbeat_s else None,
+        }
         return web.json_response(body, headers={"Cache-Control": "no-store"})  # TURN credentials
 
+    async def _metrics(self, request: web.Request) -> web.Response:
+        """Prometheus text format (:mod:`voiceloop.serve.metrics`); needs the token when there is one."""
+        self.guard.authorize(request)
+        self.metrics.sessions.set(self.calls.sessions)
+        self.calls.collect(self.metrics)
+        body, content_type = self.metrics.render()
+        return web.Response(body=body, headers={"Content-Type": content_type, "Cache-Control": "no-store"})
+
     async def _offer(self, request: web.Request) -> web.Response:
-        """Checks first (:class:`Guard`: rate, token, body; Refused → its status), then a session."""
+        """Checks first (:class:`Guard`: rate, token, body; Refused → its status), then a call."""
         self.guard.limit_offers(request)
         self.guard.authorize(request)
-        sdp = await self.guard.read_offer(request)
-        if len(self._sessions) + self._pending >= self.options.max_sessions:
-            raise Refused(503, f"server busy: {self.options.max_sessions} sessions already")
-        self._pending += 1
+        sdp, call = await self.guard.read_offer(request)
         try:
-            answer = await self._negotiate(sdp)
-        except _BadOffer as exc:
-            raise Refused(400, str(exc)) from None
-        finally:
-            self._pending -= 1
+            answer = await self.calls.offer(sdp, call)
+        except Refused as refused:
+            self.metrics.offers.labels("busy" if refused.status == 503 else "bad").inc()
+            raise
+        self.metrics.offers.labels("admitted").inc()
         return web.json_response(answer)
-
-    # -- peers -----------------------------------------------------------------------------
-    async def _negotiate(self, sdp: str) -> dict[str, Any]:
-        from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
-
-        servers = [
-            s if isinstance(s, RTCIceServer) else RTCIceServer(urls=s) for s in self.options.ice_servers
-        ]
-        pc = RTCPeerConnection(RTCConfiguration(iceServers=servers))
-        source, sink = WebRtcSource(), WebRtcSink()
-        pipeline = build_pipeline(source, sink, self.engines, self.handler, self.loop_options)
-        self._next_id += 1
-        session = Session(
-            self._next_id,
-            pc,
-            source,
-            sink,
-            pipeline,
-            catalog=self.voices(),
-            max_say_chars=self.options.max_say_chars,
-        )
-        pipeline.add_observer(session.send_event)
-        self._wire(session)
-        if self.options.loopback_candidates_only:
-            sdp = loopback_candidates(sdp)
-        try:
-            await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
-            if not any(t.kind == "audio" for t in pc.getTransceivers()):
-                raise _BadOffer("the offer SDP has no audio track (m=audio line)")
-            pc.addTrack(sink.track)
-            await pc.setLocalDescription(await pc.createAnswer())
-        except _BadOffer:
-            await pc.close()
-            raise
-        except Exception as exc:  # aiortc raises ValueError, AttributeError, ... on bad SDP
-            await pc.close()
-            raise _BadOffer(f"cannot use the offer SDP: {type(exc).__name__}: {exc}") from exc
-        self._sessions[session.id] = session
-        if self.observer is not None:
-            self.observer.session_started(session.id, pipeline)
-        session.task = asyncio.get_running_loop().create_task(
-            self._run(session), name=f"voiceloop:peer{session.id}"
-        )
-        session.watchdog = asyncio.get_running_loop().call_later(
-            self.options.connect_timeout_s, self._check_connected, session
-        )
-        local = pc.localDescription
-        return {"sdp": local.sdp, "type": local.type, "session": session.id}
-
-    def _wire(self, session: Session) -> None:
-        pc = session.pc
-
-        @pc.on("track")
-        def on_track(track: Any) -> None:
-            if track.kind == "audio" and session.source.track is None:
-                session.source.attach(track)
-            else:  # not ours to play: still drain it (its queue is unbounded)
-                self._spawn(_drain(track))
-
-        @pc.on("datachannel")
-        def on_datachannel(channel: Any) -> None:
-            if channel.label != "events":
-                return
-            session.open_channel(channel)
-            channel.on("open", session.flush_backlog)
-            channel.on("close", lambda: self._spawn(self._close(session)))
-
-        @pc.on("connectionstatechange")
-        def on_state() -> None:
-            state = pc.connectionState
-            if state in ("failed", "closed"):
-                self._spawn(self._close(session))
-            elif state == "connected" and not session.closing:  # from now on, watch the audio
-                if session.watchdog is not None:
-                    session.watchdog.cancel()
-                session.watchdog = asyncio.get_running_loop().call_later(
-                    self.options.media_timeout_s, self._check_media, session, session.source.received
-                )
-
-    def _check_connected(self, session: Session) -> None:
-        if session.closing:
-            return
-        if session.pc.connectionState != "connected":
-            log.info("session %s: not connected after %.0f s", session.id, self.options.connect_timeout_s)
-            self._spawn(self._close(session))
-
-    def _check_media(self, session: Session, seen: int) -> None:
-        """Every ``media_timeout_s``: has the peer's microphone sent anything since the last look?"""
-        if session.closing:
-            return
-        received = session.source.received
-        if received == seen:
-            reason = f"no audio from the peer for {self.options.media_timeout_s:g} s"
-            log.info("session %s: %s", session.id, reason)
-            session.send({"type": "closing", "reason": reason})
-            self._spawn(self._close(session))
-            return
-        session.watchdog = asyncio.get_running_loop().call_later(
-            self.options.media_timeout_s, self._check_media, session, received
-        )
-
-    async def _run(self, session: Session) -> None:
-        try:
-            await session.pipeline.run()
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("session %s: pipeline failed", session.id)
-        finally:
-            if not session.closing:
-                self._spawn(self._close(session))
-
-    async def _close(self, session: Session) -> None:
-        """Tear a session down once: cancel its pipeline, close the connection, forget it."""
-        if session.closing:
-            return
-        session.closing = True
-        if session.watchdog is not None:
-            session.watchdog.cancel()
-        task = session.task
-        if task is not None and not task.done() and task is not asyncio.current_task():
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-        await session.pc.close()  # the pipeline's stages closed their engine sessions as it ended
-        if self._sessions.pop(session.id, None) is not None and self.observer is not None:
-            try:
-                self.observer.session_ended(session.id, session.pipeline)
-            except Exception:
-                log.exception("session %s: the session observer failed", session.id)
-
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-
-class _BadOffer(Exception):
-    pass
-
-
-async def _drain(track: Any) -> None:
-    from aiortc.mediastreams import MediaStreamError
-
-    try:
-        while True:
-            await track.recv()
-    except MediaStreamError:
-        pass
