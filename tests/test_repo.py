@@ -45,8 +45,11 @@ def test_ruff_clean() -> None:
 #: a package imports only lower ranks: the core (rank 0: frames, pipeline, clock, compute, engines, ...)
 #: imports only itself; io holds the transports; the stages of the data path (io → vad → asr → dialogue
 #: → tts → io) are siblings that never import each other; the loop assembles them; serve, the agent
-#: and the CLI sit on top
-RANKS = {"io": 1, "vad": 2, "aec": 2, "asr": 2, "dialogue": 2, "tts": 2, "loop": 3, "serve": 4, "agent": 5}
+#: and the CLI sit on top (cluster: serve's calls placed on Ray workers)
+RANKS = {
+    **{"io": 1, "vad": 2, "aec": 2, "asr": 2, "dialogue": 2, "tts": 2, "loop": 3},
+    **{"serve": 4, "cluster": 4.5, "agent": 5},
+}
 TOP = {"cli": 6, "__init__": 7, "__main__": 7}
 
 

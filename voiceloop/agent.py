@@ -147,17 +147,33 @@ class Agent:
         server: Any = None,
         observer: Any = None,
         on_start: Callable[[Any], Awaitable[Any] | Any] | None = None,
+        cluster: Any = None,
+        ray_address: str = "auto",
     ) -> None:
         """The WebRTC voice bot (one pipeline per browser peer, these engines shared) until Ctrl-C or
         SIGTERM. ``server``: a :class:`voiceloop.serve.ServerOptions` (host/port then come from it);
-        ``observer``: sessions' events (a ``ServeLog``); ``on_start(server)`` runs once it listens."""
+        ``observer``: sessions' events (a ``ServeLog``); ``on_start(server)`` runs once it listens.
+
+        ``cluster``: a :class:`voiceloop.cluster.ClusterOptions` to place calls on the workers of the
+        Ray cluster at ``ray_address`` instead (this process is then the gateway: it loads no model).
+        SIGTERM then drains: no new calls, and it exits once the calls ended (or their grace ran out)."""
         from .serve import ServerOptions, VoiceServer
 
         options = server if server is not None else ServerOptions(host=host, port=port)
 
         async def main() -> None:
-            engines, handler = self.engines, self.handler
-            voice_server = VoiceServer(engines, handler, self.options, options, observer=observer)
+            calls = None
+            if cluster is not None:
+                from .cluster import ClusterCalls, WorkerSpec, connect
+
+                connect(ray_address, cluster.namespace)
+                spec = WorkerSpec(self.options, self.handler, server=options)
+                calls = ClusterCalls(spec, cluster)
+                await calls.start()
+                voice_server = VoiceServer(None, None, self.options, options, observer=observer, calls=calls)
+            else:
+                engines, handler = self.engines, self.handler
+                voice_server = VoiceServer(engines, handler, self.options, options, observer=observer)
             await voice_server.start()
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
@@ -167,6 +183,8 @@ class Agent:
                 if on_start is not None and asyncio.iscoroutine(started := on_start(voice_server)):
                     await started
                 await stop.wait()
+                if calls is not None:  # SIGTERM: let the calls finish
+                    await calls.drain_all()
             finally:
                 await voice_server.stop()
 

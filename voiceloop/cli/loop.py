@@ -127,12 +127,15 @@ def _view(args: argparse.Namespace):
     return make_view("json" if args.json else "quiet" if args.quiet else "live")
 
 
-def agent_for(args: argparse.Namespace, options=None, *, echo: str = "off"):
-    """The :class:`voiceloop.Agent` the flags describe, its engines loaded (quietly with --quiet)."""
+def agent_for(args: argparse.Namespace, options=None, *, echo: str = "off", load: bool = True):
+    """The :class:`voiceloop.Agent` the flags describe, its engines loaded (quietly with --quiet;
+    ``load=False``: not here, e.g. a cluster gateway whose workers load them)."""
     from ..agent import Agent
     from ..hub import no_progress_bars
 
     agent = Agent(args.handler, echo=echo, options=options or loop_options(args))
+    if not load:
+        return agent
     with no_progress_bars() if args.quiet else contextlib.nullcontext():  # --quiet: errors only
         return agent.load()
 

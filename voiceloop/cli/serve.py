@@ -114,7 +114,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_sessions=args.max_sessions,
         ice_servers=list(args.ice_server or []),
     )
-    agent = agent_for(args, options)
+    cluster = cluster_options(args)  # --ray: Ray installed and the cluster reached, or one line now
+    agent = agent_for(args, options, load=cluster is None)
     metrics = open(args.metrics_out, "w", encoding="utf-8") if args.metrics_out else None  # noqa: SIM115
     log = ServeLog("json" if args.json else "quiet" if args.quiet else "plain", metrics=metrics)
 
@@ -129,7 +130,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
             _tasks.add(asyncio.get_running_loop().create_task(_serve_stats(server, args)))
 
     try:
-        agent.serve(server=server_options, observer=log, on_start=listening)
+        agent.serve(
+            server=server_options, observer=log, on_start=listening, cluster=cluster, ray_address=args.ray
+        )
     finally:
         log.close()
         agent.close()
@@ -157,6 +160,52 @@ async def _serve_stats(server, args: argparse.Namespace) -> None:
             print(line, file=sys.stderr, flush=True)
 
 
+def cluster_options(args: argparse.Namespace) -> Any:
+    """``--ray``: a :class:`voiceloop.cluster.ClusterOptions` from the cluster flags; else None."""
+    if args.ray is None:
+        return None
+    from ..cluster import ClusterOptions, connect
+    from ..cluster.connect import ray_module
+
+    ray_module()  # not installed: one line naming the extra, before anything loads
+    try:
+        options = ClusterOptions(
+            workers=args.workers,
+            worker_cpus=args.worker_cpus,
+            worker_gpus=args.worker_gpus,
+            drain_grace_s=args.drain_grace_s,
+        )
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    connect(args.ray, options.namespace)
+    return options
+
+
+def add_cluster_arguments(serve: argparse.ArgumentParser) -> None:
+    group = serve.add_argument_group("past one machine (Ray; docs/cluster.md)")
+    group.add_argument(
+        "--ray",
+        metavar="ADDRESS",
+        help="place calls on workers of this Ray cluster (auto: the one 'ray start' made here; "
+        "HOST:PORT: its head); this process is then the gateway and loads no model",
+    )
+    group.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="worker actors (default: as many as the cluster's CPUs hold)",
+    )
+    group.add_argument("--worker-cpus", type=float, default=1.0, help="CPUs per worker (default: 1)")
+    group.add_argument("--worker-gpus", type=float, default=0.0, help="GPUs per worker (default: 0)")
+    group.add_argument(
+        "--drain-grace-s",
+        type=float,
+        default=3600.0,
+        metavar="S",
+        help="on SIGTERM or POST /drain, how long a draining worker's calls may go on (default: 3600)",
+    )
+
+
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     serve = sub.add_parser("serve", help="the WebRTC voice bot (aiohttp + aiortc), one pipeline per peer")
     serve.add_argument(
@@ -173,5 +222,6 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         metavar="S",
         help="every S seconds, a line with the live sessions and asyncio tasks (leak watch)",
     )
+    add_cluster_arguments(serve)
     add_loop_arguments(serve)
     serve.set_defaults(func=cmd_serve)

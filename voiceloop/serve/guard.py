@@ -262,10 +262,8 @@ class Guard:
                 429, f"too many offers from your address: retry in {retry} s", {"Retry-After": str(retry)}
             )
 
-    async def read_offer(self, request: web.Request) -> tuple[str, str | None]:
-        """The offer's SDP and call id, from a JSON body ``{"sdp": "...", "type": "offer"}`` of
-        bounded size; ``"call"``: the id an earlier answer gave (the page offers again for a lost
-        call), which must look like one (:data:`voiceloop.serve.history.CALL_ID`)."""
+    async def _read_body(self, request: web.Request) -> Any:
+        """A JSON body of bounded size, parsed (415 / 413 / 400 otherwise)."""
         if request.content_type != "application/json":
             raise Refused(415, f"Content-Type must be application/json, got {request.content_type}")
         too_big = Refused(413, f"request body over {self.max_body_bytes} bytes")
@@ -276,11 +274,26 @@ class Guard:
         except web.HTTPRequestEntityTooLarge:
             raise too_big from None
         try:
-            offer: Any = json.loads(body)
+            return json.loads(body)
         except RecursionError:
             raise Refused(400, "body is not JSON: nested too deeply") from None
         except (ValueError, UnicodeDecodeError) as exc:
             raise Refused(400, f"body is not JSON: {exc}") from None
+
+    async def read_json(self, request: web.Request) -> dict[str, Any]:
+        """A JSON object body of bounded size."""
+        data = await self._read_body(request)
+        if not isinstance(data, dict):
+            raise Refused(
+                400, f"body must be a JSON object, got {_JSON_KINDS.get(type(data), 'something else')}"
+            )
+        return data
+
+    async def read_offer(self, request: web.Request) -> tuple[str, str | None]:
+        """The offer's SDP and call id, from a JSON body ``{"sdp": "...", "type": "offer"}`` of
+        bounded size; ``"call"``: the id an earlier answer gave (the page offers again for a lost
+        call), which must look like one (:data:`voiceloop.serve.history.CALL_ID`)."""
+        offer = await self._read_body(request)
         shape = 'body must be {"sdp": "<offer SDP>", "type": "offer"}'
         if not isinstance(offer, dict):
             raise Refused(400, f"{shape}, got {_JSON_KINDS.get(type(offer), 'something else')}")

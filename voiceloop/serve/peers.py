@@ -91,6 +91,10 @@ class Peers:
     def session(self, sid: int) -> Session | None:
         return self._sessions.get(sid)
 
+    def live(self) -> list[Session]:
+        """The sessions now (a copy: closing them while iterating is fine)."""
+        return list(self._sessions.values())
+
     def call_of(self, sid: int) -> str | None:
         return self._calls.get(sid)
 
@@ -143,7 +147,8 @@ class Peers:
         self._sessions[session.id] = session
         self._calls[session.id] = call
         if earlier:
-            session.send({"type": "resumed", "call": call, "turns": len(earlier)})
+            turns = len({m.turn_id for m in earlier})
+            session.send({"type": "resumed", "call": call, "turns": turns, "messages": len(earlier)})
         if self.observer is not None:
             self.observer.session_started(session.id, pipeline)
         loop = asyncio.get_running_loop()

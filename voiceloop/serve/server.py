@@ -19,6 +19,7 @@ microphone sends nothing for ``media_timeout_s`` (a vanished peer, long before I
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -209,6 +210,7 @@ class VoiceServer:
         if self.options.page is not None:
             self._files["index.html"] = self.options.page
         self._runner: web.AppRunner | None = None
+        self._background: set[asyncio.Task[Any]] = set()
         self.port: int | None = None
         self.app = web.Application(
             client_max_size=self.options.max_body_bytes, middlewares=[self.guard.middleware()]
@@ -220,6 +222,9 @@ class VoiceServer:
         self.app.router.add_get("/config", self._config)
         self.app.router.add_get("/metrics", self._metrics)
         self.app.router.add_post("/offer", self._offer)
+        if hasattr(calls, "drain"):  # calls on cluster workers: an operator may drain one
+            self.app.router.add_get("/workers", self._workers)
+            self.app.router.add_post("/drain", self._drain)
 
     @property
     def sessions(self) -> int:
@@ -298,6 +303,28 @@ class VoiceServer:
         self.calls.collect(self.metrics)
         body, content_type = self.metrics.render()
         return web.Response(body=body, headers={"Content-Type": content_type, "Cache-Control": "no-store"})
+
+    async def _workers(self, request: web.Request) -> web.Response:
+        """Each cluster worker: name, state, node, calls, headroom."""
+        self.guard.authorize(request)
+        return web.json_response(self.calls.status(), headers={"Cache-Control": "no-store"})  # type: ignore[attr-defined]
+
+    async def _drain(self, request: web.Request) -> web.Response:
+        """``{"worker": NAME, "grace_s": S}``: that worker takes no new calls and leaves once its calls
+        end (or after S s). Answers at once (202); the drain goes on in the background."""
+        self.guard.authorize(request)
+        body = await self.guard.read_json(request)
+        name, grace = body.get("worker"), body.get("grace_s")
+        if not isinstance(name, str) or not (
+            grace is None or (isinstance(grace, int | float) and grace >= 0)
+        ):
+            raise Refused(400, 'body must be {"worker": "<name>", "grace_s": <seconds, optional>}')
+        if name not in {row["worker"] for row in self.calls.status()}:  # type: ignore[attr-defined]
+            raise Refused(404, f"no worker {name!r}")
+        task = asyncio.get_running_loop().create_task(self.calls.drain(name, grace))  # type: ignore[attr-defined]
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return web.json_response({"worker": name, "draining": True}, status=202)
 
     async def _offer(self, request: web.Request) -> web.Response:
         """Checks first (:class:`Guard`: rate, token, body; Refused → its status), then a call."""
