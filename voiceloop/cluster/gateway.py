@@ -220,21 +220,22 @@ class ClusterCalls:
         return self._voices
 
     async def offer(self, sdp: str, call: str | None) -> dict[str, Any]:
-        exclude: set[str] = set()
-        if call is not None and (previous := self.placed.get(call)) is not None:
+        tried: set[str] = set()
+        previous = self.placed.get(call) if call is not None else None
+        if previous is not None:  # the page lost this call: place it elsewhere if anywhere else has room
             self.failovers += 1
             old = self.workers.get(previous)
-            if old is None or old.state != "ready" or old.misses:
-                exclude.add(previous)  # dead, hung or going: the call goes elsewhere
-            else:  # the page lost the connection, not the worker: end the old session there
-                old.actor.close_call.remote(call)
+            if old is not None and old.state == "ready" and not old.misses:
+                old.actor.close_call.remote(call)  # the connection died, maybe not the worker: end it there
         call = call or new_call_id()
         while True:
-            worker = self._choose(exclude)
+            worker = self._choose(tried | ({previous} if previous else set()))
+            if worker is None and previous is not None and previous not in tried:
+                worker = self._choose(tried)  # nowhere else: the worker it was on, if it is alive
             if worker is None:
                 retry = {"Retry-After": str(self.spec.server.retry_after_s)}
                 raise Refused(503, "no worker has room for a call now: retry shortly", retry)
-            exclude.add(worker.name)
+            tried.add(worker.name)
             answer = await self._place(worker, sdp, call)
             if answer is not None:
                 return answer
