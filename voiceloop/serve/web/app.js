@@ -41,7 +41,7 @@ const state = {
   pc: null, channel: null, mic: null, audioCtx: null, micAnalyser: null, botAnalyser: null,
   meterTimer: null, session: null, events: [], errors: [], botPeak: 0, config: null, status: "idle",
   call: null, gen: 0, wanted: false, final: false, previous: null, watchdog: null, cancelWait: null,
-  offers: 0, reconnects: 0, alive: 0, resumed: null,
+  offers: 0, reconnects: 0, alive: 0, resumed: null, losses: [],
 };
 
 function setStatus(text) {
@@ -422,6 +422,7 @@ function closeLeg(leg) {
 async function lost(gen, why) {
   if (gen !== state.gen || !state.wanted) return;
   state.gen += 1; // the old leg's handlers go quiet
+  state.losses.push(why);
   clearTimeout(state.watchdog);
   $("say").disabled = true;
   if (state.final || !state.call) {
