@@ -5,9 +5,18 @@ from __future__ import annotations
 import random
 from collections import Counter
 
+import numpy as np
 import pytest
 
-from voiceloop.cluster.admission import AdmissionOptions, CostEstimate, Ledger, Load, choose, headroom
+from voiceloop.cluster.admission import (
+    AdmissionOptions,
+    CostEstimate,
+    Ledger,
+    Load,
+    choose,
+    headroom,
+    headroom_array,
+)
 from voiceloop.errors import UserError
 
 OPTIONS = AdmissionOptions()
@@ -74,6 +83,35 @@ def test_draining_or_lagging_workers_take_nothing() -> None:
 
 def test_an_overloaded_worker_reports_zero_not_negative() -> None:
     assert headroom(load(busy=1.0, calls=20, reserved=5), OPTIONS) == 0
+
+
+def test_headroom_array_agrees_with_headroom_worker_by_worker() -> None:
+    rng = random.Random(3)
+    options = AdmissionOptions(max_calls=12)
+    loads = [
+        load(
+            f"w{i}",
+            calls=rng.randrange(15),
+            reserved=rng.randrange(4),
+            busy=rng.random(),
+            lag_s=rng.choice([0.0, 0.3, 0.6]),
+            cost_per_call=rng.choice([None, 0.0, 0.05, 0.1, 0.3]),
+            draining=rng.random() < 0.1,
+        )
+        for i in range(2000)
+    ]
+    rooms = headroom_array(
+        np.array([x.calls for x in loads]),
+        np.array([x.reserved for x in loads]),
+        np.array([x.busy for x in loads]),
+        np.array([x.lag_s for x in loads]),
+        np.array([np.nan if x.cost_per_call is None else x.cost_per_call for x in loads]),
+        options,
+        draining=np.array([x.draining for x in loads]),
+    )
+    expected = [headroom(x, options) for x in loads]
+    assert rooms.tolist() == expected
+    assert sum(expected) > 0 and expected.count(0) < len(expected)
 
 
 @pytest.mark.parametrize(
@@ -232,16 +270,25 @@ def test_two_gateways_racing_on_one_stale_report_never_overbook() -> None:
 
 
 def test_cost_estimate_ignores_empty_windows_and_smooths() -> None:
-    cost = CostEstimate(alpha=0.5)
+    cost = CostEstimate(alpha=0.5, min_windows=1)
     assert cost.value is None
     cost.update(0.4, 0)
     assert cost.value is None
     cost.update(0.4, 2)
     assert cost.value == pytest.approx(0.2)
     cost.update(0.8, 2)
-    assert cost.value == pytest.approx(0.3)  # halfway to 0.4
+    assert cost.value == pytest.approx((0.4 * 0.5 + 0.2 * 0.25) / 0.75)  # the newer window weighs more
     cost.update(0.9, 0)
-    assert cost.value == pytest.approx(0.3)
+    assert cost.value == pytest.approx(1 / 3)
+
+
+def test_cost_estimate_waits_for_enough_windows_and_a_silent_first_one_does_not_stick() -> None:
+    cost = CostEstimate(alpha=0.05, min_windows=4)
+    for busy in (0.0, 0.5, 0.5):
+        cost.update(busy, 1)
+        assert cost.value is None  # the prior still stands
+    cost.update(0.5, 1)
+    assert cost.value == pytest.approx(0.375, abs=0.01)  # about the mean of the four, not the silent 0
 
 
 def test_cost_estimate_feeds_headroom() -> None:
@@ -251,6 +298,8 @@ def test_cost_estimate_feeds_headroom() -> None:
     assert headroom(load(busy=0.3, calls=3, cost_per_call=cost.value), OPTIONS) == 4
 
 
-def test_cost_estimate_rejects_a_bad_alpha() -> None:
+def test_cost_estimate_rejects_bad_settings() -> None:
     with pytest.raises(UserError):
         CostEstimate(alpha=0.0)
+    with pytest.raises(UserError):
+        CostEstimate(min_windows=0)

@@ -25,6 +25,8 @@ import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, replace
 
+import numpy as np
+
 from ..errors import UserError
 
 #: slack in the busy comparison, so a prediction that lands exactly on the target still admits
@@ -100,6 +102,31 @@ def headroom(load: Load, options: AdmissionOptions) -> int:
     base = max(load.busy, load.calls * cost)
     by_busy = math.floor((options.target_busy - base) / cost + _EPS)
     return max(0, min(by_busy, options.max_calls - load.calls) - load.reserved)
+
+
+def headroom_array(
+    calls: np.ndarray,
+    reserved: np.ndarray,
+    busy: np.ndarray,
+    lag_s: np.ndarray,
+    cost_per_call: np.ndarray,
+    options: AdmissionOptions,
+    draining: np.ndarray | None = None,
+) -> np.ndarray:
+    """:func:`headroom` for many workers at once (a gateway over hundreds of workers, the simulation).
+
+    ``cost_per_call`` holds NaN where a worker has not measured its cost yet. Same rule, same results as
+    :func:`headroom`, element by element.
+    """
+    cost = np.where(np.isnan(cost_per_call), options.prior_cost_per_call, cost_per_call)
+    cost = np.maximum(cost, options.min_cost_per_call)
+    base = np.maximum(busy, calls * cost)
+    by_busy = np.floor((options.target_busy - base) / cost + _EPS).astype(np.int64)
+    room = np.maximum(0, np.minimum(by_busy, options.max_calls - calls) - reserved)
+    shut = lag_s > options.max_lag_s
+    if draining is not None:
+        shut = shut | draining
+    return np.where(shut, 0, room)
 
 
 def choose(
@@ -203,23 +230,36 @@ class CostEstimate:
 
     ``busy / calls`` per window includes each call's silent stretches, so it is the average cost of a call,
     not its peak; ``AdmissionOptions.target_busy`` leaves the margin for calls that speak at once. Windows
-    with no calls say nothing about a call's cost and are ignored.
+    with no calls say nothing about a call's cost and are ignored. One window swings with the turns in it
+    (a reply running or not), so the default ``alpha`` averages over many turns: with 2.5 s windows, about
+    50 s. A short memory lets a few quiet windows admit calls the worker cannot hold
+    (``benchmarks/cluster_sim.py --cost-alpha`` compares).
     """
 
-    def __init__(self, alpha: float = 0.2) -> None:
+    def __init__(self, alpha: float = 0.05, min_windows: int = 8) -> None:
         if not 0.0 < alpha <= 1.0:
             raise UserError("cost estimate: alpha must be in (0, 1]")
+        if min_windows < 1:
+            raise UserError("cost estimate: min_windows must be >= 1")
         self.alpha = alpha
-        self._value: float | None = None
+        self.min_windows = min_windows
+        self._ema = 0.0
+        self._windows = 0
 
     def update(self, busy: float, active_calls: int) -> None:
         """Fold in one window: the lanes' busy fraction and the calls live during it."""
         if active_calls <= 0:
             return
-        sample = max(0.0, busy) / active_calls
-        self._value = sample if self._value is None else self._value + self.alpha * (sample - self._value)
+        self._ema += self.alpha * (max(0.0, busy) / active_calls - self._ema)
+        self._windows += 1
 
     @property
     def value(self) -> float | None:
-        """The smoothed cost per call; None until a window with calls has been seen."""
-        return self._value
+        """The smoothed cost per call; None (use the prior) until ``min_windows`` windows with calls.
+
+        The average starts from zero and is divided by the weight it has gathered, so early on it is the
+        plain mean of the windows seen, not a first window that happened to be silent.
+        """
+        if self._windows < self.min_windows:
+            return None
+        return self._ema / (1.0 - (1.0 - self.alpha) ** self._windows)
