@@ -112,7 +112,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         port=args.port,
         **access_options(args),
         max_sessions=args.max_sessions,
-        ice_servers=list(args.ice_server or []),
+        ice_servers=[ice_server(url) for url in args.ice_server or []],
     )
     cluster = cluster_options(args)  # --ray: Ray installed and the cluster reached, or one line now
     agent = agent_for(args, options, load=cluster is None)
@@ -158,6 +158,21 @@ async def _serve_stats(server, args: argparse.Namespace) -> None:
         elif not args.quiet:
             line = f"voiceloop serve: {sessions} session(s), {tasks} asyncio task(s)"
             print(line, file=sys.stderr, flush=True)
+
+
+def ice_server(url: str) -> Any:
+    """``stun:host:port`` as it is; ``turn:USER:PASS@host:port`` (or ``turns:``) with its credentials
+    split out, as WebRTC wants them (the page gets them from /config, the server's peers use them)."""
+    scheme, _, rest = url.partition(":")
+    if scheme not in ("turn", "turns") or "@" not in rest:
+        return url
+    from aiortc import RTCIceServer
+
+    secret, _, where = rest.rpartition("@")
+    user, sep, password = secret.partition(":")
+    if not sep or not user or not where:
+        raise UserError(f"--ice-server {scheme}: expects {scheme}:USER:PASSWORD@HOST:PORT")
+    return RTCIceServer(urls=f"{scheme}:{where}", username=user, credential=password)
 
 
 def cluster_options(args: argparse.Namespace) -> Any:
@@ -214,7 +229,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--port", type=int, default=8080)
     add_access_arguments(serve)
     serve.add_argument("--max-sessions", type=int, default=4, help="concurrent peers (503 beyond)")
-    serve.add_argument("--ice-server", action="append", help="STUN/TURN URL (repeatable; default: none)")
+    serve.add_argument(
+        "--ice-server",
+        action="append",
+        help="stun:HOST:PORT or turn:USER:PASSWORD@HOST:PORT (repeatable; default: none)",
+    )
     serve.add_argument(
         "--stats-s",
         type=float,
