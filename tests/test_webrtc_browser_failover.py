@@ -215,6 +215,14 @@ async def test_a_silent_server_is_left_for_a_new_connection(mic):
         assert [c is None for c, _ in log.admitted()] == [True, False]
         await page.wait_for_selector("#status.connected", timeout=15_000)
 
+        # a server that ends a session with a reason other than a silent microphone (a worker
+        # shutting down): the page goes on elsewhere, as after a loss
+        new = srv.session(await js(page, "window.voiceloop.state.session"))
+        await srv.peers.close(new, reason="the worker is shutting down")
+        await wait_js(page, "window.voiceloop.state.losses.length === 2")
+        await wait_js(page, "window.voiceloop.state.resumed !== null", timeout=15)
+        assert len(log.admitted()) == 3 and not await page.locator("#errors").text_content()
+
 
 async def test_no_reconnect_after_the_server_closes_for_a_silent_microphone(mic):
     async with serving() as (srv, log), page_on(srv, mic) as page:

@@ -119,10 +119,12 @@ function turnCard(turnId, kind) {
   return card;
 }
 
+const turnsText = (n) => `${n} earlier turn${n === 1 ? "" : "s"}`;
+
 function resumedCard(turns) {
   const card = document.createElement("li");
   card.className = "turn resumed";
-  card.textContent = `reconnected · ${turns} earlier turn${turns === 1 ? "" : "s"} kept`;
+  card.textContent = `reconnected · ${turnsText(turns)} kept`;
   $("turns").prepend(card);
 }
 
@@ -238,12 +240,14 @@ function onEvent(event) {
     case "resumed":
       state.resumed = event;
       resumedCard(event.turns);
-      notice(`Reconnected: the conversation is kept (${event.turns} earlier turn${event.turns === 1 ? "" : "s"})`);
+      notice(`Reconnected: the conversation is kept (${turnsText(event.turns)})`);
       break;
     case "closing":
       // a silent microphone is not fixed by offering again; other ends (a worker going away) are
-      if (event.resume === false || /no audio/i.test(event.reason || "")) state.final = true;
-      showError(`server closed the session: ${event.reason}`);
+      if (event.resume === false || /no audio/i.test(event.reason || "")) {
+        state.final = true;
+        showError(`server closed the session: ${event.reason}`);
+      } else notice(`The server ended this connection (${event.reason}): reconnecting…`);
       break;
   }
 }
@@ -359,8 +363,10 @@ function openPeer(gen) {
   };
   pc.onconnectionstatechange = () => {
     if (!mine()) return;
+    const back = state.status === "reconnecting" && pc.connectionState === "connected";
     if (pc.connectionState === "failed") lost(gen, "the connection failed");
-    else if (state.status !== "reconnecting" || pc.connectionState === "connected") setStatus(pc.connectionState);
+    else if (state.status !== "reconnecting" || back) setStatus(pc.connectionState);
+    if (back && !state.resumed) notice("Reconnected"); // "resumed" says more when there were turns
   };
   return pc;
 }
@@ -375,7 +381,8 @@ async function dial(resuming) {
   const prefix = resuming ? "Reconnecting… (the conversation is kept) — " : "";
   for (;;) {
     if (gen !== state.gen) return;
-    const offer = { sdp: pc.localDescription.sdp, type: "offer", ...(state.call ? { call: state.call } : {}) };
+    const offer = { sdp: pc.localDescription.sdp, type: "offer" };
+    if (state.call) offer.call = state.call;
     let response;
     state.offers += 1;
     try {
@@ -407,7 +414,7 @@ async function dial(resuming) {
     state.call = answer.call;
     $("disconnect").textContent = "Disconnect";
     if (!resuming) notice("");
-    if (state.status === "waiting") setStatus(pc.connectionState);
+    if (state.status === "waiting") setStatus(resuming ? "reconnecting" : pc.connectionState);
     watch(gen, state.config?.failover_after_s && Math.max(CONNECT_WAIT_S, state.config.failover_after_s));
     return;
   }
@@ -423,6 +430,7 @@ async function lost(gen, why) {
   if (gen !== state.gen || !state.wanted) return;
   state.gen += 1; // the old leg's handlers go quiet
   state.losses.push(why);
+  state.resumed = null;
   clearTimeout(state.watchdog);
   $("say").disabled = true;
   if (state.final || !state.call) {
@@ -496,7 +504,8 @@ function disconnect() {
   $("disconnect").textContent = "Disconnect";
   $("say").disabled = true;
   notice("");
-  if (["connected", "connecting", "new", "waiting", "reconnecting"].includes(state.status)) setStatus("closed");
+  const live = ["connected", "connecting", "new", "waiting", "reconnecting", "disconnected"];
+  if (live.includes(state.status)) setStatus("closed");
   meters();
 }
 
