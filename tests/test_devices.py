@@ -89,7 +89,10 @@ async def capture_while_playing(pulse: Pulse, mic_rate: int | None, seconds: flo
     mic = MicSource(pulse.mic, sample_rate=mic_rate, max_seconds=seconds)
     sink = Collect()
     task = asyncio.ensure_future(Pipeline([mic, sink]).run())
-    await asyncio.sleep(0.3)
+    # The tone starts once 0.3 s of the mic's audio has arrived: opening the stream blocks the loop
+    # for longer than a fixed 0.3 s sleep on a loaded machine, and the tone then began with capture.
+    while len(sink.frames) < 15 and not task.done():
+        await asyncio.sleep(0.01)
     player = pulse.play(tone(1000, 1.0, pulse.rate))
     try:
         await task

@@ -150,18 +150,30 @@ class SampleClock:
     sample 0 and later blocks follow the sample count, free of scheduling jitter; an estimate later
     than the count implies by more than RESYNC_S (clock drift, a stall, a device gap — or an explicit
     ``resync``) re-anchors it.
+
+    ``trust_count``: for a stream that reports its own losses (PortAudio's input-overflow flag), the
+    count is the truth and arrival times are not: a loaded machine runs the callbacks late and then
+    in a burst, with no sample lost, and following those estimates moved the times forward and then
+    back (frames dated before their predecessors). Then only ``resync`` moves the anchor, and only
+    forward, so times are monotone: no block is placed before its predecessor's end.
     """
 
-    __slots__ = ("origin", "samples")
+    __slots__ = ("origin", "samples", "trust_count")
 
-    def __init__(self) -> None:
+    def __init__(self, *, trust_count: bool = False) -> None:
         self.origin: float | None = None  # pipeline time of sample 0
         self.samples = 0  # samples so far, dropped or zero-filled ones included
+        self.trust_count = trust_count
 
     def place(self, estimate: float, frames: int, rate: int, *, resync: bool = False) -> float:
         """The time of the first of ``frames`` new samples, whose start was estimated at ``estimate``."""
         offset = self.samples / rate
-        if self.origin is None or resync or not 0.0 <= estimate - (self.origin + offset) <= RESYNC_S:
+        if self.origin is None:
+            self.origin = estimate - offset
+        elif self.trust_count:
+            if resync:
+                self.origin = max(self.origin, estimate - offset)
+        elif resync or not 0.0 <= estimate - (self.origin + offset) <= RESYNC_S:
             self.origin = estimate - offset
         self.samples += frames
         return self.origin + offset

@@ -82,11 +82,13 @@ class MicSource(Stage):
         #: stalled loop shows here before the buffer overflows into ``dropped.mic``
         self.handoff_max_s = 0.0
         self._watch: StreamWatch | None = None
-        self._blocks: deque[tuple[bytes, float]] = deque()
+        self._blocks: deque[tuple[bytes, float, bool]] = deque()  # (block, callback time, overflow)
         self._wake = asyncio.Event()
         self._ended = False
         self._adapter: InputAdapter | None = None
-        self._captured = SampleClock()  # capture times (device samples per channel, dropped ones included)
+        # capture times (device samples per channel, dropped ones included); PortAudio reports lost
+        # samples, so a late callback (a loaded machine) is no reason to move the times
+        self._captured = SampleClock(trust_count=True)
         self._seq = 0
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -132,10 +134,12 @@ class MicSource(Stage):
         if watch is None or watch.loop is None or watch.loop.is_closed():
             raise self._abort
         t = watch.last_callback = time.monotonic()
-        watch.call(self._put, bytes(indata), t, bool(status))
+        watch.call(self._put, bytes(indata), t, bool(status), bool(status.input_overflow))
 
     # -- event loop ------------------------------------------------------------------------
-    def _put(self, block: bytes, t: float, xrun: bool) -> None:
+    def _put(self, block: bytes, t: float, xrun: bool, overflow: bool) -> None:
+        """On the loop: queue a captured block; ``xrun``: any PortAudio status flag, ``overflow``:
+        input samples were lost before this block (its capture time then re-anchors)."""
         waited = time.monotonic() - t
         if waited > self.handoff_max_s:
             self.handoff_max_s = waited
@@ -145,11 +149,16 @@ class MicSource(Stage):
             self.xruns += 1
             self._count("xruns.mic")
         if len(self._blocks) >= self.buffer_blocks:
-            old, _ = self._blocks.popleft()
+            old, _, lost = self._blocks.popleft()
             self._skip(len(old) // (2 * self.channels))
+            if lost:  # the loss PortAudio reported now lies before the next block
+                if self._blocks:
+                    self._blocks[0] = (*self._blocks[0][:2], True)
+                else:
+                    overflow = True
             self.dropped += 1
             self._count("dropped.mic")
-        self._blocks.append((block, t))
+        self._blocks.append((block, t, overflow))
         self._wake.set()
 
     def _count(self, name: str) -> None:
@@ -165,8 +174,8 @@ class MicSource(Stage):
             while not blocks and not self._ended:
                 await watch.wait(self._wake)
             while blocks:
-                block, t = blocks.popleft()
-                for frame in self._frames(block, t):
+                block, t, overflow = blocks.popleft()
+                for frame in self._frames(block, t, overflow):
                     self.emit_nowait(frame)
             if self.max_seconds is not None and self._seq * FRAME_MS / 1000 >= self.max_seconds:
                 break
@@ -177,14 +186,14 @@ class MicSource(Stage):
         self._captured.samples += samples
         self._seq += round(samples * INPUT_RATE / self.sample_rate / FRAME_SAMPLES)
 
-    def _frames(self, block: bytes, t_callback: float) -> list[AudioFrame]:
+    def _frames(self, block: bytes, t_callback: float, overflow: bool) -> list[AudioFrame]:
         samples = np.frombuffer(block, dtype=np.int16)
         n = len(samples) // self.channels
         # The block's first sample was captured one block before the callback. (Not minus the reported
         # input latency: PortAudio hands a capture block over once it is complete, and through
         # ALSA → PulseAudio the reported 40 ms is overstated — measured: benchmarks/device_latency.py.)
         estimate = t_callback + (now() - time.monotonic()) - n / self.sample_rate
-        self._captured.place(estimate, n, self.sample_rate)
+        self._captured.place(estimate, n, self.sample_rate, resync=overflow)
         if self._adapter is None:
             pieces = [samples.copy()]
         else:
