@@ -430,7 +430,8 @@ async def test_voices_config_and_page_endpoints(server):
             config = await response.json()
         assert config["ice_servers"] == [{"urls": "stun:stun.example.org:3478"}]
         assert config["max_say_chars"] == 500 and config["voices"]["names"] == ["alice"]
-        for path, kind in (("", "text/html"), ("app.js", "text/javascript"), ("style.css", "text/css")):
+        pages = [("", "text/html"), ("app.js", "text/javascript"), ("call.js", "text/javascript")]
+        for path, kind in [*pages, ("style.css", "text/css")]:
             async with http.get(srv.url + path) as response:  # the page itself needs no token
                 assert response.status == 200 and response.content_type == kind
                 assert len(await response.text()) > 500

@@ -66,6 +66,7 @@ class Caller:
         self.lost_at: list[float] = []  # monotonic times a failover started
         self.listening_at: list[float] = []  # monotonic times a connection's events channel opened
         self.pc: RTCPeerConnection | None = None
+        self.channel: Any = None
         self.mic: Mic | None = None
         self._last_heard = time.monotonic()
         self._tasks: set[asyncio.Task] = set()
@@ -109,7 +110,7 @@ class Caller:
                 continue
             self.answers.append(answer)
             self.call = answer["call"]
-            old, self.pc, self.mic = self.pc, pc, mic
+            old, self.pc, self.mic, self.channel = self.pc, pc, mic, channel
             self._last_heard = time.monotonic()
             await pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type=answer["type"]))
             if old is not None:
@@ -153,8 +154,13 @@ class Caller:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def close(self) -> None:
+    async def close(self, bye: bool = True) -> None:
+        """Hang up (``bye``: tell the server first, as the page does, so the call's turns are dropped)."""
         self._closed = True
+        channel = self.channel
+        if bye and channel is not None and channel.readyState == "open":
+            channel.send(json.dumps({"type": "bye"}))
+            await asyncio.sleep(0.1)  # let it leave before the connection closes
         if self._watch is not None:
             self._watch.cancel()
         if self.pc is not None:

@@ -325,6 +325,7 @@ class Guard:
                 response = exc.response()
             if origin is not None:
                 response.headers["Access-Control-Allow-Origin"] = origin
+                response.headers["Access-Control-Expose-Headers"] = "Retry-After"
                 response.headers["Vary"] = "Origin"
             return response
 

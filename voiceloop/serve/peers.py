@@ -183,7 +183,7 @@ class Peers:
                 return
             session.open_channel(channel)
             channel.on("open", session.flush_backlog)
-            channel.on("close", lambda: self.spawn(self.close(session, hung_up=True)))
+            channel.on("close", lambda: self.spawn(self.close(session, hung_up=session.hung_up)))
 
         @pc.on("connectionstatechange")
         def on_state() -> None:
@@ -212,7 +212,7 @@ class Peers:
         if received == seen:
             reason = f"no audio from the peer for {self.options.media_timeout_s:g} s"
             log.info("session %s: %s", session.id, reason)
-            session.send({"type": "closing", "reason": reason})
+            session.send({"type": "closing", "reason": reason, "resume": False})  # the page stays off
             self.spawn(self.close(session))
             return
         session.watchdog = asyncio.get_running_loop().call_later(
@@ -241,8 +241,8 @@ class Peers:
     async def close(self, session: Session, hung_up: bool = False, reason: str | None = None) -> None:
         """Tear a session down once: cancel its pipeline, close the connection, forget it.
 
-        ``hung_up``: the page closed the call (its data channel): its checkpoint goes too. Any other
-        end keeps it, so the page can offer again and go on (``reason`` is sent to it first)."""
+        ``hung_up``: the page said bye: its checkpoint goes too. Any other end keeps it (it expires),
+        so the page can offer again and go on (``reason`` is sent to it first)."""
         if session.closing:
             return
         if reason is not None:

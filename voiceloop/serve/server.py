@@ -41,7 +41,12 @@ __all__ = ["Calls", "LocalCalls", "ServerOptions", "SessionObserver", "VoiceServ
 log = logging.getLogger(__name__)
 
 #: the page's files (package data), served by name only: GET / and GET /<name>
-WEB_FILES = {"index.html": "text/html", "app.js": "text/javascript", "style.css": "text/css"}
+WEB_FILES = {
+    "index.html": "text/html",
+    "call.js": "text/javascript",
+    "app.js": "text/javascript",
+    "style.css": "text/css",
+}
 #: the page loads only its own files, is never framed (clickjacking the mic), and sends no Referer
 PAGE_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; frame-ancestors 'none'",

@@ -15,7 +15,9 @@ Page → server:
 * ``{"type": "say", "text": "...", "voice": V}``: speak the text as a bot turn (``voice`` optional:
   switch first); it goes through the dialogue stage like a handler reply, so barge-in, flush,
   ``reply_text`` and the turn's timeline behave the same;
-* ``{"type": "voice", "voice": V}``: this session's voice from the next piece on (null: the default).
+* ``{"type": "voice", "voice": V}``: this session's voice from the next piece on (null: the default);
+* ``{"type": "bye"}``: the user hangs up (sent before closing): the call's checkpointed turns are
+  dropped. A connection that closes without it may be a failover: the turns stay until they expire.
 
 A voice from the page is ``seed:N`` (when the engine can sample voices) or a name ``GET /voices``
 lists; never a path or a pasted speaker string (a remote page must not make the server read files).
@@ -114,6 +116,7 @@ class Session:
         self.task: Any = None
         self.backlog: list[str] = []
         self.closing = False
+        self.hung_up = False  # the page said bye: the call ends here (no failover will follow)
         self.watchdog: Any = None
         self.send({"type": "session", "session": sid, "voice": self.tts.voice})
 
@@ -158,10 +161,12 @@ class Session:
                 raise ClientError(f"message is not JSON: {exc}") from None
             if not isinstance(data, dict) or not isinstance(data.get("type"), str):
                 raise ClientError('a message must be a JSON object with a "type"')
-            if data["type"] not in ("say", "voice"):
-                raise ClientError(f"unknown message type {data['type']!r}; expected 'say' or 'voice'")
+            if data["type"] not in ("say", "voice", "bye"):
+                raise ClientError(f"unknown message type {data['type']!r}; expected 'say', 'voice' or 'bye'")
             request = data["type"]
-            if request == "say":
+            if request == "bye":  # the user hangs up: the call's checkpoint goes with the session
+                self.hung_up = True
+            elif request == "say":
                 self._say(data)
             elif "voice" not in data:
                 raise ClientError('a voice message needs "voice" (a name, "seed:N" or null)')
