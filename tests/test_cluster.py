@@ -90,9 +90,11 @@ def utterance() -> np.ndarray:
 async def gateway(cluster):
     made: list[VoiceServer] = []
 
-    async def make(admission: AdmissionOptions = TWO_PER_WORKER, **server) -> VoiceServer:
+    async def make(
+        admission: AdmissionOptions = TWO_PER_WORKER, handler=numbered_reply, **server
+    ) -> VoiceServer:
         options = ServerOptions(port=0, loopback_candidates_only=True, **server)
-        spec = WorkerSpec(LoopOptions(asr=TINY_ASR, tts="espeak"), numbered_reply, server=options)
+        spec = WorkerSpec(LoopOptions(asr=TINY_ASR, tts="espeak"), handler, server=options)
         calls = ClusterCalls(spec, ClusterOptions(workers=2, admission=admission, seed=7))
         await calls.start()
         srv = VoiceServer(None, None, options=options, calls=calls)
@@ -217,6 +219,33 @@ async def test_a_drained_worker_finishes_its_call_and_leaves(gateway):
     await until(lambda: draining not in workers(srv), why="the drained worker to leave")
     assert not caller.lost_at  # it was never cut
     await hang_up(newcomers)
+
+
+async def test_a_hung_worker_is_found_by_liveness_and_replaced(gateway, tmp_path):
+    """An async handler that blocks its event loop hangs the whole worker (alive to Ray, dead to
+    callers): the page fails over on the silent heartbeat, the gateway's polls go unanswered and it
+    kills and replaces the worker."""
+    flag = tmp_path / "hung-once"
+
+    async def blocking_reply(text: str) -> str:
+        if not flag.exists():
+            flag.touch()
+            time.sleep(25)  # the bug: a blocking call on the event loop
+        return "好的"
+
+    srv = await gateway(handler=blocking_reply)
+    caller = Caller(srv.url, failover_after_s=srv.options.failover_after_s)
+    assert await caller.start() == 200
+    hung = caller.answers[0]["worker"]
+    caller.say(utterance())
+    await until(lambda: len(caller.answers) == 2, why="the failover to a live worker")
+    assert caller.answers[1]["worker"] != hung and caller.answers[1]["call"] == caller.answers[0]["call"]
+    await until(lambda: hung not in workers(srv), why="the hung worker to be replaced")
+    assert any(name not in (hung, caller.answers[1]["worker"]) for name in workers(srv))  # its replacement
+    caller.say(utterance())
+    await until(lambda: caller.of_type("turn"), why="a turn on the live worker")
+    assert caller.of_type("turn")[-1]["reply"] == "好的"
+    await hang_up([caller])
 
 
 async def test_a_worker_that_cannot_load_its_models_is_named(gateway):
