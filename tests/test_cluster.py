@@ -105,8 +105,22 @@ async def gateway(cluster):
     yield make
     for srv in made:
         await srv.stop()
+    leftover = [t for t in asyncio.all_tasks() if t is not asyncio.current_task() and not t.done()]
+    assert not [t for t in leftover if "voiceloop" in repr(t.get_coro())], (
+        leftover
+    )  # the gateway's tasks ended
     await until(lambda: ray.available_resources().get("CPU", 0) == ray.cluster_resources().get("CPU"))
     assert ray.util.list_named_actors(all_namespaces=True) == []  # no worker or history actor leaked
+
+
+def ours_running() -> list[asyncio.Task]:
+    """Tasks of voiceloop code still running in this process."""
+
+    def ours(task: asyncio.Task) -> bool:
+        code = getattr(task.get_coro(), "cr_code", None)
+        return code is not None and "/voiceloop/" in code.co_filename
+
+    return [t for t in asyncio.all_tasks() if t is not asyncio.current_task() and not t.done() and ours(t)]
 
 
 async def until(predicate, timeout: float = 120.0, why: str = "") -> None:
