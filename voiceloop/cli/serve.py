@@ -103,6 +103,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from ..serve import ServerOptions
     from ..serve.session import ServeLog
+    from ..serve.voice_upload import VoiceUploadOptions
 
     if args.stats_s is not None and not args.stats_s > 0:
         raise UserError("--stats-s must be positive")
@@ -113,6 +114,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         **access_options(args),
         max_sessions=args.max_sessions,
         ice_servers=[ice_server(url) for url in args.ice_server or []],
+        voice_upload=VoiceUploadOptions(allow_saving=args.allow_voice_saving),
     )
     cluster = cluster_options(args)  # --ray: Ray installed and the cluster reached, or one line now
     agent = agent_for(args, options, load=cluster is None)
@@ -229,6 +231,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--port", type=int, default=8080)
     add_access_arguments(serve)
     serve.add_argument("--max-sessions", type=int, default=4, help="concurrent peers (503 beyond)")
+    serve.add_argument(
+        "--allow-voice-saving",
+        action="store_true",
+        help="let a page save a voice it recorded under a name (default: recorded voices stay in memory, "
+        "for that call only)",
+    )
     serve.add_argument(
         "--ice-server",
         action="append",

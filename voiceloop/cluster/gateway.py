@@ -240,6 +240,21 @@ class ClusterCalls:
             if answer is not None:
                 return answer
 
+    async def use_voice(self, call: str, recording: Any) -> dict[str, Any]:
+        """POST /voice: on the worker holding ``call`` (Refused 404 when none does)."""
+        worker = self.workers.get(self.placed.get(call, ""))
+        if worker is None or worker.state not in ("ready", "draining"):
+            raise Refused(404, "no live call with this id (the call id comes from the offer's answer)")
+        try:
+            reply = await asyncio.wait_for(
+                worker.actor.use_voice.remote(call, recording), self.options.offer_timeout_s
+            )
+        except Exception as exc:
+            raise Refused(503, _reason(exc, worker.name), {"Retry-After": "2"}) from None
+        if "status" in reply:
+            raise Refused(reply["status"], reply["error"])
+        return reply
+
     def _choose(self, exclude: set[str]) -> _Worker | None:
         ready = [w.load for w in self.workers.values() if w.state == "ready" and w.load is not None]
         name = choose(ready, self._rng, self.options.admission, exclude=exclude, now=time.monotonic())

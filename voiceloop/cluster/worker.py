@@ -26,8 +26,10 @@ from typing import Any
 from ..compute import LaneMeter
 from ..frames import TurnMetrics
 from ..loop import LoopOptions, load_engines, load_handler
+from ..serve.guard import Refused
 from ..serve.peers import BadOffer, Peers
 from ..serve.server import ServerOptions
+from ..serve.tts_panel import Recording, apply_recording
 from .admission import AdmissionOptions, CostEstimate, Ledger, Load
 from .history import RayHistory
 
@@ -207,6 +209,17 @@ class VoiceWorker:
         ticket = self._tickets.pop(call, None)
         if ticket is not None:
             self.ledger.end(ticket)
+
+    async def use_voice(self, call: str, recording: Recording) -> dict[str, Any]:
+        """A recording from the call's page as its voice: the voice's info, or ``{"status", "error"}``."""
+        if self.peers is None:
+            return {"status": 404, "error": f"worker {self.name} holds no calls"}
+        try:
+            return await apply_recording(
+                self.peers, call, recording, self.spec.server.voice_upload.allow_saving
+            )
+        except Refused as refused:
+            return {"status": refused.status, "error": refused.message}
 
     async def close_call(self, call: str) -> bool:
         """The call moved to another worker (its page offered again): end it here."""

@@ -98,6 +98,10 @@ class Peers:
     def call_of(self, sid: int) -> str | None:
         return self._calls.get(sid)
 
+    def call_session(self, call: str) -> Session | None:
+        """The live session of ``call`` in this process (POST /voice names a call, not a session)."""
+        return next((self._sessions[sid] for sid, c in self._calls.items() if c == call), None)
+
     def voices(self) -> dict[str, Any]:
         """What the TTS engine offers (``GET /voices``): default, ``seeds`` (``seed:N`` works), names."""
         return voice_catalog(self.engines.tts, self.loop_options.voice)

@@ -35,6 +35,8 @@ from .guard import Guard, RateLimiter, Refused, check_options, is_loopback
 from .history import new_call_id
 from .metrics import ServeMetrics
 from .peers import BadOffer, Peers, SessionObserver, loopback_candidates
+from .tts_panel import Recording, apply_recording
+from .voice_upload import VoiceUploadOptions, VoiceUploads
 
 __all__ = ["Calls", "LocalCalls", "ServerOptions", "SessionObserver", "VoiceServer", "loopback_candidates"]
 
@@ -45,6 +47,7 @@ WEB_FILES = {
     "index.html": "text/html",
     "call.js": "text/javascript",
     "app.js": "text/javascript",
+    "panel.js": "text/javascript",
     "style.css": "text/css",
 }
 #: the page loads only its own files, is never framed (clickjacking the mic), and sends no Referer
@@ -90,6 +93,8 @@ class ServerOptions:
     #: ... and the page offers again (same call, earlier turns kept) after this long without one
     failover_after_s: float = 2.0
     retry_after_s: int = 2  # what a 503 (no room for the call now) tells the page to wait
+    #: POST /voice: a recording from the page as its call's voice (limits; saving off by default)
+    voice_upload: VoiceUploadOptions = field(default_factory=VoiceUploadOptions)
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -137,6 +142,10 @@ class Calls(Protocol):
 
     async def stop(self) -> None: ...
 
+    async def use_voice(self, call: str, recording: Recording) -> dict[str, Any]:
+        """Make ``recording`` the voice of ``call`` (POST /voice); Refused 404 when no such call."""
+        ...
+
 
 class LocalCalls:
     """Calls in this process, at most ``max_sessions`` at once (503 beyond)."""
@@ -178,6 +187,9 @@ class LocalCalls:
     async def stop(self) -> None:
         await self.peers.close_all()
 
+    async def use_voice(self, call: str, recording: Recording) -> dict[str, Any]:
+        return await apply_recording(self.peers, call, recording, self.options.voice_upload.allow_saving)
+
 
 class VoiceServer:
     """HTTP signalling in front of calls. ``await start()``, then ``await stop()``.
@@ -211,6 +223,7 @@ class VoiceServer:
         self.guard = Guard(
             opts.host, opts.token, opts.public_url, opts.allow_origins, limiter, opts.max_body_bytes
         )
+        self.uploads = VoiceUploads(self.guard, calls.use_voice, opts.voice_upload, clock)
         self._files = {name: web_file(name) for name in WEB_FILES}
         if self.options.page is not None:
             self._files["index.html"] = self.options.page
@@ -227,6 +240,7 @@ class VoiceServer:
         self.app.router.add_get("/config", self._config)
         self.app.router.add_get("/metrics", self._metrics)
         self.app.router.add_post("/offer", self._offer)
+        self.app.router.add_post("/voice", self.uploads.handle)
         if hasattr(calls, "drain"):  # calls on cluster workers: an operator may drain one
             self.app.router.add_get("/workers", self._workers)
             self.app.router.add_post("/drain", self._drain)
@@ -279,7 +293,7 @@ class VoiceServer:
 
     async def _voices(self, request: web.Request) -> web.Response:
         self.guard.authorize(request)
-        return web.json_response(self.voices())
+        return web.json_response({k: v for k, v in self.voices().items() if k != "tts"})
 
     async def _config(self, request: web.Request) -> web.Response:
         """What the page needs before connecting: ICE servers (the browser needs them too), limits, voices."""
@@ -291,11 +305,13 @@ class VoiceServer:
             else:  # an RTCIceServer: TURN needs its credentials on the browser side as well
                 entry = {"urls": server.urls, "username": server.username, "credential": server.credential}
                 ice.append({k: v for k, v in entry.items() if v is not None})
-        opts = self.options
+        opts, voices = self.options, self.voices()
         body = {
             "ice_servers": ice,
             "max_say_chars": opts.max_say_chars,
-            "voices": self.voices(),
+            "voices": {k: v for k, v in voices.items() if k != "tts"},
+            "tts": voices.get("tts"),  # the panel's knobs (voiceloop.serve.tts_panel)
+            "voice_upload": self.uploads.config(voices.get("tts") or {}),
             "heartbeat_s": opts.heartbeat_s,
             "failover_after_s": opts.failover_after_s if opts.heartbeat_s else None,
         }

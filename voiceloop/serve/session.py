@@ -16,6 +16,7 @@ Page → server:
   switch first); it goes through the dialogue stage like a handler reply, so barge-in, flush,
   ``reply_text`` and the turn's timeline behave the same;
 * ``{"type": "voice", "voice": V}``: this session's voice from the next piece on (null: the default);
+* ``{"type": "tts", ...}``: this session's synthesis settings (:mod:`voiceloop.serve.tts_panel`);
 * ``{"type": "bye"}``: the user hangs up (sent before closing): the call's checkpointed turns are
   dropped. A connection that closes without it may be a failover: the turns stay until they expire.
 
@@ -40,6 +41,7 @@ from ..pipeline import Pipeline
 from ..timeline import Metrics
 from ..tts import TtsStage
 from ..tts.base import TtsEngine
+from .tts_panel import PANEL_MESSAGES, TtsPanel, panel_catalog
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +58,10 @@ class ClientError(ValueError):
 
 
 def voice_catalog(engine: TtsEngine, default: str | None) -> dict[str, Any]:
-    """What ``GET /voices`` returns: the default, whether ``seed:N`` works, the saved voice names."""
-    return {"default": default, "seeds": engine.seed_voices, "names": [str(n) for n in engine.voice_names()]}
+    """The TTS catalog: the default voice, whether ``seed:N`` works, the saved voice names (``GET
+    /voices``), and under ``tts`` the panel's knobs (``GET /config`` has them too)."""
+    names = [str(n) for n in engine.voice_names()]
+    return {"default": default, "seeds": engine.seed_voices, "names": names, "tts": panel_catalog(engine)}
 
 
 def check_voice(spec: Any, catalog: dict[str, Any]) -> str | None:
@@ -118,6 +122,7 @@ class Session:
         self.closing = False
         self.hung_up = False  # the page said bye: the call ends here (no failover will follow)
         self.watchdog: Any = None
+        self.panel = TtsPanel(self)  # the page's text-to-speech panel (voiceloop.serve.tts_panel)
         self.send({"type": "session", "session": sid, "voice": self.tts.voice})
 
     # -- server → page ---------------------------------------------------------------------
@@ -161,10 +166,14 @@ class Session:
                 raise ClientError(f"message is not JSON: {exc}") from None
             if not isinstance(data, dict) or not isinstance(data.get("type"), str):
                 raise ClientError('a message must be a JSON object with a "type"')
-            if data["type"] not in ("say", "voice", "bye"):
-                raise ClientError(f"unknown message type {data['type']!r}; expected 'say', 'voice' or 'bye'")
+            if data["type"] not in ("say", "voice", "bye", *PANEL_MESSAGES):
+                raise ClientError(
+                    f"unknown message type {data['type']!r}; expected 'say', 'voice', 'tts' or 'bye'"
+                )
             request = data["type"]
-            if request == "bye":  # the user hangs up: the call's checkpoint goes with the session
+            if request in PANEL_MESSAGES:
+                self.panel.on_message(data)
+            elif request == "bye":  # the user hangs up: the call's checkpoint goes with the session
                 self.hung_up = True
             elif request == "say":
                 self._say(data)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import aclosing
 
 import numpy as np
@@ -9,7 +10,7 @@ import numpy as np
 from ..clock import now
 from ..frames import AudioChunk, Frame, Interruption, ReplyText
 from ..pipeline import Stage
-from .base import TtsEngine, TtsSession
+from .base import SynthesisSettings, TtsEngine, TtsSession
 
 _EMPTY = np.zeros(0, dtype=np.int16)
 
@@ -26,15 +27,34 @@ class TtsStage(Stage):
         self.voice = voice
         self.session: TtsSession | None = None
         self._retired: list[TtsSession] = []  # replaced by a voice change; closed once idle
+        self.settings = SynthesisSettings()
+        #: told (turn id, the piece's text, the text as spoken) when the engine rewrites a piece
+        self.on_rewrite: Callable[[int, str, str], None] | None = None
 
     async def start(self) -> None:
-        self.session = self.engine.session(self.voice)
+        self.session = self._open(self.voice)
+
+    def _open(self, voice: str | None) -> TtsSession:
+        session = self.engine.session(voice)
+        if self.settings.given():
+            session.configure(self.settings)
+        return session
+
+    def set_settings(self, settings: SynthesisSettings) -> None:
+        """Synthesize with ``settings`` from the next piece on; a knob the engine does not act on
+        raises ValueError and nothing changes."""
+        unsupported = settings.given() - self.engine.capabilities.settings
+        if unsupported:
+            raise ValueError(f"this TTS engine has no setting {', '.join(sorted(unsupported))}")
+        if self.session is not None:
+            self.session.configure(settings)
+        self.settings = settings
 
     def set_voice(self, voice: str | None) -> None:
         """Speak with ``voice`` from the next piece on (a piece being spoken finishes in the old
         one). The engine checks the voice now: a bad one raises and nothing changes."""
         if self.session is not None:
-            replacement = self.engine.session(voice)
+            replacement = self._open(voice)
             self._retired.append(self.session)
             self.session = replacement
         self.voice = voice
@@ -53,6 +73,8 @@ class TtsStage(Stage):
         session = self.session
         assert session is not None
         rate = self.engine.sample_rate
+        listener = self.on_rewrite
+        session.on_rewrite = None if listener is None else _bind(listener, frame.turn_id, frame.text)
         async with aclosing(session.synthesize(frame.text)) as chunks:
             async for samples in chunks:
                 if len(samples) == 0:
@@ -70,3 +92,7 @@ class TtsStage(Stage):
         await self._close_retired()
         if self.session is not None:
             await self.session.aclose()
+
+
+def _bind(listener: Callable[[int, str, str], None], turn_id: int, text: str) -> Callable[[str], None]:
+    return lambda spoken: listener(turn_id, text, spoken)

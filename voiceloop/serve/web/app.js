@@ -84,6 +84,7 @@ function fillVoices(config) {
 
 function chosenVoice() {
   const value = $("voice").value;
+  if (value === "recording") return undefined; // the server holds it (POST /voice): say nothing
   if (value !== "custom") return value || null;
   const seed = $("seed").value.trim();
   return seed ? `seed:${seed}` : null;
@@ -195,6 +196,7 @@ function onEvent(event) {
   }
   state.events.push(event);
   if (state.events.length > 2000) state.events.splice(0, 1000);
+  panelEvent(event); // the text-to-speech panel's view (panel.js)
   const id = event.turn_id;
   switch (event.type) {
     case "session":
@@ -305,7 +307,8 @@ async function init() {
   $("say-text").addEventListener("keydown", (e) => { if (e.key === "Enter") say(); });
   $("voice").addEventListener("change", () => {
     $("seed").hidden = $("voice").value !== "custom";
-    if ($("voice").value !== "custom") send({ type: "voice", voice: chosenVoice() });
+    if ($("voice").value === "recording") panelOnOpen(); // send the kept recording again
+    else if ($("voice").value !== "custom") send({ type: "voice", voice: chosenVoice() });
   });
   $("seed").addEventListener("change", () => send({ type: "voice", voice: chosenVoice() }));
   window.addEventListener("pagehide", disconnect);
@@ -314,6 +317,7 @@ async function init() {
     state.config = await getJson("config");
     $("say-text").maxLength = state.config.max_say_chars;
     fillVoices(state.config);
+    initPanel(state.config);
   } catch (error) {
     showError(String(error.message || error));
   }

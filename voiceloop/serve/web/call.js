@@ -74,6 +74,7 @@ function openPeer(gen) {
     if (!mine()) return;
     $("say").disabled = false;
     if (chosenVoice()) send({ type: "voice", voice: chosenVoice() }); // a new session: the default voice
+    panelOnOpen(); // and the default settings
   };
   channel.onclose = () => mine() && lost(gen, "the events channel closed");
   for (const track of state.mic.getAudioTracks()) pc.addTrack(track, state.mic);
@@ -86,6 +87,7 @@ function openPeer(gen) {
     document.body.append(audio);
     audio.play().catch(() => {});
     state.botAnalyser = analyser(stream);
+    captureBot(stream); // per-turn downloads (panel.js)
   };
   pc.onconnectionstatechange = () => {
     if (!mine()) return;
