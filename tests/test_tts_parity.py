@@ -18,7 +18,7 @@ import torch
 from voiceloop.compute import ModelOptions
 from voiceloop.tts.chattts.decoder import CodeDecoder, HiddenDecoder
 from voiceloop.tts.chattts.gpt import ChatTtsGpt, SamplingOptions
-from voiceloop.tts.chattts.speaker import SpeakerStats, decode_speaker, sample_speaker
+from voiceloop.tts.chattts.speaker import SpeakerStats, decode_prompt_codes, decode_speaker, sample_speaker
 from voiceloop.tts.chattts.stream_decode import WaveDecoder
 from voiceloop.tts.chattts.vocos import Vocos
 
@@ -122,6 +122,35 @@ def test_generated_codes_decode_to_the_reference_waveform_on_the_dvae_path(chatt
     )
     wave = decoder.decode(batch_result.tokens[row])
     _check_wave(wave, SYNTH["waves_batch_items"][row]["dvae_from_codes"], atol=1e-5)
+
+
+@pytest.mark.parametrize("case", ["empty_spk", "with_spk", "batch"])
+def test_an_audio_prompt_gives_the_reference_prompt_ids_codes_and_hidden_states(gpt, chattts_root, case):
+    """spk_smp (a recording's DVAE codes) after [Ptts] and txt_smp before the text, as the reference
+    builds them; ``empty_spk`` is its web UI's way (no speaker vector), ``batch`` left-pads two texts."""
+    clone = SYNTH["voice_clone"]
+    golden = clone["infer_code"][case]
+    speaker = decode_speaker(SYNTH["speakers"]["1"]) if golden["speaker"] else None
+    codes = decode_prompt_codes(clone["spk_smp"])
+    prompt = gpt.code_prompt(golden["texts"], speaker, prompt_codes=codes, prompt_text=clone["txt_smp"])
+    result = gpt.run(prompt, _code_sampling())
+    for row, item in enumerate(golden["items"]):
+        assert prompt.ids[row].tolist() == item["prompt_ids_q"]  # text ids x4, then the prompt's codes
+        assert prompt.mask[row].long().tolist() == item["attention_mask"]
+        assert result.tokens[row].tolist() == item["codes"]
+        assert result.finished[row] == (item["stopped_by"] == "eos")
+        for index, values in item["hidden"]["rows"].items():
+            np.testing.assert_allclose(result.hiddens[row][int(index), :8].numpy(), values, atol=2e-4)
+    if case == "empty_spk":
+        _check_audio_prompt_waves(chattts_root, result, clone["waves_empty_spk"])
+
+
+def _check_audio_prompt_waves(root: Path, result, golden: dict) -> None:
+    vocos = Vocos.from_file(root / "asset" / "Vocos.safetensors")
+    hidden = WaveDecoder(HiddenDecoder.from_file(root / "asset" / "Decoder.safetensors"), vocos)
+    _check_wave(hidden.decode(result.hiddens[0]), golden["decoder_from_hidden"], atol=1e-4)
+    dvae = WaveDecoder(CodeDecoder.from_file(root / "asset" / "DVAE.safetensors"), vocos)
+    _check_wave(dvae.decode(result.tokens[0]), golden["dvae_from_codes"], atol=1e-5)
 
 
 def _refine_check(gpt: ChatTtsGpt, golden: dict) -> None:

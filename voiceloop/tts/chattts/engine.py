@@ -10,81 +10,39 @@ sessions' single-position steps run as one batched forward.
 
 from __future__ import annotations
 
-import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field, replace
-from typing import Literal
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from ...allocator import tune_for_inference
-from ...compute import CancelToken, ComputeLane, ModelOptions
-from ...ortgraph import GraphLoadError, available
-from ..base import TtsEngine, TtsSession
+from ...compute import CancelToken, ComputeLane
+from ...ortgraph import GraphLoadError
+from ..base import TtsEngine
 from . import assets
+from .clone import ClonedVoice, Transcribe, VoiceCloner
 from .decoder import CodeDecoder, HiddenDecoder
-from .gpt import REFINE_SAMPLING, ChatTtsGpt, SamplingOptions
+from .gpt import ChatTtsGpt, Prompt, SamplingOptions
 from .gpt_onnx import OrtLlama
 from .llama import KvCache, LeanLlama
 from .normalize import normalize, split_sentences
+from .options import ChatTtsOptions
 from .play_through import PlayThrough
+from .session import ChatTtsSession, settings_defaults
 from .speaker import SpeakerStats, VoiceStore, decode_speaker, resolve_voice, sample_speaker
-from .stream_decode import StreamDecodeOptions, StreamingDecoder, WaveDecoder
+from .stream_decode import StreamingDecoder, WaveDecoder
 from .vocos import Vocos
+from .voice import Voice, is_voice_json, parse_voice_json
 
 log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 24_000
 SAMPLES_PER_STEP = 512  # one GPT step = 2 mel frames at hop 256
 STEPS_PER_SECOND = SAMPLE_RATE / SAMPLES_PER_STEP  # 46.875: real time
-
-
-@dataclass
-class ChatTtsOptions:
-    """How the engine computes and speaks; every default is what the live loop uses."""
-
-    model: ModelOptions = field(default_factory=ModelOptions)  # device, dtype, int8, threads
-    sampling: SamplingOptions = field(default_factory=SamplingOptions)
-    stream: StreamDecodeOptions = field(default_factory=StreamDecodeOptions)
-    decoder: Literal["hidden", "dvae"] = "hidden"  # hidden: ChatTTS's default (and better) path
-    refine: bool = False  # text refinement costs seconds on a CPU: off in the live loop
-    refine_control: str = "[oral_2][laugh_0][break_6]"  # the reference's refine prompt
-    refine_sampling: SamplingOptions = field(default_factory=lambda: replace(REFINE_SAMPLING))
-    speed_prompt: str = "[speed_5]"
-    normalize_text: bool = True
-    max_sentence_chars: int = 100  # longer texts are split so each GPT run stays well under its limit
-    verify_sha256: bool = False
-    #: run concurrent sessions' GPT steps as one batched forward (False: one at a time, interleaved)
-    batch_sessions: bool = True
-    #: the GPT's transformer: "onnx" (onnxruntime, CPU fp32/int8: faster per step than torch, see
-    #: benchmarks/gpt_step.py), "torch", or "auto" = onnx on the CPU when onnxruntime is installed,
-    #: torch elsewhere
-    gpt_backend: Literal["auto", "torch", "onnx"] = "auto"
-    #: "fast": every piece as soon as it is decoded (first audio earliest; below ~2x real time the
-    #: first pieces leave gaps). "smooth": a reply's first audio waits until the measured speed says
-    #: the rest can follow without gaps (voiceloop/tts/chattts/play_through.py), at most 1 s; pair it
-    #: with ``stream=SMOOTH_SCHEDULE`` (slowly growing pieces) as ``--tts-start smooth`` does.
-    start: Literal["fast", "smooth"] = "fast"
-
-    def __post_init__(self) -> None:
-        if self.decoder not in ("hidden", "dvae"):
-            raise ValueError(f"decoder must be 'hidden' or 'dvae', got {self.decoder!r}")
-        if self.max_sentence_chars < 8:
-            raise ValueError("max_sentence_chars must be >= 8")
-        if self.gpt_backend not in ("auto", "torch", "onnx"):
-            raise ValueError(f"gpt_backend must be auto, torch or onnx, got {self.gpt_backend!r}")
-        if self.start not in ("fast", "smooth"):
-            raise ValueError(f"start must be fast or smooth, got {self.start!r}")
-
-    def resolved_gpt_backend(self) -> str:
-        """``gpt_backend`` with "auto" decided for this machine and these model options."""
-        if self.gpt_backend != "auto":
-            return self.gpt_backend
-        cpu = self.model.resolve_device().type == "cpu" and self.model.dtype == "fp32"
-        return "onnx" if cpu and available() else "torch"
 
 
 @dataclass
@@ -115,6 +73,8 @@ class ChatTts(TtsEngine):
         self.stats = stats
         self.options = options
         self.voice_store = voices or VoiceStore()
+        self.root: Path | None = None  # the asset directory (from_pretrained): the DVAE for cloning
+        self._cloner: VoiceCloner | None = None
         if next(vocos.parameters()).device.type == "cpu":
             tune_for_inference()  # per-step buffers stay in the heap (see voiceloop.allocator)
         threads = options.model.threads
@@ -150,7 +110,9 @@ class ChatTts(TtsEngine):
         vocos = Vocos.from_file(root / assets.VOCOS, device=device)
         stat_file = root / assets.SPK_STAT
         stats = SpeakerStats.load(stat_file) if stat_file.is_file() else None
-        return cls(gpt, vocos, hidden, code, stats, options)
+        engine = cls(gpt, vocos, hidden, code, stats, options)
+        engine.root = root
+        return engine
 
     # -- text ----------------------------------------------------------------------------------
 
@@ -187,7 +149,49 @@ class ChatTts(TtsEngine):
     def speaker(self, voice: str | None) -> torch.Tensor | None:
         """A voice spec (``seed:N``, a saved name, a speaker string or file) → speaker vector."""
         spk = resolve_voice(voice, self.stats, self.voice_store)
+        if spk is not None and is_voice_json(spk):
+            return parse_voice_json(spk).speaker
         return None if spk is None else decode_speaker(spk)
+
+    def voice(self, voice: str | None) -> Voice | None:
+        """Any voice spec → what generation conditions on (a speaker and/or a recording's prompt)."""
+        spk = resolve_voice(voice, self.stats, self.voice_store)
+        if spk is None:
+            return None
+        dim = None if self.stats is None else self.stats.dim
+        return parse_voice_json(spk, dim) if is_voice_json(spk) else Voice(speaker=decode_speaker(spk, dim))
+
+    def voice_from_audio(
+        self,
+        samples: np.ndarray,
+        rate: int,
+        transcript: str | None = None,
+        *,
+        transcribe: Transcribe | None = None,
+    ) -> ClonedVoice:
+        """A voice from a recording (int16 or float, any rate and channel count), as ChatTTS's
+        ``sample_audio_speaker`` + ``txt_smp``. Without ``transcript``, ``transcribe(samples, rate)``
+        makes one (``voiceloop.Agent`` passes its ASR engine). Nothing is saved: use the result's
+        ``voice`` per session (``session(voice=...)``) or ``voice_store.save(name, result.voice)``.
+        Raises :class:`~.clone.VoiceCloneError` for recordings that cannot work; see its warnings."""
+        if self._cloner is None:
+            dvae = self.code_decoder
+            if dvae is None:
+                if self.root is None:
+                    raise RuntimeError(
+                        "voice_from_audio needs the engine loaded by from_pretrained (the DVAE)"
+                    )
+                device = next(self.vocos.parameters()).device
+                dvae = CodeDecoder.from_file(self.root / assets.DVAE, device=device)
+            self._cloner = VoiceCloner(dvae, lambda text: normalize(text, is_known=self.is_known).text)
+        cloner = self._cloner
+        return cloner.clone(
+            samples,
+            rate,
+            transcript,
+            transcribe=transcribe,
+            encode=lambda w: self.lane.call(cloner.encode, w),
+        )
 
     def random_voice(self) -> str | None:
         """A fresh voice from the model's speaker statistics (None if the assets lack them)."""
@@ -195,34 +199,58 @@ class ChatTts(TtsEngine):
 
     # -- synthesis (run these on the lane from async code) -------------------------------------
 
+    def _code_prompt(self, texts: list[str], voice: torch.Tensor | Voice | None) -> Prompt:
+        """The GPT prompt for ``texts`` in ``voice`` (a bare tensor is a speaker vector)."""
+        if not isinstance(voice, Voice):
+            return self.gpt.code_prompt(texts, voice, self.options.speed_prompt)
+        return self.gpt.code_prompt(
+            texts,
+            voice.speaker,
+            self.options.speed_prompt,
+            prompt_codes=voice.prompt_codes,
+            prompt_text=voice.prompt_text,
+        )
+
     def stream(
         self,
         text: str,
-        speaker: torch.Tensor | None = None,
+        speaker: torch.Tensor | Voice | None = None,
         *,
         refine: bool | None = None,
         seed: int | None = None,
         cancel: CancelToken | None = None,
+        sampling: SamplingOptions | None = None,
+        refine_control: str | None = None,
+        on_refined: Callable[[list[str]], None] | None = None,
     ) -> Iterator[np.ndarray]:
-        """Yield int16 chunks as they are decoded; stops within one GPT step of ``cancel``."""
+        """Yield int16 chunks as they are decoded; stops within one GPT step of ``cancel``.
+
+        ``sampling`` / ``refine_control``: this request's, instead of the options' (a session's
+        settings); ``on_refined`` is told the refined sentences before their first audio.
+
+        ``speaker``: a speaker vector or a :class:`Voice` (e.g. one made from a recording: its
+        prompt codes lengthen every sentence's prefill, then steps cost the same)."""
         prepared = self.prepare(text)
         sentences = prepared.sentences
         if sentences and (self.options.refine if refine is None else refine):
             refined, _ = self.gpt.refine(
                 sentences,
-                self.options.refine_control,
+                self.options.refine_control if refine_control is None else refine_control,
                 replace(self.options.refine_sampling, seed=seed),
                 forward=self._forward,
             )
             sentences = [r for r in refined if _speakable(r)]
+            if on_refined is not None:
+                on_refined(sentences)
         gate = None
         if self.options.start == "smooth":
             gate = PlayThrough(
                 self.options.stream, step_audio_s=1 / STEPS_PER_SECOND, sample_rate=SAMPLE_RATE
             )
+        code_sampling = self.options.sampling if sampling is None else sampling
         for index, sentence in enumerate(sentences):
-            sampling = replace(self.options.sampling, seed=None if seed is None else seed + index)
-            prompt = self.gpt.code_prompt([sentence], speaker, self.options.speed_prompt)
+            sampling = replace(code_sampling, seed=None if seed is None else seed + index)
+            prompt = self._code_prompt([sentence], speaker)
             decoder = StreamingDecoder(self._decode_fn(), self.options.stream)
             first = True
             for step in self.gpt.generate(prompt, sampling, cancel=cancel, forward=self._forward):
@@ -253,7 +281,7 @@ class ChatTts(TtsEngine):
     def synthesize(
         self,
         texts: list[str],
-        speaker: torch.Tensor | None = None,
+        speaker: torch.Tensor | Voice | None = None,
         *,
         refine: bool | None = None,
         seed: int | None = None,
@@ -268,7 +296,7 @@ class ChatTts(TtsEngine):
         waves: list[np.ndarray] = []
         if flat:
             result = self.gpt.run(
-                self.gpt.code_prompt(flat, speaker, self.options.speed_prompt),
+                self._code_prompt(flat, speaker),
                 replace(self.options.sampling, seed=seed),
             )
             items = result.hiddens if self.options.decoder == "hidden" else result.tokens
@@ -321,7 +349,7 @@ class ChatTts(TtsEngine):
 
         self.lane.call(work)
 
-    def session(self, voice: str | None = None) -> ChatTtsSession:
+    def session(self, voice: str | Voice | None = None) -> ChatTtsSession:
         return ChatTtsSession(self, voice)
 
     @property
@@ -345,30 +373,11 @@ class ChatTts(TtsEngine):
     def seed_voices(self) -> bool:
         return self.stats is not None  # seed:N samples from the model's speaker statistics
 
+    #: a session's knobs (the page's panel): code sampling and the refinement pass
+    synthesis_settings = frozenset({"temperature", "top_p", "top_k", "refine", "refine_prompt"})
 
-class ChatTtsSession(TtsSession):
-    """One conversation's voice: a given voice, else one random voice kept for the whole session."""
-
-    def __init__(self, engine: ChatTts, voice: str | None = None) -> None:
-        self.engine = engine
-        vector = engine.speaker(voice)
-        if vector is None and engine.stats is not None:
-            vector = engine.speaker(engine.random_voice())  # never a new random voice per sentence
-        self.speaker = vector
-        self._cancel: CancelToken | None = None
-
-    async def synthesize(self, text: str) -> AsyncIterator[np.ndarray]:
-        token = self._cancel = CancelToken()
-        generate = functools.partial(self.engine.stream, cancel=token)  # checked every GPT step
-        # Cooperative: paused at each GPT step, so sessions interleave (and their steps batch)
-        # instead of waiting for each other's whole sentences.
-        stream = self.engine.lane.stream(generate, text, self.speaker, cancel=token, cooperative=True)
-        async for chunk in stream:
-            yield chunk
-
-    def cancel(self) -> None:
-        if self._cancel is not None:
-            self._cancel.cancel()
+    def settings_defaults(self) -> dict[str, object]:
+        return settings_defaults(self.options)
 
 
 def _speakable(text: str) -> bool:

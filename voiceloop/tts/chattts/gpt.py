@@ -149,32 +149,50 @@ class ChatTtsGpt:
     # -- prompts -----------------------------------------------------------------------------
 
     @torch.inference_mode()
-    def encode(self, texts: list[str]) -> Prompt:
-        """Tokenize and left-pad; padding slots embed as code id 0 like the reference (masked anyway)."""
+    def encode(self, texts: list[str], audio: torch.Tensor | None = None) -> Prompt:
+        """Tokenize and left-pad; padding slots embed as code id 0 like the reference (masked anyway).
+
+        ``audio`` (codes ``[num_vq, P]``, an audio prompt) is appended to every row after its text:
+        P audio positions embedded as summed code embeddings, as the reference's tokenizer does.
+        """
         rows = [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
-        width = max(len(r) for r in rows)
-        ids = torch.zeros(len(rows), width, dtype=torch.long)
+        tail = 0 if audio is None else int(audio.shape[1])
+        if audio is not None and (audio.dim() != 2 or audio.shape[0] != self.num_vq):
+            raise ValueError(f"audio prompt codes must be [{self.num_vq}, T], got {tuple(audio.shape)}")
+        width = max(len(r) for r in rows) + tail
+        ids = torch.zeros(len(rows), width, self.num_vq, dtype=torch.long)
         mask = torch.zeros(len(rows), width, dtype=torch.bool)
         for i, row in enumerate(rows):
             if row:
-                ids[i, width - len(row) :] = torch.tensor(row)
-                mask[i, width - len(row) :] = True
-        ids = ids.to(self.device)
-        mask = mask.to(self.device)
-        pad = self.embed.codes(torch.zeros(self.num_vq, dtype=torch.long, device=self.device))
-        embeds = torch.where(mask[..., None], self.embed.emb_text(ids), pad)
-        return Prompt(ids[..., None].expand(-1, -1, self.num_vq).clone(), mask, embeds)
+                ids[i, width - tail - len(row) : width - tail] = torch.tensor(row)[:, None]
+                mask[i, width - tail - len(row) :] = True
+        text = mask.clone()
+        if audio is not None:
+            ids[:, width - tail :] = audio.t().long().cpu()
+            text[:, width - tail :] = False
+        ids, mask, text = ids.to(self.device), mask.to(self.device), text.to(self.device)
+        audio_ids = ids.masked_fill(text[..., None], 0)  # text ids lie beyond the code vocabulary
+        embeds = torch.where(text[..., None], self.embed.emb_text(ids[..., 0]), self.embed.codes(audio_ids))
+        return Prompt(ids, mask, embeds)
 
     @torch.inference_mode()
     def code_prompt(
-        self, texts: list[str], speaker: torch.Tensor | None = None, prefix: str = "[speed_5]"
+        self,
+        texts: list[str],
+        speaker: torch.Tensor | None = None,
+        prefix: str = "[speed_5]",
+        *,
+        prompt_codes: torch.Tensor | None = None,
+        prompt_text: str = "",
     ) -> Prompt:
-        """``[Stts][spk_emb]{prefix}{text}[Ptts]`` (``[empty_spk]`` without a speaker: random voice)."""
+        """``[Stts][spk_emb]{prompt_text}{prefix}{text}[Ptts]{prompt_codes}`` (``[empty_spk]``
+        without a speaker). ``prompt_codes`` + ``prompt_text`` are the reference's ``spk_smp`` +
+        ``txt_smp``: a recording's codes and its transcript, so generation continues in its voice."""
         slot = "[spk_emb]" if speaker is not None else "[empty_spk]"
         clean = [
             t.replace("[Stts]", "").replace("[spk_emb]", "").replace("[empty_spk]", "").strip() for t in texts
         ]
-        prompt = self.encode([f"[Stts]{slot}{prefix}{t}[Ptts]" for t in clean])
+        prompt = self.encode([f"[Stts]{slot}{prompt_text}{prefix}{t}[Ptts]" for t in clean], prompt_codes)
         if speaker is not None:
             # The reference normalises the fp16 speaker vector in fp16; same op, same dtype, same bits.
             unit = F.normalize(speaker.to(self.device, torch.float16), p=2.0, dim=0, eps=1e-12).float()

@@ -33,6 +33,7 @@ from .speaker_string import (
     encode_prompt_codes,
     encode_speaker,
 )
+from .voice import is_voice_json, parse_voice_json
 
 __all__ = [
     "SAMPLE_DTYPE",
@@ -162,7 +163,8 @@ def is_voice_name(name: object) -> bool:
 
 
 class VoiceStore:
-    """Voices saved by name, one speaker string per ``<name>.txt`` (plain text, easy to share)."""
+    """Voices saved by name, one per ``<name>.txt`` (plain text, easy to share): a speaker string, or
+    the one-line JSON of a voice made from a recording (:mod:`.voice`)."""
 
     def __init__(self, root: Path | None = None) -> None:
         self.root = Path(root).expanduser() if root is not None else default_voice_dir()
@@ -179,21 +181,25 @@ class VoiceStore:
         return is_voice_name(name) and self.path(name).is_file()  # type: ignore[arg-type]
 
     def save(self, name: str, speaker: str) -> Path:
-        """Validate ``speaker`` and store it under ``name`` (replacing an existing voice)."""
+        """Validate ``speaker`` and store it under ``name`` (replacing an existing voice). Written to
+        a temporary file and renamed: a failed save leaves no half-written voice."""
         path = self.path(name)
-        compact = _compact(speaker, "speaker string")
-        decode_speaker(compact)
+        compact = _checked(speaker, None, "voice")
         self.root.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(compact + "\n", encoding="utf-8")
-        os.replace(tmp, path)
+        try:
+            tmp.write_text(compact + "\n", encoding="utf-8")
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
         return path
 
     def load(self, name: str) -> str:
         path = self.path(name)
         if not path.is_file():
             raise SpeakerError(f"no voice named {name!r} in {self.root}; saved voices: {self._listing()}")
-        return _compact(path.read_text(encoding="utf-8"), f"voice file {path}")
+        text = path.read_text(encoding="utf-8")
+        return text.strip() if is_voice_json(text) else _compact(text, f"voice file {path}")
 
     def names(self) -> list[str]:
         if not self.root.is_dir():
@@ -213,7 +219,8 @@ class VoiceStore:
 
 _FORMS = (
     "accepted voice forms: 'seed:<int>' (sample from the model's spk_stat), the name of a saved voice, "
-    "a path to a .txt file holding a speaker string, or a ChatTTS speaker string pasted directly"
+    "a path to a .txt file holding a speaker string, a ChatTTS speaker string pasted directly, "
+    "or a voice made from a recording (its JSON, see 'voiceloop tts voice save NAME --from-audio')"
 )
 
 
@@ -235,10 +242,12 @@ def resolve_voice(
         if stats is None:
             raise SpeakerError(f"voice {spec!r}: the model has no spk_stat to sample voices by seed")
         return sample_speaker(stats, seed)
+    if is_voice_json(text):
+        return _checked(text, dim, "voice JSON")
     store = store if store is not None else VoiceStore()
     if text in store:
         return _checked(store.load(text), dim, f"saved voice {text!r}")
-    if text.lower().endswith(_SUFFIX) or "/" in text or os.sep in text:
+    if text.lower().endswith((_SUFFIX, ".json")) or "/" in text or os.sep in text:
         path = Path(text).expanduser()
         try:
             found = path.is_file()
@@ -262,6 +271,14 @@ def resolve_voice(
 
 
 def _checked(speaker: str, dim: int | None, what: str) -> str:
+    """The validated voice text: a compacted speaker string, or a voice JSON (kept as written)."""
+    if is_voice_json(speaker):
+        text = speaker.strip()
+        try:
+            parse_voice_json(text, dim)
+        except SpeakerError as exc:
+            raise SpeakerError(f"{what}: {exc}") from exc
+        return text
     compact = _compact(speaker, what)
     try:
         decode_speaker(compact, dim)
