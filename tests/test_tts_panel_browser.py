@@ -1,5 +1,6 @@
 """The text-to-speech panel in headless Chromium (issue 22 part 2): two pages at once, each with its own
-settings and voice, the refined text, the per-turn download and a voice from an uploaded WAV.
+settings and voice, the refined text, the per-turn download, a voice from an uploaded WAV and one
+recorded from the microphone.
 
 Same setup as tests/test_webrtc_browser.py (loopback only, a fake microphone playing an espeak-ng WAV).
 The engines are fakes (``PanelTts`` from tests/test_tts_panel.py: settings kept per engine session, a
@@ -11,6 +12,7 @@ tests/test_tts_panel_chattts.py.
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import numpy as np
@@ -32,11 +34,11 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
 @pytest.fixture
 def mic_wav(tmp_path) -> Path:
-    """What the fake microphone plays, looped: 1 s silence, one sentence, 9 s silence."""
+    """What the fake microphone plays: 1 s silence, one sentence (one turn per page), 120 s silence."""
     require_espeak()
     rate = 16_000
     pcm = np.concatenate(
-        [np.zeros(rate, np.int16), espeak("hello there", voice="en"), np.zeros(9 * rate, np.int16)]
+        [np.zeros(rate, np.int16), espeak("hello there", voice="en"), np.zeros(120 * rate, np.int16)]
     )
     path = tmp_path / "mic.wav"
     soundfile.write(str(path), pcm, rate, subtype="PCM_16")
@@ -120,16 +122,16 @@ async def drive(browser, server: VoiceServer, tts: PanelTts, reference: Path, tm
     assert theirs.tts.settings.refine_prompt == "[laugh_2][break_4]"
 
     # refine on: the refined text reaches page one before the typed turn's audio; page two refines nothing
+    await one.locator(".turn[data-turn='1'] .latency").wait_for(timeout=20_000)  # after the mic's turn
     await one.fill("#say-text", "Typed words.")
     await one.click("#say")
     typed = one.locator(".turn", has_text="typed")
     await typed.locator(".refined").wait_for(timeout=15_000)
     assert await typed.locator(".refined").text_content() == "refined: Typed words. [uv_break]"
-    events = await one.evaluate("window.voiceloop.state.events.map(e => [e.type, e.turn_id])")
-    turn = next(t for kind, t in events if kind == "refined")
     await typed.locator(".latency").wait_for(timeout=15_000)  # the turn ended: its audio was sent
     events = await one.evaluate("window.voiceloop.state.events.map(e => [e.type, e.turn_id])")
-    assert turn >= 1_000_000 and events.index(["refined", turn]) < events.index(["turn", turn])
+    turn = next(t for kind, t in events if kind == "refined" and t >= 1_000_000)  # the typed turn
+    assert events.index(["refined", turn]) < events.index(["turn", turn])
     assert await two.evaluate("window.voiceloopPanel.refined.length") == 0
 
     # the bot's audio of that turn, as a download
@@ -150,6 +152,15 @@ async def drive(browser, server: VoiceServer, tts: PanelTts, reference: Path, tm
     assert mine.tts.voice == tts.cloned[0] and tts.cloned[0].startswith("cloned:1:你好")
     assert "s," in await one.locator("#voice-status").text_content()
     assert theirs.tts.voice is None
+
+    # page two records two seconds of its microphone: no transcript given, the ASR hears one
+    await two.click("#record")
+    await asyncio.sleep(2.0)  # the fake microphone plays in real time
+    await two.click("#record")
+    await wait_js(two, "document.getElementById('voice').value === 'recording'")
+    await until(lambda: theirs.tts.voice is not None)
+    assert theirs.tts.voice == tts.cloned[1] and mine.tts.voice == tts.cloned[0]
+    assert "heard by the ASR" in await two.locator("#voice-status").text_content()
 
     # page two rolls a seed: a seed:N voice there, the recording stays page one's
     await two.click("#seed-roll")

@@ -13,7 +13,7 @@ const KEEP_TURNS = 20; // downloads kept (older ones are released)
 
 const panel = {
   supported: [], defaults: {}, changed: {}, upload: null, lastRecording: null, applied: null,
-  capture: null, captures: new Map(), tapStop: null, recorder: null, refined: [], downloads: 0,
+  capture: null, pending: null, captures: new Map(), tapStop: null, recorder: null, refined: [], downloads: 0,
 };
 
 // -- settings -------------------------------------------------------------------------------
@@ -112,8 +112,9 @@ function panelEvent(event) {
       card.querySelector(".bot").after(line);
       break;
     }
-    case "reply_text":
-      if (panel.capture?.turn !== id) startCapture(id);
+    case "reply_text": // the bot speaks one turn at a time: a later one waits for the current one's end
+      if (!panel.capture) startCapture(id);
+      else if (panel.capture.turn !== id) panel.pending = id;
       break;
     case "turn":
     case "interruption":
@@ -150,7 +151,7 @@ function captureBot(stream) {
 }
 
 function startCapture(turn) {
-  if (panel.capture) endCapture(panel.capture.turn);
+  panel.pending = null;
   panel.capture = { turn, chunks: [], length: 0, rate: state.audioCtx?.sampleRate || 48000 };
 }
 
@@ -158,6 +159,7 @@ function endCapture(turn) {
   const capture = panel.capture;
   if (!capture || capture.turn !== turn) return;
   panel.capture = null;
+  if (panel.pending !== null) startCapture(panel.pending);
   const samples = trim(join(capture.chunks, capture.length));
   if (!samples.length) return;
   const card = document.querySelector(`.turn[data-turn="${turn}"]`);
