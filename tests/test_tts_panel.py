@@ -331,3 +331,52 @@ async def test_an_engine_that_cannot_clone_says_so(voice_server):
         assert status == 501 and "cannot make a voice" in reply["error"]
     finally:
         await client.close()
+
+
+# -- cluster mode: the gateway hands the recording to the worker holding the call ---------------
+class FakeActorMethod:
+    def __init__(self, reply) -> None:
+        self.reply, self.calls = reply, []
+
+    def remote(self, *args):
+        self.calls.append(args)
+
+        async def answer():
+            return self.reply
+
+        return answer()
+
+
+async def test_the_gateway_routes_a_recording_to_the_calls_worker():
+    from voiceloop.cluster.gateway import ClusterCalls, _Worker
+    from voiceloop.cluster.worker import WorkerSpec
+    from voiceloop.serve.guard import Refused
+    from voiceloop.serve.tts_panel import Recording
+
+    calls = ClusterCalls(WorkerSpec(LoopOptions()))
+    ok = FakeActorMethod({"voice": "recording", "seconds": 2.0})
+    refusing = FakeActorMethod({"status": 422, "error": "cannot make a voice of this recording: silent"})
+    calls.workers = {
+        "w1": _Worker("w1", SimpleNamespace(use_voice=ok), state="ready"),
+        "w2": _Worker("w2", SimpleNamespace(use_voice=refusing), state="ready"),
+    }
+    calls.placed.update({"A" * 22: "w1", "B" * 22: "w2", "C" * 22: "gone"})
+    recording = Recording(np.zeros(24_000, np.float32), 24_000, "hi")
+    assert await calls.use_voice("A" * 22, recording) == {"voice": "recording", "seconds": 2.0}
+    assert ok.calls == [("A" * 22, recording)] and not refusing.calls
+    for call, status in (("B" * 22, 422), ("C" * 22, 404), ("D" * 22, 404)):
+        with pytest.raises(Refused) as refused:
+            await calls.use_voice(call, recording)
+        assert refused.value.status == status
+
+
+async def test_a_worker_answers_for_its_own_calls_only():
+    from voiceloop.cluster.worker import VoiceWorker, WorkerSpec
+    from voiceloop.serve.tts_panel import Recording
+
+    worker = VoiceWorker("w1", WorkerSpec(LoopOptions()))
+    recording = Recording(np.zeros(24_000, np.float32), 24_000, "hi")
+    assert (await worker.use_voice("A" * 22, recording))["status"] == 404  # not started: no calls
+    worker.peers = SimpleNamespace(call_session=lambda call: None, engines=panel_engines())
+    reply = await worker.use_voice("A" * 22, recording)
+    assert reply["status"] == 404 and "no live call" in reply["error"]
