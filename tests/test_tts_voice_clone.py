@@ -258,3 +258,68 @@ def test_a_session_takes_the_voice_string_without_anything_saved(engine, wave):
 
     assert asyncio.run(speak()) == 512 * STEPS - 256
     engine.check_voice(result.voice)
+
+
+# -- the agent's ASR seam and the CLI ----------------------------------------------------------------
+
+
+def test_the_agent_transcribes_with_its_own_asr_engine_also_from_async_code(engine, wave):
+    from helpers.fakes import FakeAsr, FakeTts
+
+    from voiceloop import Agent
+    from voiceloop.errors import UserError
+    from voiceloop.loop import Engines
+
+    asr = FakeAsr(["今天 你好", "你好"], final_delay=0)
+    agent = Agent()
+    agent._engines = Engines(asr=asr, tts=engine)  # not closed here: the module's engine lives on
+    result = agent.voice_from_audio(np.round(wave * 32767).astype(np.int16), RATE)
+    assert result.transcript_source == "asr" and "你好" in result.transcript
+    assert agent.voice_from_audio(wave, RATE, "今天你好。").transcript_source == "given"
+
+    async def from_a_running_loop() -> str:
+        return agent.voice_from_audio(wave, RATE).transcript_source
+
+    assert asyncio.run(from_a_running_loop()) == "asr" and asr.texts == []
+    agent._engines = Engines(asr=asr, tts=FakeTts())
+    with pytest.raises(UserError, match="cannot make voices"):
+        agent.voice_from_audio(wave, RATE, "x")
+
+
+def test_cli_saves_a_voice_from_a_wav_and_every_voice_flag_takes_its_name(chattts_root, tmp_path, capsys):
+    import soundfile
+
+    from voiceloop.cli import main
+
+    voices = ["--voice-dir", str(tmp_path / "voices")]
+    ref = tmp_path / "ref.wav"
+    stereo = GOLDEN_INPUT.clone_wave(rate=48_000)
+    soundfile.write(ref, np.stack([stereo, stereo], 1), 48_000, subtype="PCM_16")
+    save = ["tts", "voice", "save", "anna", "--from-audio", str(ref), "--model", str(chattts_root)]
+    assert main([*save, "--transcript", "今天你好。", *voices]) == 0
+    out = capsys.readouterr()
+    assert "warning: downmixed 2 channels" in out.err and "resampled from 48000 Hz" in out.err
+    assert "transcript (given): 今天你好。" in out.err and out.out.strip().endswith("anna.txt")
+    assert main(["tts", "voice", "show", "anna", *voices]) == 0
+    assert parse_voice_json(capsys.readouterr().out).prompt_text == "今天你好。"
+    silent = tmp_path / "silent.wav"
+    soundfile.write(silent, np.zeros(RATE * 3, np.int16), RATE)
+    bad = ["tts", "voice", "save", "mute", "--from-audio", str(silent), "--model", str(chattts_root)]
+    assert main([*bad, "--transcript", "你好", *voices]) == 2
+    err = capsys.readouterr().err
+    assert "silent" in err and len(err.strip().splitlines()) == 1
+    assert main(["tts", "voice", "list", *voices]) == 0 and capsys.readouterr().out.split() == ["anna"]
+
+
+def test_say_speaks_in_a_saved_cloned_voice(chattts_root, tmp_path, monkeypatch, engine, wave):
+    import soundfile
+
+    from voiceloop.cli import main
+
+    monkeypatch.setenv("VOICELOOP_HOME", str(tmp_path / "home"))
+    VoiceStore().save("clone", engine.voice_from_audio(wave, RATE, "今天你好。").voice)
+    out = tmp_path / "say.wav"
+    argv = ["say", "你好", "-o", str(out), "--voice", "clone", "--model", str(chattts_root), "--seed", "3"]
+    assert main([*argv, "--threads", "1", "--max-seconds", "0.4", "--backend", "torch"]) == 0
+    audio, rate = soundfile.read(out, dtype="int16")
+    assert rate == RATE and len(audio) > 0

@@ -191,6 +191,46 @@ class Agent:
         with frozen_heap(), contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how a server ends
             asyncio.run(main())
 
+    def voice_from_audio(self, samples: Any, rate: int, transcript: str | None = None) -> Any:
+        """A TTS voice from a recording (ChatTTS: the reference's ``spk_smp`` + ``txt_smp``): int16 or
+        float samples at any rate, 5-10 s of one speaker. Without ``transcript``, this agent's ASR
+        engine transcribes it (the result's ``transcript_source`` says "asr"). Returns a
+        ``ClonedVoice``: use its ``voice`` as ``session(voice=...)``/``--voice`` or save it. Clone a
+        voice only with its speaker's consent; the ChatTTS weights are CC BY-NC 4.0 (docs/tts.md)."""
+        import concurrent.futures
+
+        import numpy as np
+        import soxr
+
+        from .audio import float_to_int16
+
+        tts, asr = self.engines.tts, self.engines.asr
+        clone = getattr(tts, "voice_from_audio", None)
+        if clone is None:
+            raise UserError(
+                f"the {type(tts).__name__} TTS engine cannot make voices from recordings (ChatTTS can)"
+            )
+
+        def transcribe(wave: np.ndarray, wave_rate: int) -> str:
+            at_asr = soxr.resample(wave, wave_rate, asr.sample_rate) if wave_rate != asr.sample_rate else wave
+            frame = asr.sample_rate // 50  # the ASR stage's 20 ms frames
+            pcm = float_to_int16(np.pad(at_asr, (0, -len(at_asr) % frame)))
+
+            async def listen() -> str:
+                session = asr.session()
+                try:
+                    session.reset()
+                    for start in range(0, len(pcm), frame):
+                        await session.accept(pcm[start : start + frame])
+                    return (await session.finalize()).text
+                finally:
+                    await session.aclose()
+
+            with concurrent.futures.ThreadPoolExecutor(1) as pool:  # its own loop: callable from async code
+                return pool.submit(asyncio.run, listen()).result()
+
+        return clone(samples, rate, transcript, transcribe=transcribe)
+
     async def session(
         self, source: Stage, sink: Any, *, metrics: Metrics | None = None, echo: Any = None
     ) -> Metrics:

@@ -18,6 +18,10 @@ if TYPE_CHECKING:  # torch/transformers load lazily so `voiceloop --help` stays 
     from ..tts.chattts.engine import ChatTts
 
 DEFAULT_TTS = "2Noise/ChatTTS"
+CLONE_NOTE = (
+    "A voice from a recording copies a real person's voice: only record or upload voices whose speakers "
+    "agreed to it. The ChatTTS weights are licensed CC BY-NC 4.0 (non-commercial use only)."
+)
 
 
 def add_tts_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -65,7 +69,8 @@ def load_tts(args: argparse.Namespace) -> ChatTts:
 
 
 def _voice(engine: ChatTts, spec: str | None, save_as: str | None):
-    """The speaker vector for ``--voice``; without one, a fresh random voice (printed, so it can be kept)."""
+    """The voice for ``--voice`` (a speaker, a recording's prompt, or both); without one, a fresh
+    random voice (saved with ``--save-voice``, so it can be kept)."""
     from ..tts.chattts.speaker import resolve_voice
 
     speaker = resolve_voice(spec, engine.stats, engine.voice_store) if spec else engine.random_voice()
@@ -73,7 +78,7 @@ def _voice(engine: ChatTts, spec: str | None, save_as: str | None):
         if speaker is None:
             raise UserError("--save-voice needs a voice: these assets have no spk_stat to sample one from")
         print(f"saved voice {save_as!r} to {engine.voice_store.save(save_as, speaker)}", file=sys.stderr)
-    return None if speaker is None else engine.speaker(speaker)
+    return engine.voice(speaker)
 
 
 def _write(path: Path, audio: np.ndarray, rate: int) -> None:
@@ -156,8 +161,17 @@ def cmd_voice(args: argparse.Namespace) -> int:
     store = VoiceStore(Path(args.voice_dir) if args.voice_dir else None)
     if args.action != "list" and not args.name:
         raise UserError(f"tts voice {args.action} needs a NAME")
+    if (args.from_audio or args.transcript is not None) and (args.action != "save" or args.spec):
+        raise UserError(
+            "--from-audio/--transcript go with 'tts voice save NAME --from-audio REF.wav' (no SPEC)"
+        )
+    if args.action == "save" and args.from_audio:
+        return _save_from_audio(args, store)
     if args.action == "save" and not args.spec:
-        raise UserError("tts voice save NAME SPEC: SPEC is seed:N, a speaker string or a file holding one")
+        raise UserError(
+            "tts voice save NAME SPEC: SPEC is seed:N, a speaker string or a file holding one "
+            "(or --from-audio REF.wav to make a voice from a recording)"
+        )
     if args.action == "list":
         for name in store.names():
             print(name)
@@ -181,6 +195,44 @@ def cmd_voice(args: argparse.Namespace) -> int:
     else:
         speaker = resolve_voice(args.spec, stats, store)
     print(store.save(args.name, speaker))
+    return 0
+
+
+def _save_from_audio(args: argparse.Namespace, store) -> int:
+    """``tts voice save NAME --from-audio REF.wav``: check, transcribe if needed, encode, save."""
+    import soundfile
+
+    from ..tts.chattts import assets
+    from ..tts.chattts.speaker import is_voice_name
+
+    if not is_voice_name(args.name):
+        store.path(args.name)  # raises the naming rule before any model loads
+    path = Path(args.from_audio)
+    if not path.is_file():
+        raise UserError(f"--from-audio {str(path)!r}: no such file")
+    try:
+        samples, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
+    except (RuntimeError, soundfile.LibsndfileError) as exc:
+        raise UserError(f"--from-audio {str(path)!r}: cannot read it as audio ({exc})") from exc
+    if args.transcript is not None and args.transcript.strip():
+        from ..tts.chattts.clone import VoiceCloner
+
+        result = VoiceCloner.from_pretrained(assets.resolve_root(args.model)).clone(
+            samples, rate, args.transcript
+        )
+    else:
+        from ..agent import Agent
+
+        with Agent(asr=args.asr, tts=f"chattts:{args.model}") as agent:
+            result = agent.voice_from_audio(samples, rate)
+    for warning in result.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    print(
+        f"{result.seconds:.1f} s, {result.prompt_steps} prompt steps; "
+        f"transcript ({result.transcript_source}): {result.transcript}",
+        file=sys.stderr,
+    )
+    print(store.save(args.name, result.voice))
     return 0
 
 
@@ -221,11 +273,30 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
     tts = sub.add_parser("tts", help="TTS tools: voices, ONNX export")
     tts_sub = tts.add_subparsers(dest="tts_command", metavar="TOOL", required=True)
-    voice = tts_sub.add_parser("voice", help="list, show, save or delete named voices")
+    voice = tts_sub.add_parser(
+        "voice",
+        help="list, show, save or delete named voices (save one from a recording with --from-audio)",
+        description=CLONE_NOTE,
+    )
     voice.add_argument("action", choices=("list", "show", "save", "delete"))
     voice.add_argument("name", nargs="?", help="voice name (show/save/delete)")
     voice.add_argument("spec", nargs="?", help="save: seed:N | speaker string | file")
-    voice.add_argument("--model", default=DEFAULT_TTS, help="assets whose spk_stat seeds sample from")
+    voice.add_argument(
+        "--from-audio",
+        metavar="REF.wav",
+        help="save: a voice from a recording (5-10 s of one speaker, quiet room; at most 30 s)",
+    )
+    voice.add_argument(
+        "--transcript",
+        metavar="TEXT",
+        help="with --from-audio: exactly what the recording says (else the ASR)",
+    )
+    voice.add_argument(
+        "--asr", help="with --from-audio and no --transcript: the ASR engine (default: the loop's)"
+    )
+    voice.add_argument(
+        "--model", default=DEFAULT_TTS, help="the TTS assets (spk_stat for seeds, DVAE for audio)"
+    )
     voice.add_argument("--voice-dir", help="where voices live (default: $VOICELOOP_HOME/voices)")
     voice.set_defaults(func=cmd_voice)
     export = tts_sub.add_parser("export-onnx", help="export the decoder + Vocos path to ONNX")

@@ -19,12 +19,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import soxr
 import torch
 
+from . import assets
 from .dvae import CodeDecoder
 from .speaker_string import SpeakerError, encode_prompt_codes
 from .voice import voice_json
@@ -206,6 +208,22 @@ class VoiceCloner:
     def __init__(self, dvae: CodeDecoder, normalize_text: Callable[[str], str] | None = None) -> None:
         self.dvae = dvae
         self.normalize_text = normalize_text
+
+    @classmethod
+    def from_pretrained(cls, root: Path, device: str | torch.device = "cpu") -> VoiceCloner:
+        """The DVAE and the tokenizer only (for ``voiceloop tts voice save --from-audio``: no GPT)."""
+        from transformers import AutoTokenizer
+
+        from .normalize import normalize
+
+        tokenizer = AutoTokenizer.from_pretrained(str(root / assets.TOKENIZER_DIR))
+
+        def is_known(char: str) -> bool:  # as ChatTts.is_known: the tokenizer has it (not [UNK])
+            ids = tokenizer(char, add_special_tokens=False)["input_ids"]
+            return bool(ids) and tokenizer.unk_token_id not in ids
+
+        dvae = CodeDecoder.from_file(root / assets.DVAE, device=device)
+        return cls(dvae, lambda text: normalize(text, is_known=is_known).text)
 
     def encode(self, wave: np.ndarray) -> torch.Tensor:
         """24 kHz float32 mono → codes ``[4, T]`` (the reference's ``dvae.sample_audio``)."""
