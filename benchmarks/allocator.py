@@ -7,6 +7,14 @@ replies of the same length. The settings alternate run by run, so machine noise 
 alike. Reported: RTF (compute / audio), page faults and kernel CPU time per utterance.
 
     python benchmarks/allocator.py            # 3 rounds x 2 settings x 2 workloads, ~10 min
+
+``--gc``: how long one full collection of Python's cyclic GC holds the GIL in a process that has
+loaded what ``voiceloop serve`` loads (torch, transformers, aiortc, the server; engines: the bundled
+tiny ASR and the 2-layer random ChatTTS, int8), against the same collection inside
+``voiceloop.allocator.frozen_heap()``: why run/chat/serve run their loop frozen. Writes
+``benchmarks/results/gc_pause.json`` (~1 min).
+
+    python benchmarks/allocator.py --gc [--reps 5]
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ from machine import finish, machine_info, print_table
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "allocator.json"
+GC_RESULTS = ROOT / "benchmarks" / "results" / "gc_pause.json"
 SETTINGS = {"glibc defaults": "0", "tuned": "1"}
 
 
@@ -98,6 +107,54 @@ def tts_runs(utterances: int, seconds: float) -> list[dict[str, float]]:
     return [measured(lambda s=seed: speak(s)) for seed in range(1, utterances + 1)]
 
 
+def gc_pause(reps: int) -> dict[str, object]:
+    """Objects the cyclic GC tracks and the wall time of a full collection, plain and frozen (ms)."""
+    import gc
+
+    import aiortc  # noqa: F401  (serve's WebRTC stack: part of the heap a served loop carries)
+
+    import voiceloop.serve.server  # noqa: F401
+    from voiceloop.allocator import frozen_heap
+    from voiceloop.loop import LoopOptions, load_engines
+
+    started = time.perf_counter()
+    asr, tts = (
+        ROOT / "tests" / "fixtures" / "tiny-zh-asr",
+        ROOT / "benchmarks" / ".cache" / "chattts-random-tiny",
+    )
+    engines = load_engines(LoopOptions(asr=str(asr), tts=str(tts), precision="int8"))
+    loaded_s = time.perf_counter() - started
+
+    def collections() -> list[float]:
+        walls = []
+        for _ in range(reps):
+            t = time.perf_counter()
+            gc.collect()
+            walls.append((time.perf_counter() - t) * 1e3)
+        return walls
+
+    tracked = len(gc.get_objects())
+    plain = collections()
+    with frozen_heap():
+        frozen_objects = gc.get_freeze_count()
+        frozen = collections()
+    return {
+        "tracked_objects": tracked,
+        "frozen_objects": frozen_objects,
+        "full_gc_ms": plain,
+        "full_gc_ms_median": statistics.median(plain),
+        "frozen_gc_ms": frozen,
+        "frozen_gc_ms_median": statistics.median(frozen),
+        "engines": {
+            "asr": str(asr.relative_to(ROOT)),
+            "tts": str(tts.relative_to(ROOT)),
+            "precision": "int8",
+        },
+        "load_s": loaded_s,
+        "loaded": type(engines).__name__,
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workloads", default="asr,tts", help="comma list of asr,tts")
@@ -106,11 +163,32 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=8.0, help="audio per ASR utterance / TTS reply")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--child", choices=("asr", "tts"), help=argparse.SUPPRESS)
+    parser.add_argument("--gc", action="store_true", help="time full GC collections instead (see above)")
+    parser.add_argument("--reps", type=int, default=5, help="collections timed with --gc")
     args = parser.parse_args()
     if args.child:
         print(json.dumps(child(args.child, args.utterances, args.seconds)))
         return 0
     machine = machine_info()
+    if args.gc:
+        result = gc_pause(args.reps)
+        print_table(
+            "full collections of the cyclic GC, after loading serve's imports and engines",
+            ["heap", "tracked objects", "full collection ms (median)"],
+            [
+                ["plain", f"{result['tracked_objects']}", f"{result['full_gc_ms_median']:.0f}"],
+                [
+                    "frozen_heap()",
+                    f"{result['frozen_objects']} frozen",
+                    f"{result['frozen_gc_ms_median']:.1f}",
+                ],
+            ],
+        )
+        out = GC_RESULTS if args.out == RESULTS else args.out
+        record = {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": finish(machine), **result}
+        out.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+        print(f"wrote {out}")
+        return 0
     record: dict[str, object] = {
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": machine,
