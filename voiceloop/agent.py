@@ -94,13 +94,16 @@ class Agent:
         output: str | Path,
         *,
         realtime: bool = False,
+        clock: str | None = None,
         tail_s: float = 3.0,
         metrics_out: str | Path | None = None,
         on_pipeline: PipelineHook | None = None,
     ) -> dict[str, Any]:
         """The whole loop on a recording: ``output`` gets the bot's side, time-aligned with the input.
         The input is paced like a microphone; unless ``realtime``, idle waits are skipped (compute
-        still takes real time, so the latencies are honest). ``tail_s`` of silence is appended so
+        still takes real time, so the latencies are honest). ``clock="virtual"``: compute takes no
+        time either, so the conversation is the same on any machine, however busy (tests, regression
+        runs of a handler; latencies then hold only the waits). ``tail_s`` of silence is appended so
         the last utterance ends and its reply plays. Returns the turn summary (p50/p95 per stage)."""
         from .io.files import FileSource, WavSink
 
@@ -108,7 +111,11 @@ class Agent:
             raise UserError(f"input file {str(input)!r} does not exist")
         source = FileSource(str(input), pace=True, tail_silence_s=tail_s)
         sink = WavSink(str(output), self.engines.tts.sample_rate)
-        return self._run(source, sink, metrics_out, on_pipeline, clock="real" if realtime else "fast")
+        if clock is None:
+            clock = "real" if realtime else "fast"
+        if clock not in ("real", "fast", "virtual"):
+            raise UserError(f"clock must be real, fast or virtual, got {clock!r}")
+        return self._run(source, sink, metrics_out, on_pipeline, clock=clock)
 
     def chat(
         self,

@@ -160,7 +160,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         summary = agent.run_file(
             args.input,
             args.output,
-            realtime=args.realtime,
+            clock="real" if args.realtime else args.clock,
             tail_s=args.tail_s,
             metrics_out=args.metrics_out,
             on_pipeline=lambda pipeline: (view.attach(pipeline), view)[1],
@@ -219,6 +219,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--output", required=True, help="time-aligned recording of the bot side (WAV)")
     run.add_argument(
         "--realtime", action="store_true", help="feed the file at real-time pace on the real clock"
+    )
+    run.add_argument(
+        "--clock",
+        choices=["fast", "virtual", "real"],
+        default="fast",
+        help="fast (default): idle waits skipped, compute in real time (honest latencies); virtual: "
+        "compute takes no time either (the same conversation on any machine); real: as --realtime",
     )
     run.add_argument("--tail-s", type=float, default=3.0, help="silence appended to the input (default: 3)")
     add_loop_arguments(run)
