@@ -140,6 +140,9 @@ class FakeCluster:
         self.drained.append((name, grace_s))
         return 0
 
+    async def use_voice(self, call: str, recording) -> dict:
+        raise Refused(404, "no such call")
+
 
 async def test_drain_and_workers_refuse_what_they_must(server):
     cluster = FakeCluster()

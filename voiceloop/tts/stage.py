@@ -75,12 +75,15 @@ class TtsStage(Stage):
         rate = self.engine.sample_rate
         listener = self.on_rewrite
         session.on_rewrite = None if listener is None else _bind(listener, frame.turn_id, frame.text)
-        async with aclosing(session.synthesize(frame.text)) as chunks:
-            async for samples in chunks:
-                if len(samples) == 0:
-                    continue
-                self.metrics.stamp(frame.turn_id, "tts_first_audio", now())
-                await self.emit(AudioChunk(frame.turn_id, samples, rate, frame.text))
+        try:
+            async with aclosing(session.synthesize(frame.text)) as chunks:
+                async for samples in chunks:
+                    if len(samples) == 0:
+                        continue
+                    self.metrics.stamp(frame.turn_id, "tts_first_audio", now())
+                    await self.emit(AudioChunk(frame.turn_id, samples, rate, frame.text))
+        finally:  # the engine session must not keep this stage's listener (and its page) alive
+            session.on_rewrite = None
         # A zero-length marker closes the piece, so chunks never wait for their successor.
         await self.emit(AudioChunk(frame.turn_id, _EMPTY, rate, frame.text, piece_end=True))
 
