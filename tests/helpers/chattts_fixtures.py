@@ -7,7 +7,7 @@ from pathlib import Path
 from voiceloop.tts.chattts import random_assets
 from voiceloop.tts.chattts.random_assets import *  # noqa: F403  (shapes, SPECIAL_TOKENS, GPT_CONFIG, ...)
 
-OFFICIAL_TOKENIZER = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "chattts-tokenizer"
+OFFICIAL_TOKENIZER = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "chattts-tokenizer"
 
 
 def write_tokenizer(out: Path, official: Path | None = OFFICIAL_TOKENIZER) -> bool:
