@@ -10,6 +10,7 @@ samples in the last window exceeds the first window's median by no more than its
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 from typing import Any
 
@@ -18,6 +19,8 @@ from machine import print_table
 from soak import BOUNDS
 
 KEYS = ("rss_mb", "fds", "tasks", "threads")
+#: environment variables that change the server's memory behaviour (recorded in the result)
+SERVER_ENV = ("VOICELOOP_MALLOC_TUNING", "ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY")
 
 
 def _num(value: float) -> float | int:
@@ -119,6 +122,8 @@ def analyse(raw: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
             "sample_s": args.sample_s,
             "reply_max_s": args.reply_max_s,
             "models": "tests/fixtures/tiny-zh-asr + random 2-layer ChatTTS, int8 CPU, 1 thread each",
+            # the server inherits these: its heap tuning and its oneDNN / ideep kernel cache sizes
+            "server_env": {k: os.environ[k] for k in SERVER_ENV if k in os.environ},
         },
         "duration_s": raw["duration_s"],
         "windows_s": spans,

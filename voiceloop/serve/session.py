@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections import Counter, deque
 from typing import IO, Any
 
 from ..clock import now
@@ -49,6 +50,9 @@ log = logging.getLogger(__name__)
 EVENT_BACKLOG = 200
 #: the largest message the page may send (a say request is text, not a document)
 MAX_MESSAGE_BYTES = 8 * 1024
+#: finished turns whose timelines the closing summary's percentiles are taken over (the most recent
+#: ones): a server runs for weeks, its log must not keep every turn it ever saw
+SUMMARY_TURNS = 10_000
 #: seeds a page may ask for (``seed:N``); a torch generator takes any int64, the page needs no more
 MAX_SEED = 2**31 - 1
 
@@ -216,16 +220,28 @@ class ServeLog:
     "json" (every event as a JSON line on ``stream``, tagged ``"session": N``, plus
     ``session_started``/``session_ended`` lines). ``metrics``: where every session's finished turns
     go as JSON lines (``{"type": "turn", "session": N, ...}``), a ``session_summary`` line per
-    session and a ``summary`` over all sessions at :meth:`close`.
+    session and a ``summary`` over all sessions at :meth:`close`: turn count and counters over all
+    of them, duration percentiles over the last ``recent_turns`` (``durations_over`` says how many).
     """
 
-    def __init__(self, mode: str = "plain", stream: IO[str] | None = None, metrics: IO[str] | None = None):
+    def __init__(
+        self,
+        mode: str = "plain",
+        stream: IO[str] | None = None,
+        metrics: IO[str] | None = None,
+        *,
+        recent_turns: int = SUMMARY_TURNS,
+    ):
         if mode not in ("plain", "quiet", "json"):
             raise ValueError(f"mode must be plain, quiet or json, got {mode!r}")
+        if recent_turns < 1:
+            raise ValueError(f"recent_turns must be >= 1, got {recent_turns}")
         self.mode = mode
         self.stream = stream if stream is not None else (sys.stdout if mode == "json" else sys.stderr)
         self.metrics = metrics
-        self.total = Metrics()  # every finished turn of every session, for the closing summary
+        self.turns = 0  # finished turns of every session
+        self.recent: deque[Any] = deque(maxlen=recent_turns)  # the last timelines, for the percentiles
+        self.counters: Counter[str] = Counter()  # every session's counters, summed
         self.sessions = 0
 
     def _emit(self, stream: IO[str] | None, record: dict[str, Any]) -> None:
@@ -261,7 +277,8 @@ class ServeLog:
             self._turn(sid, frame.timeline)
 
     def _turn(self, sid: int, timeline: Any) -> None:
-        self.total.finished.append(timeline)
+        self.turns += 1
+        self.recent.append(timeline)
         self._emit(self.metrics, {"type": "turn", "session": sid, **timeline.to_dict()})
 
     def session_ended(self, sid: int, pipeline: Pipeline) -> None:
@@ -270,7 +287,7 @@ class ServeLog:
         summary = metrics.close()  # turns still open when the peer left end here
         for timeline in metrics.finished[done:]:
             self._turn(sid, timeline)
-        self.total.counters.update(summary["counters"])
+        self.counters.update(summary["counters"])
         self._emit(self.metrics, {"type": "session_summary", "session": sid, **summary})
         if self.mode == "json":
             self._emit(self.stream, {"type": "session_ended", "session": sid, "time": round(now(), 4)})
@@ -279,7 +296,8 @@ class ServeLog:
 
     def close(self) -> dict[str, Any]:
         """The summary over all sessions (also written to the metrics file and, with json, the stream)."""
-        summary = {"sessions": self.sessions, **self.total.summary()}
+        over = Metrics(counters=self.counters, finished=list(self.recent)).summary()
+        summary = {"sessions": self.sessions, **over, "turns": self.turns, "durations_over": len(self.recent)}
         self._emit(self.metrics, {"type": "summary", **summary})
         if self.mode == "json":
             self._emit(self.stream, {"type": "summary", **summary})
