@@ -88,19 +88,12 @@ def cpu_s() -> float:
 # -- the peers (child process) -----------------------------------------------------------------
 
 
-async def run_peers(
-    url: str, count: int, turns: int, gap_s: float, stagger_s: float, tail_s: float, seed: int
-) -> dict:
+def _paced_mic(audio: np.ndarray) -> Any:
+    """A mic track: ``audio`` (16 kHz int16) in real-time-paced 20 ms frames, then silence."""
     from fractions import Fraction
 
-    import aiohttp
-    import aioice.ice
     import av
-    from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
-    from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
-
-    aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: ["127.0.0.1"]
-    audio, ends = conversation(turns, gap_s)
+    from aiortc.mediastreams import MediaStreamTrack
 
     class Mic(MediaStreamTrack):
         kind = "audio"
@@ -124,52 +117,92 @@ async def run_peers(
             self.pts += 320
             return frame
 
+    return Mic()
+
+
+async def talk(
+    url: str, audio: np.ndarray, ends: list[int], http: Any, tail_s: float, wait_s: float = 0.0, seed: int = 0
+) -> dict[str, Any]:
+    """One loopback peer: offer, play ``audio``, stay ``tail_s`` longer, then hang up.
+
+    A 503/429 is retried after its Retry-After (plus up to 0.5 s of seeded jitter, as the page does)
+    for up to ``wait_s``; 0: the first refusal is the peer's error. Returns the peer-side voice to voice
+    of each utterance (None: no bot audio before the next utterance ended), the ``turn`` events, the
+    offer → answer time, the refusals and the wait before admission."""
+    from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+    from aiortc.mediastreams import MediaStreamError
+
+    loop = asyncio.get_running_loop()
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    mic = _paced_mic(audio)
+    heard: list[float] = []
+    events: list[dict] = []
+    channel = pc.createDataChannel("events")
+    channel.on("message", lambda m: events.append(json.loads(m)) if isinstance(m, str) else None)
+    drains: list[asyncio.Task] = []
+
+    @pc.on("track")
+    def on_track(track: Any) -> None:
+        async def drain() -> None:
+            try:
+                while True:
+                    frame = await track.recv()
+                    if np.abs(frame.to_ndarray()).max() > SILENT_PEAK:
+                        heard.append(loop.time())
+            except MediaStreamError:
+                pass
+
+        drains.append(asyncio.ensure_future(drain()))
+
+    pc.addTrack(mic)
+    await pc.setLocalDescription(await pc.createOffer())
+    offer = {"sdp": pc.localDescription.sdp, "type": "offer"}
+    arrived, refusals, jitter = loop.time(), 0, random.Random(seed)
+    while True:
+        sent = loop.time()
+        async with http.post(url + "offer", json=offer) as response:
+            offer_s = round(loop.time() - sent, 4)
+            if response.status == 200:
+                answer = await response.json()
+                break
+            retry_after = response.headers.get("Retry-After")
+            error = f"offer: HTTP {response.status} {await response.text()}"
+        refusals += 1
+        pause = float(retry_after or 1) + jitter.uniform(0, 0.5)
+        if response.status not in (429, 503) or loop.time() + pause > arrived + wait_s:
+            await pc.close()
+            return {"error": error, "refusals": refusals}
+        await asyncio.sleep(pause)
+    admitted = loop.time()
+    await pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], answer["type"]))
+    await asyncio.sleep(len(audio) / 16_000 + tail_s)  # the conversation plays out, replies finish
+    t0 = mic.t0 if mic.t0 is not None else loop.time()
+    v2v: list[float | None] = []
+    for i, end in enumerate(ends):
+        spoken = t0 + end / 16_000
+        until = t0 + ends[i + 1] / 16_000 if i + 1 < len(ends) else float("inf")
+        first = next((t for t in heard if spoken < t < until), None)
+        v2v.append(None if first is None else round(first - spoken, 3))
+    for task in drains:
+        task.cancel()
+    await pc.close()
+    turns_seen = [e for e in events if e.get("type") == "turn"]
+    waited = round(admitted - arrived, 3)
+    return {"v2v": v2v, "turns": turns_seen, "offer_s": offer_s, "refusals": refusals, "waited_s": waited}
+
+
+async def run_peers(
+    url: str, count: int, turns: int, gap_s: float, stagger_s: float, tail_s: float, seed: int
+) -> dict:
+    import aiohttp
+    import aioice.ice
+
+    aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: ["127.0.0.1"]
+    audio, ends = conversation(turns, gap_s)
+
     async def peer(index: int, delay: float, session: aiohttp.ClientSession) -> dict:
         await asyncio.sleep(delay)
-        loop = asyncio.get_running_loop()
-        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-        mic = Mic()
-        heard: list[float] = []
-        events: list[dict] = []
-        channel = pc.createDataChannel("events")
-        channel.on("message", lambda m: events.append(json.loads(m)) if isinstance(m, str) else None)
-        drains: list[asyncio.Task] = []
-
-        @pc.on("track")
-        def on_track(track: Any) -> None:
-            async def drain() -> None:
-                try:
-                    while True:
-                        frame = await track.recv()
-                        if np.abs(frame.to_ndarray()).max() > SILENT_PEAK:
-                            heard.append(loop.time())
-                except MediaStreamError:
-                    pass
-
-            drains.append(asyncio.ensure_future(drain()))
-
-        pc.addTrack(mic)
-        await pc.setLocalDescription(await pc.createOffer())
-        offer = {"sdp": pc.localDescription.sdp, "type": "offer"}
-        async with session.post(url + "offer", json=offer) as response:
-            if response.status != 200:
-                await pc.close()
-                return {"error": f"offer: HTTP {response.status} {await response.text()}"}
-            answer = await response.json()
-        await pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], answer["type"]))
-        await asyncio.sleep(len(audio) / 16_000 + tail_s)  # the conversation plays out, replies finish
-        t0 = mic.t0 if mic.t0 is not None else loop.time()
-        v2v: list[float | None] = []
-        for i, end in enumerate(ends):
-            spoken = t0 + end / 16_000
-            until = t0 + ends[i + 1] / 16_000 if i + 1 < len(ends) else float("inf")
-            first = next((t for t in heard if spoken < t < until), None)
-            v2v.append(None if first is None else round(first - spoken, 3))
-        for task in drains:
-            task.cancel()
-        await pc.close()
-        turns_seen = [e for e in events if e.get("type") == "turn"]
-        return {"peer": index, "v2v": v2v, "turns": turns_seen}
+        return {"peer": index, **await talk(url, audio, ends, session, tail_s)}
 
     rng = random.Random(seed)
     delays = [0.0] + [rng.uniform(0, stagger_s) for _ in range(count - 1)]
@@ -254,18 +287,22 @@ async def measure(engines: Any, loop_options: Any, count: int, args: argparse.Na
     }
 
 
+def model_paths(kind: str, cache: Path) -> tuple[Path, Path]:
+    """The ASR and TTS of ``tiny`` or ``full`` (random weights, written to ``cache`` once)."""
+    if kind == "full":
+        return random_asr(cache), random_tts(cache)
+    from helpers.chattts_fixtures import write_random_assets
+
+    tts = cache / "chattts-random-tiny"
+    if not (tts / "asset" / "Vocos.safetensors").is_file():
+        write_random_assets(tts, gpt_layers=2, seed=0, official_tokenizer=None)
+    return ROOT / "tests" / "fixtures" / "tiny-zh-asr", tts
+
+
 def load(kind: str, args: argparse.Namespace) -> tuple[Any, Any]:
     from voiceloop.loop import LoopOptions, load_engines
 
-    if kind == "tiny":
-        from helpers.chattts_fixtures import write_random_assets
-
-        asr = ROOT / "tests" / "fixtures" / "tiny-zh-asr"
-        tts = args.cache / "chattts-random-tiny"
-        if not (tts / "asset" / "Vocos.safetensors").is_file():
-            write_random_assets(tts, gpt_layers=2, seed=0, official_tokenizer=None)
-    else:
-        asr, tts = random_asr(args.cache), random_tts(args.cache)
+    asr, tts = model_paths(kind, args.cache)
     options = LoopOptions(asr=str(asr), tts=str(tts), precision="int8")
     engines = load_engines(options)
     steps = max(1, round(args.reply_max_s * 46.875))
