@@ -10,9 +10,6 @@
 * ``--failover``: a head and two 1-CPU nodes (tiny models); the caller's worker's node is removed mid-call
   ``--kills`` times, a node added back each time: kill → re-offer, → listening, → next bot audio.
 
-Callers are aiortc peers on loopback (capacity and overhead: in a child process, ``webrtc_sessions.talk``;
-failover: ``tests/helpers/caller.py``, which fails over like the page).
-
     python benchmarks/cluster_bench.py --capacity [--loads 1,2,4,8,12,16] [--target-busy 0.7] [--modes ...]
     python benchmarks/cluster_bench.py --overhead [--rounds 5] | --failover [--kills 10]
 
@@ -24,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import json
 import random
 import sys
@@ -166,18 +164,9 @@ async def watch(srv: Any, meter: Any, samples: list[dict[str, Any]]) -> None:
                 samples.append({**sample, "cost_per_call": load.cost_per_call, "headroom": room})
 
 
-async def until_idle(srv: Any, timeout: float = 60.0) -> None:
-    """Wait for the last run's calls to end (a worker's count comes with its load reports)."""
-    deadline = time.monotonic() + timeout
-    while srv.sessions and time.monotonic() < deadline:
-        await asyncio.sleep(0.5)
-
-
 async def one_load(srv: Any, mode: str, count: int, args: argparse.Namespace, meter: Any) -> dict[str, Any]:
     rng = random.Random(args.seed * 1000 + count)
-    delays = [0.0]
-    for _ in range(count - 1):
-        delays.append(delays[-1] + rng.uniform(1.0, 2.0))
+    delays = [0.0, *itertools.accumulate(rng.uniform(1.0, 2.0) for _ in range(count - 1))]
     samples: list[dict[str, Any]] = []
     watcher = asyncio.get_running_loop().create_task(watch(srv, meter, samples))
     turns = args.lone_turns if count == 1 else args.turns
@@ -185,7 +174,7 @@ async def one_load(srv: Any, mode: str, count: int, args: argparse.Namespace, me
         peers = await run_callers(srv.url, delays, turns, args)
     finally:
         watcher.cancel()
-    await until_idle(srv)
+    await wait_for(lambda: not srv.sessions, 60)  # a worker's count comes with its load reports
     live = [s for s in samples if s["calls"]]
     costs = [s["cost_per_call"] for s in samples if s.get("cost_per_call") is not None]
     row = {"mode": mode, **summary(peers), "peak_calls": max((s["calls"] for s in samples), default=0)}
@@ -277,7 +266,7 @@ async def overhead(args: argparse.Namespace) -> dict[str, Any]:
     for r in range(args.rounds):
         for mode in ("ray", "direct") if r % 2 == 0 else ("direct", "ray"):
             runs[mode] += await run_callers(servers[mode].url, [0.0], 2, args)
-            await until_idle(servers[mode])
+            await wait_for(lambda m=mode: not servers[m].sessions, 60)
     for srv in servers.values():
         await srv.stop()
     engines.close()
