@@ -303,3 +303,22 @@ def test_cost_estimate_rejects_bad_settings() -> None:
         CostEstimate(alpha=0.0)
     with pytest.raises(UserError):
         CostEstimate(min_windows=0)
+
+
+def test_an_empty_worker_takes_one_call_whatever_its_cost_says():
+    """A cost learned in a busy spell must not shut a worker for good: it learns only from calls."""
+    dear = load(calls=0, busy=0.05, cost_per_call=0.9)
+    assert headroom(dear, OPTIONS) == 1
+    assert headroom(load(calls=1, busy=0.9, cost_per_call=0.9), OPTIONS) == 0
+    assert headroom(load(calls=0, reserved=1, cost_per_call=0.9), OPTIONS) == 0  # its one call is reserved
+    assert headroom(load(calls=0, lag_s=OPTIONS.max_lag_s + 0.1, cost_per_call=0.9), OPTIONS) == 0
+    assert headroom(load(calls=0, draining=True, cost_per_call=0.9), OPTIONS) == 0
+    many = headroom_array(
+        np.array([0, 1]),
+        np.array([0, 0]),
+        np.array([0.05, 0.9]),
+        np.array([0.0, 0.0]),
+        np.array([0.9, 0.9]),
+        OPTIONS,
+    )
+    assert many.tolist() == [1, 0]

@@ -95,12 +95,18 @@ def headroom(load: Load, options: AdmissionOptions) -> int:
     The base is the larger of the measured busy fraction and ``calls x cost``: a window in which every call
     happened to be silent must not read as an empty worker. Reserved calls are not in the busy figure yet,
     so they come off the result.
+
+    A worker with no call takes one whatever its cost says: the cost is learned only from calls, so a
+    worker that once measured a high cost (a busy spell) would otherwise refuse every caller for good
+    (``benchmarks/cluster_bench.py --capacity`` saw it); the lag check still shuts an overloaded node.
     """
     if load.draining or load.lag_s > options.max_lag_s:
         return 0
     cost = cost_of(load, options)
     base = max(load.busy, load.calls * cost)
     by_busy = math.floor((options.target_busy - base) / cost + _EPS)
+    if load.calls == 0:
+        by_busy = max(by_busy, 1)
     return max(0, min(by_busy, options.max_calls - load.calls) - load.reserved)
 
 
@@ -122,6 +128,7 @@ def headroom_array(
     cost = np.maximum(cost, options.min_cost_per_call)
     base = np.maximum(busy, calls * cost)
     by_busy = np.floor((options.target_busy - base) / cost + _EPS).astype(np.int64)
+    by_busy = np.where(calls == 0, np.maximum(by_busy, 1), by_busy)  # an empty worker takes one call
     room = np.maximum(0, np.minimum(by_busy, options.max_calls - calls) - reserved)
     shut = lag_s > options.max_lag_s
     if draining is not None:
