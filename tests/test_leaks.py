@@ -18,11 +18,13 @@ import gc
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 from test_webrtc import Client, engines, loopback_only, pipeline_tasks, until  # noqa: F401 (fixture)
 
+from voiceloop.allocator import KERNEL_CACHE_ENTRIES, KERNEL_CACHE_VARIABLES
 from voiceloop.dialogue import echo
 from voiceloop.loop import LoopOptions
 from voiceloop.pipeline import Pipeline
@@ -119,3 +121,37 @@ def revisit_misses(capacity: str | None) -> int:
 def test_onednn_caches_a_kernel_per_shape_and_a_capped_cache_evicts():
     assert revisit_misses(None) == 0  # default capacity: every length seen stays cached
     assert revisit_misses("4") == 1  # capped: the old length was evicted and is created again
+
+
+CAPPED = """
+import os, voiceloop, torch
+print(*(os.environ[name] for name in voiceloop.allocator.KERNEL_CACHE_VARIABLES), flush=True)
+conv = torch.nn.Conv1d(16, 16, 7, padding=3, groups=16)
+with torch.inference_mode():
+    for length in range(40, 40 + voiceloop.allocator.KERNEL_CACHE_ENTRIES + 8):
+        conv(torch.randn(1, 16, length))
+    print("=== again", flush=True)
+    conv(torch.randn(1, 16, 40))
+"""
+
+
+def test_importing_voiceloop_caps_the_kernel_caches_unless_the_environment_sets_them():
+    env = {k: v for k, v in os.environ.items() if k not in KERNEL_CACHE_VARIABLES}
+    env["ONEDNN_VERBOSE"] = "all"
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run(
+        [sys.executable, "-c", CAPPED], env=env, cwd=root, capture_output=True, text=True, check=True
+    ).stdout
+    assert out.splitlines()[0].split() == [str(KERNEL_CACHE_ENTRIES)] * 2
+    again = out.split("=== again")[1]
+    assert sum("create:cache_miss" in line and ",convolution," in line for line in again.splitlines()) == 1
+    env["LRU_CACHE_CAPACITY"] = "64"  # the user's own setting wins
+    out = subprocess.run(
+        [sys.executable, "-c", CAPPED.split("conv =")[0]],
+        env=env,
+        cwd=root,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert out.split() == [str(KERNEL_CACHE_ENTRIES), "64"]

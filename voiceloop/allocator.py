@@ -11,6 +11,11 @@ streaming TTS and ASR with glibc's defaults and tuned, side by side (``results/a
 
 The price is resident memory: up to ``TRIM_BYTES`` of freed heap is kept instead of returned.
 Set ``VOICELOOP_MALLOC_TUNING=0`` to leave glibc's defaults alone.
+
+:func:`bound_kernel_caches` (run at import) caps torch's per-shape CPU kernel caches: oneDNN and
+ideep keep a compiled convolution per input shape, 1024 of each by default, and the TTS decoder
+sees a new window length at the end of most sentences, so a server's RSS climbed for as long as
+new lengths came (``benchmarks/soak.py``; ``tests/test_leaks.py`` shows the cache evicting).
 """
 
 from __future__ import annotations
@@ -33,6 +38,11 @@ TRIM_BYTES = 256 * 1024 * 1024
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 
+#: cached kernels kept per cache: the steady windows of both engines fit, one-off lengths are evicted
+KERNEL_CACHE_ENTRIES = 256
+#: oneDNN's primitive cache and ideep's (torch's wrapper) LRU cache; 0 crashes ideep, so never below 1
+KERNEL_CACHE_VARIABLES = ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY")
+
 _lock = threading.Lock()
 _state: bool | None = None  # None: not tried yet; else whether the thresholds were set
 
@@ -47,6 +57,19 @@ def tune_for_inference() -> bool:
         if _state is None:
             _state = _apply()
         return _state
+
+
+def bound_kernel_caches() -> None:
+    """Cap torch's CPU kernel caches (``KERNEL_CACHE_VARIABLES``) unless the environment sets them.
+
+    torch reads them once, when it creates its first oneDNN kernel, so this runs when this module is
+    imported: ``import voiceloop`` (and every engine module) imports it before any model runs.
+    """
+    for name in KERNEL_CACHE_VARIABLES:
+        os.environ.setdefault(name, str(KERNEL_CACHE_ENTRIES))
+
+
+bound_kernel_caches()
 
 
 def _apply() -> bool:
