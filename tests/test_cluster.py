@@ -134,6 +134,11 @@ async def hang_up(callers: list[Caller]) -> None:
     await asyncio.gather(*(c.close() for c in callers))
 
 
+async def post_json(url: str, body: dict) -> tuple[int, str]:
+    async with aiohttp.ClientSession() as http, http.post(url, json=body) as response:
+        return response.status, await response.text()
+
+
 def workers(srv: VoiceServer) -> dict[str, dict]:
     return {row["worker"]: row for row in srv.calls.status()}
 
@@ -172,6 +177,30 @@ async def test_calls_spread_and_a_full_cluster_refuses_then_admits(gateway):
     assert await late.start() == 200  # retried after Retry-After until admitted
     assert late.answers[-1]["worker"] == freed
     await hang_up([*callers, late])
+
+
+async def test_two_gateways_share_the_workers_without_overbooking(gateway):
+    """A second gateway attaches to the first one's workers; callers race through both at once, and
+    the workers' reservations (reserve-then-accept) let in exactly their capacity."""
+    owner = await gateway()
+    options = ServerOptions(port=0, loopback_candidates_only=True)
+    spec = WorkerSpec(LoopOptions(asr=TINY_ASR, tts="espeak"), numbered_reply, server=options)
+    attached = ClusterCalls(spec, ClusterOptions(attach=True, admission=TWO_PER_WORKER, seed=11))
+    await attached.start()
+    second = VoiceServer(None, None, options=options, calls=attached)
+    await second.start()
+    try:
+        assert set(workers(second)) == set(workers(owner))
+        callers = [Caller((owner, second)[n % 2].url) for n in range(6)]
+        statuses = await asyncio.gather(*(c.start(retry=False) for c in callers))
+        assert sorted(statuses) == [200] * 4 + [503] * 2, statuses
+        assert await fresh_calls(owner) == 4  # 2 workers x 2: never a fifth, whichever gateway asked
+        status, _ = await post_json(second.url + "drain", {"worker": "w1"})
+        assert status == 409  # the owner drains its workers
+        await hang_up(callers)
+    finally:
+        await second.stop()
+    assert set(workers(owner)) == {"w1", "w2"}  # the attached gateway left the workers running
 
 
 async def test_a_call_survives_its_worker_node_with_its_turns(cluster, gateway):

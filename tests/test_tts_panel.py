@@ -348,7 +348,8 @@ class FakeActorMethod:
 
 
 async def test_the_gateway_routes_a_recording_to_the_calls_worker():
-    from voiceloop.cluster.gateway import ClusterCalls, _Worker
+    from voiceloop.cluster.gateway import ClusterCalls
+    from voiceloop.cluster.records import WorkerRecord
     from voiceloop.cluster.worker import WorkerSpec
     from voiceloop.serve.guard import Refused
     from voiceloop.serve.tts_panel import Recording
@@ -357,8 +358,8 @@ async def test_the_gateway_routes_a_recording_to_the_calls_worker():
     ok = FakeActorMethod({"voice": "recording", "seconds": 2.0})
     refusing = FakeActorMethod({"status": 422, "error": "cannot make a voice of this recording: silent"})
     calls.workers = {
-        "w1": _Worker("w1", SimpleNamespace(use_voice=ok), state="ready"),
-        "w2": _Worker("w2", SimpleNamespace(use_voice=refusing), state="ready"),
+        "w1": WorkerRecord("w1", SimpleNamespace(use_voice=ok), state="ready"),
+        "w2": WorkerRecord("w2", SimpleNamespace(use_voice=refusing), state="ready"),
     }
     calls.placed.update({"A" * 22: "w1", "B" * 22: "w2", "C" * 22: "gone"})
     recording = Recording(np.zeros(24_000, np.float32), 24_000, "hi")

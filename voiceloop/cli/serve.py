@@ -191,6 +191,7 @@ def cluster_options(args: argparse.Namespace) -> Any:
             worker_cpus=args.worker_cpus,
             worker_gpus=args.worker_gpus,
             drain_grace_s=args.drain_grace_s,
+            attach=args.attach,
         )
     except ValueError as exc:
         raise UserError(str(exc)) from None
@@ -211,6 +212,11 @@ def add_cluster_arguments(serve: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         help="worker actors (default: as many as the cluster's CPUs hold)",
+    )
+    group.add_argument(
+        "--attach",
+        action="store_true",
+        help="a second gateway: use the workers the first one started (it launches none)",
     )
     group.add_argument("--worker-cpus", type=float, default=1.0, help="CPUs per worker (default: 1)")
     group.add_argument("--worker-gpus", type=float, default=0.0, help="GPUs per worker (default: 0)")

@@ -32,11 +32,15 @@ from typing import Any
 from ..serve.guard import Refused
 from ..serve.history import new_call_id
 from ..serve.metrics import ServeMetrics
-from .admission import AdmissionOptions, Load, choose, headroom
+from .admission import AdmissionOptions, choose
 from .history import start_history
-from .worker import VoiceWorker, WorkerFailed, WorkerSpec
+from .records import WorkerRecord, kill, reason, status_rows, worker_metrics
+from .worker import VoiceWorker, WorkerSpec
 
 log = logging.getLogger(__name__)
+
+#: workers are named actors of the cluster namespace: WORKER_PREFIX + "w1", ... (attach finds them)
+WORKER_PREFIX = "voiceloop-worker-"
 
 
 @dataclass
@@ -54,6 +58,9 @@ class ClusterOptions:
     start_timeout_s: float = 600.0  # longest wait for a worker to load its models
     drain_grace_s: float = 3600.0  # how long a draining worker's calls may go on
     keep_history: bool = False  # leave the checkpoint actor running when the gateway stops
+    #: use the workers another gateway of this namespace started (its owner): launch, replace and
+    #: kill none; the workers' reservations keep the two from overbooking one
+    attach: bool = False
     admission: AdmissionOptions = field(default_factory=AdmissionOptions)
     seed: int | None = None  # of the weighted random choice (tests)
 
@@ -66,18 +73,6 @@ class ClusterOptions:
             raise ValueError("report and call timeouts must be > 0 and dead_after >= 1")
 
 
-@dataclass
-class _Worker:
-    name: str
-    actor: Any
-    state: str = "starting"  # starting | ready | draining | failed | dead
-    load: Load | None = None
-    misses: int = 0
-    info: dict[str, Any] = field(default_factory=dict)
-    error: str | None = None
-    started: asyncio.Task[None] | None = None
-
-
 class ClusterCalls:
     """Calls placed on Ray workers (the :class:`voiceloop.serve.server.Calls` of a gateway)."""
 
@@ -86,7 +81,7 @@ class ClusterCalls:
         self.options = options or ClusterOptions()
         self.spec.namespace = self.options.namespace
         self.spec.cpus = self.options.worker_cpus
-        self.workers: dict[str, _Worker] = {}
+        self.workers: dict[str, WorkerRecord] = {}
         self.placed: OrderedDict[str, str] = OrderedDict()  # call → worker (the latest 100,000 calls)
         self.failovers = 0
         self._failovers_seen = 0
@@ -111,6 +106,15 @@ class ClusterCalls:
 
         self._history = start_history(self.options.namespace)
         await self._history.size.remote()
+        if self.options.attach:
+            await self._discover()
+            if not any(w.state == "ready" for w in self.workers.values()):
+                raise UserError(
+                    f"no workers to attach to in namespace {self.options.namespace!r}: "
+                    "start a gateway without attach first"
+                )
+            self._poller = asyncio.get_running_loop().create_task(self._poll())
+            return
         count = self.options.workers
         if count is None:
             cpus = ray.cluster_resources().get("CPU", 0)
@@ -124,7 +128,7 @@ class ClusterCalls:
             raise UserError(f"no worker could start: {errors}")
         self._poller = asyncio.get_running_loop().create_task(self._poll())
 
-    def _launch(self) -> _Worker:
+    def _launch(self) -> WorkerRecord:
         import ray
 
         self._count += 1
@@ -137,22 +141,60 @@ class ClusterCalls:
                 max_restarts=0,  # a lost worker is replaced by a fresh one (the gateway decides)
                 scheduling_strategy="SPREAD",
                 namespace=self.options.namespace,
+                name=WORKER_PREFIX + name,  # other gateways find it (attach)
             )
             .remote(name, self.spec)
         )
-        worker = _Worker(name, actor)
+        worker = WorkerRecord(name, actor)
         self.workers[name] = worker
         worker.started = asyncio.get_running_loop().create_task(self._start(worker))
         return worker
 
-    async def _start(self, worker: _Worker) -> None:
+    async def _discover(self) -> None:
+        """Attach: take up the namespace's named workers this gateway does not know yet."""
+        import ray
+
+        names = {
+            entry["name"]
+            for entry in ray.util.list_named_actors(all_namespaces=True)
+            if entry["namespace"] == self.options.namespace and entry["name"].startswith(WORKER_PREFIX)
+        }
+        found = []
+        for full in names:
+            name = full[len(WORKER_PREFIX) :]
+            if name in self.workers:
+                continue
+            try:
+                actor = ray.get_actor(full, namespace=self.options.namespace)
+            except ValueError:  # gone between the listing and the lookup
+                continue
+            worker = self.workers[name] = WorkerRecord(name, actor)
+            worker.started = asyncio.get_running_loop().create_task(self._join(worker))
+            found.append(worker.started)
+        await asyncio.gather(*found)
+
+    async def _join(self, worker: WorkerRecord) -> None:
+        """Attach to a worker another gateway started (ready once it has loaded its models)."""
+        try:
+            info = await asyncio.wait_for(worker.actor.info.remote(), self.options.call_timeout_s)
+        except Exception:
+            info = None
+        if info is None:  # not started yet, or gone: the next discovery looks again
+            self.workers.pop(worker.name, None)
+            return
+        await self._ready(worker, info)
+
+    async def _start(self, worker: WorkerRecord) -> None:
         try:
             info = await asyncio.wait_for(worker.actor.start.remote(), self.options.start_timeout_s)
         except Exception as exc:
-            worker.state, worker.error = "failed", _reason(exc, worker.name)
+            worker.state, worker.error = "failed", reason(exc, worker.name)
             log.error("%s", worker.error)
-            _kill(worker.actor)
+            kill(worker.actor)
             return
+        await self._ready(worker, info)
+
+    async def _ready(self, worker: WorkerRecord, info: dict[str, Any]) -> None:
         try:  # a first load report, so the worker can be chosen before the next poll
             load, _, _ = await asyncio.wait_for(worker.actor.load.remote(), self.options.call_timeout_s)
             worker.load = replace(load, at=time.monotonic())
@@ -172,19 +214,23 @@ class ClusterCalls:
         for worker in list(self.workers.values()):
             if worker.started is not None and not worker.started.done():
                 worker.started.cancel()
+            if self.options.attach:  # its owner's to stop
+                continue
             if worker.state in ("ready", "draining"):
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(worker.actor.stop.remote(), 10)
-            _kill(worker.actor)
+            kill(worker.actor)
         self.workers.clear()
-        if self._history is not None and not self.options.keep_history:
-            _kill(self._history)
+        if self._history is not None and not (self.options.keep_history or self.options.attach):
+            kill(self._history)
             self._history = None
 
     # -- watching the workers ---------------------------------------------------------------
     async def _poll(self) -> None:
         while True:
             await asyncio.sleep(self.options.report_s)
+            if self.options.attach:
+                await self._discover()
             ready = [w for w in self.workers.values() if w.state in ("ready", "draining")]
             replies = await asyncio.gather(
                 *(asyncio.wait_for(w.actor.load.remote(), self.options.call_timeout_s) for w in ready),
@@ -200,14 +246,16 @@ class ClusterCalls:
                 self._turns += turns
             del self._v2v[:-10_000]
 
-    def _missed(self, worker: _Worker, error: BaseException) -> None:
+    def _missed(self, worker: WorkerRecord, error: BaseException) -> None:
         worker.misses += 1
         if worker.misses < self.options.dead_after or worker.state == "dead":
             return
-        log.warning("worker %s lost (%s): replacing it", worker.name, _reason(error, worker.name))
+        log.warning("worker %s lost (%s)", worker.name, reason(error, worker.name))
         worker.state = "dead"
-        _kill(worker.actor)
         self.workers.pop(worker.name, None)
+        if self.options.attach:  # its owner kills and replaces it
+            return
+        kill(worker.actor)
         if not self._stopping:
             self._launch()  # Ray places it where resources exist (pending until there are some)
 
@@ -250,17 +298,17 @@ class ClusterCalls:
                 worker.actor.use_voice.remote(call, recording), self.options.offer_timeout_s
             )
         except Exception as exc:
-            raise Refused(503, _reason(exc, worker.name), {"Retry-After": "2"}) from None
+            raise Refused(503, reason(exc, worker.name), {"Retry-After": "2"}) from None
         if "status" in reply:
             raise Refused(reply["status"], reply["error"])
         return reply
 
-    def _choose(self, exclude: set[str]) -> _Worker | None:
+    def _choose(self, exclude: set[str]) -> WorkerRecord | None:
         ready = [w.load for w in self.workers.values() if w.state == "ready" and w.load is not None]
         name = choose(ready, self._rng, self.options.admission, exclude=exclude, now=time.monotonic())
         return self.workers.get(name) if name is not None else None
 
-    async def _place(self, worker: _Worker, sdp: str, call: str) -> dict[str, Any] | None:
+    async def _place(self, worker: WorkerRecord, sdp: str, call: str) -> dict[str, Any] | None:
         """Reserve, then offer; None when this worker cannot take the call (try another)."""
         timeout = self.options.call_timeout_s
         try:
@@ -294,6 +342,8 @@ class ClusterCalls:
     async def drain(self, name: str, grace_s: float | None = None) -> int:
         """Stop ``name`` taking calls, wait for its calls to end (``grace_s``, default the options'),
         then remove it (not replaced: a drained worker is going away). Returns the calls cut."""
+        if self.options.attach:
+            raise Refused(409, "drain workers on the gateway that started them")
         worker = self.workers.get(name)
         if worker is None or worker.state not in ("ready", "draining"):
             raise KeyError(f"no worker {name!r} to drain")
@@ -304,7 +354,7 @@ class ClusterCalls:
         finally:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(worker.actor.stop.remote(), 10)
-            _kill(worker.actor)
+            kill(worker.actor)
             self.workers.pop(name, None)
         log.info("worker %s drained (%d call(s) cut at the end of the grace period)", name, cut)
         return cut
@@ -321,50 +371,8 @@ class ClusterCalls:
         metrics.observe_v2v(v2v, turns)
         metrics.failovers.inc(self.failovers - self._failovers_seen)
         self._failovers_seen = self.failovers
-        states = {"starting": 0, "ready": 0, "draining": 0, "failed": 0, "dead": 0}
-        for worker in self.workers.values():
-            states[worker.state] += 1
-            if worker.load is not None:
-                load = worker.load
-                metrics.worker_calls.labels(worker.name).set(load.calls)
-                metrics.worker_busy.labels(worker.name).set(load.busy)
-                metrics.worker_lag.labels(worker.name).set(load.lag_s)
-                metrics.worker_headroom.labels(worker.name).set(headroom(load, self.options.admission))
-        for state, count in states.items():
-            metrics.workers.labels(state).set(count)
+        worker_metrics(self.workers.values(), self.options.admission, metrics)
 
     def status(self) -> list[dict[str, Any]]:
         """Each worker: name, state, node, calls, headroom (``GET /workers``; tests)."""
-        rows = []
-        for worker in self.workers.values():
-            load = worker.load
-            rows.append(
-                {
-                    "worker": worker.name,
-                    "state": worker.state,
-                    "node_ip": worker.info.get("node_ip"),
-                    "node": worker.info.get("node"),
-                    "calls": load.calls if load else 0,
-                    "headroom": headroom(load, self.options.admission) if load else 0,
-                    "busy": load.busy if load else 0.0,
-                }
-            )
-        return rows
-
-
-def _kill(actor: Any) -> None:
-    import ray
-
-    with contextlib.suppress(Exception):
-        ray.kill(actor, no_restart=True)
-
-
-def _reason(error: BaseException, name: str) -> str:
-    """One line for a worker's failure (the worker's own message when it raised one)."""
-    cause = getattr(error, "cause", None)
-    if isinstance(cause, WorkerFailed):
-        return str(cause)
-    if isinstance(error, asyncio.TimeoutError | TimeoutError):
-        return f"worker {name} did not answer in time"
-    text = str(error).strip().splitlines()
-    return f"worker {name}: {type(error).__name__}: {text[-1] if text else ''}"
+        return status_rows(self.workers.values(), self.options.admission)

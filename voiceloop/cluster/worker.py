@@ -117,6 +117,13 @@ class VoiceWorker:
             "pid": os.getpid(),
         }
 
+    async def info(self) -> dict[str, Any] | None:
+        """Where it runs and its voices once its models are loaded (None before): another gateway
+        attaching to this worker reads it."""
+        if self.peers is None:
+            return None
+        return {**self.where(), "voices": self.peers.voices()}
+
     async def ping(self) -> float:
         """Answered by the event loop that runs the calls: a hung loop does not answer."""
         return time.monotonic()

@@ -340,6 +340,8 @@ class VoiceServer:
             grace is None or (isinstance(grace, int | float) and grace >= 0)
         ):
             raise Refused(400, 'body must be {"worker": "<name>", "grace_s": <seconds, optional>}')
+        if getattr(getattr(self.calls, "options", None), "attach", False):
+            raise Refused(409, "drain workers on the gateway that started them")
         if name not in {row["worker"] for row in self.calls.status()}:  # type: ignore[attr-defined]
             raise Refused(404, f"no worker {name!r}")
         task = asyncio.get_running_loop().create_task(self.calls.drain(name, grace))  # type: ignore[attr-defined]
