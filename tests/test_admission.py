@@ -322,3 +322,26 @@ def test_an_empty_worker_takes_one_call_whatever_its_cost_says():
         OPTIONS,
     )
     assert many.tolist() == [1, 0]
+
+
+def test_overlap_risk_caps_calls_whose_replies_would_collide():
+    """One reply takes the whole node (reply_cost 0.95): two calls that each reply 30 % of the time
+    overlap 9 % of the time, over a 5 % risk, so one call; a node where a reply takes an eighth runs
+    8 at once and fits many more."""
+    from voiceloop.cluster.admission import calls_within_overlap
+
+    assert calls_within_overlap(0.95, 0.3, 0.05, 32) == 1
+    assert calls_within_overlap(0.95, 0.01, 0.05, 32) >= 3  # rare replies rarely overlap
+    big = calls_within_overlap(0.125, 0.3, 0.05, 32)
+    assert 10 <= big <= 32
+    assert calls_within_overlap(0.125, 0.3, 0.05, 32) <= calls_within_overlap(0.125, 0.3, 0.2, 32)
+
+    careful = AdmissionOptions(overlap_risk=0.05)
+    node = load(calls=1, busy=0.3, cost_per_call=0.1, reply_cost=0.95, reply_share=0.3)
+    assert headroom(node, OPTIONS) == 4  # the mean cost alone: (0.7 - 0.3) / 0.1
+    assert headroom(node, careful) == 0  # the overlap: one call is all this node replies to smoothly
+    assert headroom(load(calls=0, reply_cost=0.95, reply_share=0.3), careful) == 1
+    unmeasured = load(calls=1, busy=0.3, cost_per_call=0.1)
+    assert headroom(unmeasured, careful) == headroom(unmeasured, OPTIONS)  # no reply figures yet: off
+    with pytest.raises(UserError):
+        AdmissionOptions(overlap_risk=1.5)

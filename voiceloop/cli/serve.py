@@ -181,7 +181,7 @@ def cluster_options(args: argparse.Namespace) -> Any:
     """``--ray``: a :class:`voiceloop.cluster.ClusterOptions` from the cluster flags; else None."""
     if args.ray is None:
         return None
-    from ..cluster import ClusterOptions, connect
+    from ..cluster import AdmissionOptions, ClusterOptions, connect
     from ..cluster.connect import ray_module
 
     ray_module()  # not installed: one line naming the extra, before anything loads
@@ -192,6 +192,7 @@ def cluster_options(args: argparse.Namespace) -> Any:
             worker_gpus=args.worker_gpus,
             drain_grace_s=args.drain_grace_s,
             attach=args.attach,
+            admission=AdmissionOptions(target_busy=args.target_busy, overlap_risk=args.overlap_risk),
         )
     except ValueError as exc:
         raise UserError(str(exc)) from None
@@ -219,6 +220,21 @@ def add_cluster_arguments(serve: argparse.ArgumentParser) -> None:
         help="a second gateway: use the workers the first one started (it launches none)",
     )
     group.add_argument("--worker-cpus", type=float, default=1.0, help="CPUs per worker (default: 1)")
+    group.add_argument(
+        "--target-busy",
+        type=float,
+        default=0.7,
+        metavar="F",
+        help="admit while a worker's predicted busy fraction stays under F (default: 0.7)",
+    )
+    group.add_argument(
+        "--overlap-risk",
+        type=float,
+        default=None,
+        metavar="P",
+        help="also keep the chance that more replies overlap than a worker computes at full speed under P "
+        "(e.g. 0.05; default: off)",
+    )
     group.add_argument("--worker-gpus", type=float, default=0.0, help="GPUs per worker (default: 0)")
     group.add_argument(
         "--drain-grace-s",

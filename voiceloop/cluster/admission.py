@@ -45,6 +45,10 @@ class Load:
     cost_per_call: float | None  # busy fraction one call adds (CostEstimate); None: not measured yet
     draining: bool = False
     at: float = 0.0  # monotonic time of the measurement
+    #: busy fraction while one reply is being synthesised (its peak, not its mean); None: not measured
+    reply_cost: float | None = None
+    #: share of a call's time with a reply being synthesised; None: not measured
+    reply_share: float | None = None
 
 
 @dataclass(frozen=True)
@@ -66,6 +70,11 @@ class AdmissionOptions:
     reservation_ttl_s: float = 10.0
     #: choose() skips a report older than this when it is given ``now`` (the worker is presumed gone)
     report_max_age_s: float = 15.0
+    #: also cap the calls so that the chance that more replies are synthesised at once than the worker
+    #: computes at full speed (1 ÷ reply_cost) stays under this (e.g. 0.05). The mean cost counts a
+    #: call's silences, but overlapping replies slow each other down: on a node where one reply takes
+    #: the whole CPU, two calls already stutter (benchmarks/cluster_bench.py --capacity). None: off
+    overlap_risk: float | None = None
 
     def __post_init__(self) -> None:
         checks = (
@@ -76,6 +85,7 @@ class AdmissionOptions:
             (self.max_calls >= 1, "max_calls must be >= 1"),
             (self.reservation_ttl_s > 0.0, "reservation_ttl_s must be > 0"),
             (self.report_max_age_s > 0.0, "report_max_age_s must be > 0"),
+            (self.overlap_risk is None or 0.0 < self.overlap_risk < 1.0, "overlap_risk must be in (0, 1)"),
         )
         for ok, message in checks:
             if not ok:
@@ -105,9 +115,26 @@ def headroom(load: Load, options: AdmissionOptions) -> int:
     cost = cost_of(load, options)
     base = max(load.busy, load.calls * cost)
     by_busy = math.floor((options.target_busy - base) / cost + _EPS)
+    if options.overlap_risk is not None and load.reply_cost and load.reply_share is not None:
+        fit = calls_within_overlap(load.reply_cost, load.reply_share, options.overlap_risk, options.max_calls)
+        by_busy = min(by_busy, fit - load.calls)
     if load.calls == 0:
         by_busy = max(by_busy, 1)
     return max(0, min(by_busy, options.max_calls - load.calls) - load.reserved)
+
+
+def calls_within_overlap(reply_cost: float, reply_share: float, risk: float, most: int) -> int:
+    """The most calls (>= 1) whose replies, each in progress ``reply_share`` of the time independently,
+    exceed the ⌊1 ÷ reply_cost⌋ that run at full speed together with probability at most ``risk``."""
+    at_once = max(1, math.floor(1.0 / reply_cost + _EPS))
+    share = min(max(reply_share, 0.0), 1.0)
+    calls = 1
+    for n in range(2, most + 1):
+        over = sum(math.comb(n, k) * share**k * (1 - share) ** (n - k) for k in range(at_once + 1, n + 1))
+        if over > risk:
+            break
+        calls = n
+    return calls
 
 
 def headroom_array(
@@ -122,7 +149,8 @@ def headroom_array(
     """:func:`headroom` for many workers at once (a gateway over hundreds of workers, the simulation).
 
     ``cost_per_call`` holds NaN where a worker has not measured its cost yet. Same rule, same results as
-    :func:`headroom`, element by element.
+    :func:`headroom`, element by element, without ``overlap_risk`` (the simulation does not model replies
+    overlapping yet).
     """
     cost = np.where(np.isnan(cost_per_call), options.prior_cost_per_call, cost_per_call)
     cost = np.maximum(cost, options.min_cost_per_call)

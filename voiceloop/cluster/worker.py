@@ -65,6 +65,8 @@ class VoiceWorker:
         self.peers: Peers | None = None
         self.ledger = Ledger(spec.admission)
         self.cost = CostEstimate()
+        self.reply_cost = CostEstimate()  # busy fraction per reply in progress
+        self.reply_share = CostEstimate()  # replies in progress per call: the share of time replying
         self.draining = False
         self._busy, self._lag = 0.0, 0.0
         self._tickets: dict[str, str] = {}  # call → the ticket its slot was accepted with
@@ -139,18 +141,25 @@ class VoiceWorker:
 
     # -- load ---------------------------------------------------------------------------------
     async def _sample(self) -> None:
-        """Every ``report_s``: how busy the worker was and how far behind it fell.
+        """Every ``report_s``: how busy the worker was, how far behind it fell, how much replying.
 
         Busy is the larger of the compute lanes' busy fraction and the process's CPU time over its
         ``cpus`` (the event loop's Opus, resampling and VAD are a call's cost too); the lag is the
-        larger of the longest wait for a lane and how late the event loop woke up."""
+        larger of the longest wait for a lane and how late the event loop woke up. Ten times a window
+        it counts the calls whose bot is replying: the share of time a call replies, and the busy
+        fraction one reply takes (``AdmissionOptions.overlap_risk`` uses both)."""
         assert self._meter is not None
         loop = asyncio.get_running_loop()
         cpu, wall = time.process_time(), time.monotonic()
+        ticks = 10
         while True:
-            planned = loop.time() + self.spec.report_s
-            await asyncio.sleep(self.spec.report_s)
-            late = max(0.0, loop.time() - planned)
+            late, replying = 0.0, 0
+            for _ in range(ticks):
+                planned = loop.time() + self.spec.report_s / ticks
+                await asyncio.sleep(self.spec.report_s / ticks)
+                late = max(late, loop.time() - planned)
+                live = self.peers.live() if self.peers is not None else []
+                replying += sum(session.pipeline.bot_active() for session in live)
             cpu_now, wall_now = time.process_time(), time.monotonic()
             process = (cpu_now - cpu) / max(1e-6, wall_now - wall) / max(1.0, self.spec.cpus)
             cpu, wall = cpu_now, wall_now
@@ -158,6 +167,10 @@ class VoiceWorker:
             calls = self.peers.sessions if self.peers is not None else 0
             self._busy, self._lag = min(1.0, max(lanes, process)), max(wait, late)
             self.cost.update(self._busy, calls)
+            replies = replying / ticks  # replies in progress, on average over the window
+            self.reply_share.update(replies, calls)
+            if replies >= 0.5:  # a window mostly spent replying says what a reply costs
+                self.reply_cost.update(self._busy, replies)
 
     def _load(self) -> Load:
         calls = self.peers.sessions if self.peers is not None else 0
@@ -170,6 +183,8 @@ class VoiceWorker:
             cost_per_call=self.cost.value,
             draining=self.draining,
             at=time.monotonic(),
+            reply_cost=self.reply_cost.value,
+            reply_share=self.reply_share.value,
         )
 
     async def load(self) -> tuple[Load, list[float], int]:
