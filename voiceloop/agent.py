@@ -207,9 +207,8 @@ class Agent:
         import concurrent.futures
 
         import numpy as np
-        import soxr
 
-        from .audio import float_to_int16
+        from .asr.recording import transcribe_recording
 
         tts, asr = self.engines.tts, self.engines.asr
         clone = getattr(tts, "voice_from_audio", None)
@@ -219,22 +218,8 @@ class Agent:
             )
 
         def transcribe(wave: np.ndarray, wave_rate: int) -> str:
-            at_asr = soxr.resample(wave, wave_rate, asr.sample_rate) if wave_rate != asr.sample_rate else wave
-            frame = asr.sample_rate // 50  # the ASR stage's 20 ms frames
-            pcm = float_to_int16(np.pad(at_asr, (0, -len(at_asr) % frame)))
-
-            async def listen() -> str:
-                session = asr.session()
-                try:
-                    session.reset()
-                    for start in range(0, len(pcm), frame):
-                        await session.accept(pcm[start : start + frame])
-                    return (await session.finalize()).text
-                finally:
-                    await session.aclose()
-
             with concurrent.futures.ThreadPoolExecutor(1) as pool:  # its own loop: callable from async code
-                return pool.submit(asyncio.run, listen()).result()
+                return pool.submit(asyncio.run, transcribe_recording(asr, wave, wave_rate)).result()
 
         return clone(samples, rate, transcript, transcribe=transcribe)
 

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..asr.recording import transcribe_recording
 from ..tts.base import SynthesisSettings, TtsEngine
 from .guard import Refused
 
@@ -118,7 +119,7 @@ class TtsPanel:
                 raise Refused(409, f"a voice named {name!r} exists already")
         heard = None
         if not (recording.transcript or "").strip() and asr is not None:
-            heard = await transcribe(asr, recording.samples, recording.rate)
+            heard = await transcribe_recording(asr, recording.samples, recording.rate)
         try:
             cloned = await asyncio.to_thread(
                 clone,
@@ -145,24 +146,6 @@ class TtsPanel:
         }
         self.session.send({"type": "voice", **info})
         return info
-
-
-async def transcribe(asr: AsrEngine, samples: np.ndarray, rate: int) -> str:
-    """The words of a recording, through a session of the loop's ASR engine (20 ms frames)."""
-    import soxr
-
-    if rate != asr.sample_rate:
-        samples = soxr.resample(samples, rate, asr.sample_rate)
-    pcm = (np.clip(samples, -1.0, 1.0) * 32767).astype(np.int16)
-    frame = asr.sample_rate // 50
-    session = asr.session()
-    try:
-        session.reset()
-        for start in range(0, len(pcm), frame):
-            await session.accept(pcm[start : start + frame])
-        return (await session.finalize()).text
-    finally:
-        await session.aclose()
 
 
 async def apply_recording(
