@@ -77,12 +77,21 @@ def server_options(**extra: Any) -> Any:
     )
 
 
-async def gateway(options: Any, server: Any, workers: int, cpus: float, target_busy: float | None) -> Any:
+async def gateway(
+    options: Any,
+    server: Any,
+    workers: int,
+    cpus: float,
+    target_busy: float | None,
+    overlap: float | None = None,
+) -> Any:
     """A VoiceServer whose calls go to Ray workers (their models loaded when this returns)."""
     from voiceloop.cluster import AdmissionOptions, ClusterCalls, ClusterOptions, WorkerSpec
     from voiceloop.serve.server import VoiceServer
 
-    admission = AdmissionOptions() if target_busy is None else AdmissionOptions(target_busy=target_busy)
+    admission = AdmissionOptions(
+        target_busy=target_busy or AdmissionOptions().target_busy, overlap_risk=overlap
+    )
     spec = WorkerSpec(options, handler, server=server)
     calls = ClusterCalls(spec, ClusterOptions(workers=workers, worker_cpus=cpus, admission=admission, seed=0))
     await calls.start()
@@ -216,12 +225,18 @@ async def capacity(args: argparse.Namespace) -> dict[str, Any]:
     ray_init(cpus=2)
     options = loop_options("full", args, threads=2)
     target = args.target_busy or AdmissionOptions().target_busy
-    srv = await gateway(options, server_options(), 1, 2.0, target) if "measured" in args.modes else None
+    overlap = args.overlap_risk
+    srv = (
+        await gateway(options, server_options(), 1, 2.0, target, overlap)
+        if "measured" in args.modes
+        else None
+    )
     engines = await asyncio.to_thread(load_engines, options) if "fixed" in args.modes else None
     rows: list[dict[str, Any]] = []
     for count in args.loads:  # the modes alternate, so both see the same background load
         if srv is not None:
-            rows.append(await one_load(srv, f"measured, target_busy {target}", count, args, None))
+            mode = f"measured, target_busy {target}" + (f", overlap_risk {overlap}" if overlap else "")
+            rows.append(await one_load(srv, mode, count, args, None))
         if engines is not None:
             plain = VoiceServer(engines, handler, options, server_options(max_sessions=4))
             await plain.start()
@@ -242,7 +257,8 @@ async def capacity(args: argparse.Namespace) -> dict[str, Any]:
     print_table("Capacity of one 2-CPU node (full-size int8 models): v2v s p50 / p95", columns, table)
     keys = ("loads", "turns", "lone_turns", "gap_s", "tail_s", "wait_s", "reply_max_s", "seed")
     params = {k: getattr(args, k) for k in keys}
-    return {"params": {**params, "target_busy": target, "arrivals_every_s": [1, 2]}, "rows": rows}
+    params = {**params, "target_busy": target, "overlap_risk": overlap, "arrivals_every_s": [1, 2]}
+    return {"params": params, "rows": rows}
 
 
 def pair(d: dict[str, Any]) -> str:
@@ -399,6 +415,7 @@ def main() -> None:
     parser.add_argument("--loads", type=ints, default=ints("1,2,4,8,12,16"), help="offered callers")
     parser.add_argument("--modes", default="measured,fixed", help="measured: gateway + worker; fixed: 4 max")
     parser.add_argument("--target-busy", type=float, help="admission's (default: AdmissionOptions')")
+    parser.add_argument("--overlap-risk", type=float, help="admission's overlap bound (default: off)")
     parser.add_argument("--turns", type=int, default=3, help="utterances per caller")
     parser.add_argument("--lone-turns", type=int, default=6, help="utterances of the lone caller")
     parser.add_argument("--gap-s", type=float, default=6.0, help="silence after each utterance")
