@@ -19,20 +19,14 @@ from transformers import (
     Wav2Vec2Processor,
 )
 
+from voiceloop.asr.corpus import PREPROCESSOR_CONFIG, SPECIALS
+
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>", "|")
 CONV_KERNEL = (10, 3, 3, 3, 3, 2, 2)
 CONV_STRIDE = (5, 2, 2, 2, 2, 2, 2)
 
-#: The hub repo's preprocessor_config.json (158 bytes in transformers' save format).
-PREPROCESSOR_CONFIG = {
-    "do_normalize": True,
-    "feature_size": 1,
-    "padding_side": "right",
-    "padding_value": 0.0,
-    "return_attention_mask": True,
-    "sampling_rate": 16000,
-}
-SPECIAL_TOKENS_MAP = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>"}
+#: the hub repo's preprocessor_config.json and special_tokens_map.json: the package's own copies
+SPECIAL_TOKENS_MAP = SPECIALS
 
 # Old (torch.nn.utils.weight_norm) names for the positional conv's weight norm, as 2021 files store them.
 _PARAM_TO_OLD = {
