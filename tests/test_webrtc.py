@@ -8,7 +8,6 @@ import json
 import signal
 import sys
 from asyncio.subprocess import PIPE
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ import numpy as np
 import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from helpers.caller import mic_frame
 from helpers.fakes import FakeAsr, FakeTts
 from helpers.speech import espeak, require_espeak
 
@@ -76,11 +76,7 @@ class PcmTrack(MediaStreamTrack):
             self._start = loop.time()
         else:
             await asyncio.sleep(max(0.0, self._start + self._pts / 16_000 - loop.time()))
-        chunk = np.zeros(320, np.int16)
-        piece = self.pcm[self._pts : self._pts + 320]
-        chunk[: len(piece)] = piece
-        frame = av.AudioFrame.from_ndarray(chunk.reshape(1, -1), format="s16", layout="mono")
-        frame.sample_rate, frame.pts, frame.time_base = 16_000, self._pts, Fraction(1, 16_000)
+        frame = mic_frame(self.pcm[self._pts : self._pts + 320], self._pts)
         self._pts += 320
         return frame
 

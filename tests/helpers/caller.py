@@ -42,13 +42,19 @@ class Mic(MediaStreamTrack):
             self._start = loop.time()
         else:
             await asyncio.sleep(max(0.0, self._start + self._pts / 16_000 - loop.time()))
-        chunk = np.zeros(320, np.int16)
         piece, self.pending = self.pending[:320], self.pending[320:]
-        chunk[: len(piece)] = piece
-        frame = av.AudioFrame.from_ndarray(chunk.reshape(1, -1), format="s16", layout="mono")
-        frame.sample_rate, frame.pts, frame.time_base = 16_000, self._pts, Fraction(1, 16_000)
+        frame = mic_frame(piece, self._pts)
         self._pts += 320
         return frame
+
+
+def mic_frame(piece: np.ndarray, pts: int) -> av.AudioFrame:
+    """One 20 ms 16 kHz mono frame at ``pts`` (samples): ``piece`` padded with silence."""
+    chunk = np.zeros(320, np.int16)
+    chunk[: len(piece)] = piece
+    frame = av.AudioFrame.from_ndarray(chunk.reshape(1, -1), format="s16", layout="mono")
+    frame.sample_rate, frame.pts, frame.time_base = 16_000, pts, Fraction(1, 16_000)
+    return frame
 
 
 class Caller:
